@@ -1,0 +1,5 @@
+import sys
+
+from optcv.cli import main
+
+sys.exit(main())
