@@ -1,0 +1,313 @@
+"""Timing: per-image latency the course's way, batched throughput, paired ratios and the ratio gate.
+
+On shared machines the same code's absolute median moves by 20-50 % between runs, while the ratio of two
+backends timed interleaved in one process (A B A B … on the same images) moves by a few percent. So every
+comparison here is made inside one run, interleaved, and reported as a ratio with a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optcv._io import write_json
+from optcv.env import environment_info
+from optcv.errors import OptcvError
+from optcv.runtime import Predictor
+
+RESULT_SCHEMA = "optcv-bench/1"
+BASELINE_SCHEMA = "optcv-ratio-baseline/1"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    n_single: int = 10_000  # the course's: one prediction per test image
+    chunk: int = 500  # single-image calls per backend before switching to the next (interleaving)
+    warmup: int = 200
+    batch_sizes: tuple[int, ...] = (64, 256)
+    batched_images: int = 2048  # images per throughput measurement and backend
+    calibration_calls: int = 300
+    bootstrap: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    n: int
+    mean_us: float
+    median_us: float
+    p95_us: float
+    min_us: float
+    stdev_us: float
+
+    @classmethod
+    def from_samples(cls, samples_us: np.ndarray) -> LatencyStats:
+        return cls(int(samples_us.size), float(samples_us.mean()), float(np.median(samples_us)),
+                   float(np.percentile(samples_us, 95)), float(samples_us.min()), float(samples_us.std()))
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """How many times faster `backend` is than `reference` per image: median over interleaved chunks."""
+
+    reference: str
+    backend: str
+    ratio: float
+    ci_low: float
+    ci_high: float
+    chunk_ratios: list[float]
+
+    @property
+    def key(self) -> str:
+        return f"{self.reference}/{self.backend}"
+
+
+def _singles(images: np.ndarray, n: int) -> list[np.ndarray]:
+    """n one-image views cycling through `images`, sliced before timing so slicing is not timed."""
+    return [images[i % len(images):i % len(images) + 1] for i in range(n)]
+
+
+def time_interleaved(predictors: Sequence[Predictor], images: np.ndarray, n: int, chunk: int,
+                     warmup: int = 200) -> dict[str, np.ndarray]:
+    """Microseconds of each of `n` single-image predictions per predictor, timed in alternating chunks.
+
+    The order of the predictors flips every chunk (A B, B A, …) so slow drifts of the machine fall on
+    all of them alike.
+    """
+    singles = _singles(images, n)
+    for predictor in predictors:
+        for x in singles[:warmup]:
+            predictor.predict(x)
+    samples = {p.name: np.empty(n, dtype=np.float64) for p in predictors}
+    clock = time.perf_counter_ns
+    for index, start in enumerate(range(0, n, chunk)):
+        order = predictors if index % 2 == 0 else list(reversed(predictors))
+        for predictor in order:
+            out = samples[predictor.name]
+            predict = predictor.predict
+            for i in range(start, min(start + chunk, n)):
+                x = singles[i]
+                t0 = clock()
+                predict(x)
+                out[i] = clock() - t0
+    return {name: values / 1000.0 for name, values in samples.items()}
+
+
+def bootstrap_median_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(values, size=(resamples, len(values)), replace=True)
+    medians = np.median(draws, axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
+
+
+def paired_ratio(samples: dict[str, np.ndarray], reference: str, backend: str, chunk: int,
+                 resamples: int = 2000, seed: int = 0) -> RatioEstimate:
+    """Ratio of per-chunk median latencies, reference ÷ backend, with a bootstrap 95 % interval."""
+    ref, other = samples[reference], samples[backend]
+    ratios = np.array([np.median(ref[s:s + chunk]) / np.median(other[s:s + chunk])
+                       for s in range(0, len(ref), chunk)])
+    low, high = bootstrap_median_ci(ratios, resamples, seed)
+    return RatioEstimate(reference, backend, float(np.median(ratios)), low, high, ratios.round(4).tolist())
+
+
+def time_batched(predictor: Predictor, images: np.ndarray, batch_size: int, n_images: int) -> float:
+    """Images per second at `batch_size`, over about `n_images` images after one warm-up batch."""
+    batches = [images[(i * batch_size) % len(images):][:batch_size] for i in range(max(1, n_images // batch_size))]
+    batches = [b for b in batches if len(b) == batch_size] or [np.resize(images, (batch_size, *images.shape[1:]))]
+    predictor.predict(batches[0])
+    started = time.perf_counter()
+    for batch in batches:
+        predictor.predict(batch)
+    return len(batches) * batch_size / (time.perf_counter() - started)
+
+
+def pick_fastest(candidates: Sequence[Predictor], images: np.ndarray, calls: int,
+                 batch_size: int = 1) -> Predictor:
+    """The candidate with the lowest median time per call, measured interleaved (a short calibration)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if batch_size == 1:
+        renamed = [_Renamed(c, f"candidate{i}") for i, c in enumerate(candidates)]
+        samples = time_interleaved(renamed, images, calls, chunk=max(1, calls // 6), warmup=min(50, calls))
+        medians = [float(np.median(samples[r.name])) for r in renamed]
+    else:
+        medians = [-min(time_batched(c, images, batch_size, batch_size * 4) for _ in range(2)) for c in candidates]
+    return candidates[int(np.argmin(medians))]
+
+
+class _Renamed:
+    def __init__(self, predictor: Predictor, name: str):
+        self.predictor, self.name, self.classes = predictor, name, predictor.classes
+        self.predict = predictor.predict
+
+    def describe(self) -> dict[str, Any]:
+        return self.predictor.describe()
+
+
+# A backend to time: a name and the candidate predictors (settings) it may run with.
+BackendCandidates = tuple[str, Callable[[], list[Predictor]]]
+
+
+@dataclass
+class BackendResult:
+    settings: dict[str, Any]
+    latency: LatencyStats
+    throughput: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch → {images_per_s, settings}
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    environment: dict[str, Any]
+    model: str
+    backends: dict[str, BackendResult]
+    ratios: list[RatioEstimate]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": RESULT_SCHEMA,
+            "model": self.model,
+            "config": dataclasses.asdict(self.config),
+            "environment": self.environment,
+            "backends": {name: {"settings": r.settings, "latency_us": dataclasses.asdict(r.latency),
+                                "throughput": {str(b): t for b, t in r.throughput.items()}}
+                         for name, r in self.backends.items()},
+            "ratios": {r.key: dataclasses.asdict(r) for r in self.ratios},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+
+def run_bench(backends: dict[str, list[Predictor]], images: np.ndarray, config: BenchConfig = BenchConfig(),
+              model: str = "", reference: str | None = None) -> BenchResult:
+    """Time every backend the course's way and batched; ratios of each backend against `reference`.
+
+    Each backend comes with one or more candidate predictors (thread counts, oneDNN on or off); a short
+    interleaved calibration picks the fastest per batch size, so every backend, PyTorch included, is
+    measured at its best on this machine, and the chosen settings are reported with the numbers.
+    """
+    if not backends:
+        raise OptcvError("no backend to time")
+    reference = reference or next(iter(backends))
+    chosen = {name: pick_fastest(c, images, config.calibration_calls) for name, c in backends.items()}
+    samples = time_interleaved(list(chosen.values()), images, config.n_single, config.chunk, config.warmup)
+    results = {name: BackendResult(p.describe(), LatencyStats.from_samples(samples[name]))
+               for name, p in chosen.items()}
+    for batch_size in config.batch_sizes:
+        for name, candidates in backends.items():
+            best = pick_fastest(candidates, images, config.calibration_calls, batch_size)
+            rate = time_batched(best, images, batch_size, config.batched_images)
+            results[name].throughput[batch_size] = {"images_per_s": rate, "settings": best.describe()}
+    ratios = [paired_ratio(samples, reference, name, config.chunk, config.bootstrap, config.seed)
+              for name in chosen if name != reference]
+    return BenchResult(config, environment_info(), model, results, ratios)
+
+
+def latency_rows(result: BenchResult) -> list[dict[str, Any]]:
+    """The course's latency table, per backend: µs per prediction, speed-up, batched images/s."""
+    reference = next(iter(result.backends))
+    ratios = {r.backend: r for r in result.ratios}
+    rows = []
+    for name, r in result.backends.items():
+        row: dict[str, Any] = {
+            "backend": name,
+            "threads": r.settings.get("threads"),
+            "predictions": r.latency.n,
+            "mean µs": r.latency.mean_us,
+            "median µs": r.latency.median_us,
+            "p95 µs": r.latency.p95_us,
+            f"speed-up vs {reference} (95% CI)": "1 (reference)" if name == reference else
+            f"{ratios[name].ratio:.2f}× ({ratios[name].ci_low:.2f}–{ratios[name].ci_high:.2f})",
+        }
+        for batch, t in r.throughput.items():
+            row[f"images/s @{batch}"] = t["images_per_s"]
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ratio gate: compare this run's paired ratios with a committed baseline of ratios.
+
+DEFAULT_MARGIN = 0.10
+
+
+@dataclass(frozen=True)
+class GateFinding:
+    key: str
+    baseline: float
+    measured: float
+    ci_low: float
+    ci_high: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ci_high >= self.threshold
+
+    def message(self) -> str:
+        verdict = "ok" if self.passed else "SPEED REGRESSION"
+        return (f"{verdict}: {self.key} speed-up {self.measured:.2f}× (95% CI {self.ci_low:.2f}–{self.ci_high:.2f}) "
+                f"vs baseline {self.baseline:.2f}×; fails below {self.threshold:.2f}×")
+
+
+class BaselineError(OptcvError):
+    """The baseline is missing, unreadable or does not cover what was measured."""
+
+
+def load_json(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BaselineError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"{what} {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BaselineError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def ratios_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ratios of a bench result or a baseline file, keyed 'model:reference/backend'."""
+    if result.get("schema") == BASELINE_SCHEMA:
+        return dict(result["ratios"])
+    if result.get("schema") == RESULT_SCHEMA:
+        return {f"{result.get('model') or 'model'}:{k}": v for k, v in result["ratios"].items()}
+    raise BaselineError(f"unknown schema {result.get('schema')!r}: expected {RESULT_SCHEMA} or {BASELINE_SCHEMA}")
+
+
+def make_baseline(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    ratios: dict[str, Any] = {}
+    for result in results:
+        ratios.update({k: {"ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]}
+                       for k, v in ratios_of(result).items()})
+    return {"schema": BASELINE_SCHEMA, "environment": environment_info(), "ratios": ratios}
+
+
+def ratio_gate(measured: dict[str, dict[str, Any]], baseline: dict[str, Any],
+               margin: float = DEFAULT_MARGIN) -> list[GateFinding]:
+    """One finding per baseline ratio; a finding fails when even its CI's upper end is below
+    (1 - margin) × the baseline ratio."""
+    if not 0 <= margin < 1:
+        raise OptcvError(f"margin must be in [0, 1), got {margin}")
+    expected = ratios_of(baseline)
+    missing = sorted(set(expected) - set(measured))
+    if missing:
+        raise BaselineError(f"the run did not measure {', '.join(missing)}, which the baseline holds; "
+                            "time the same backends and models, or refresh the baseline")
+    findings = []
+    for key, base in expected.items():
+        m = measured[key]
+        findings.append(GateFinding(key, float(base["ratio"]), float(m["ratio"]), float(m["ci_low"]),
+                                    float(m["ci_high"]), float(base["ratio"]) * (1 - margin)))
+    return findings

@@ -1,0 +1,262 @@
+"""The command line: parse arguments, call one library function, print its result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from optcv.errors import OptcvError
+
+EXIT_REGRESSION = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="CIFAR-10 folder (torchvision layout or train/ + test/ image folders); "
+                                           "default $OPTCV_DATA_DIR, else ~/.cache/optcv/data")
+    parser.add_argument("--download", action="store_true", help="download CIFAR-10 with torchvision if absent")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from optcv.compare import CompareConfig, compare_optimizers, summary_rows
+    from optcv.data import load_cifar10
+    from optcv.env import describe_environment
+    from optcv.report import markdown_table
+
+    lrs = {}
+    for item in args.lr or []:
+        name, _, value = item.partition("=")
+        if not value:
+            raise OptcvError(f"--lr takes OPTIMIZER=VALUE pairs (e.g. --lr SGD=0.01), got {item!r}")
+        lrs[name] = _positive_float(value)
+    config = CompareConfig(optimizers=tuple(args.optimizers), epochs=args.epochs, batch_size=args.batch_size,
+                           lrs=lrs, seed=args.seed, train_size=args.train_size, test_size=args.test_size)
+    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
+    result = compare_optimizers(data, config, args.out, progress=_progress(args))
+    print(markdown_table(summary_rows(result)))
+    print(f"\nloss plot: {result.out_dir / 'loss_comparison.png'}")
+    print(f"checkpoints: {', '.join(str(result.checkpoint_path(o)) for o in config.optimizers)}")
+    print(f"machine: {describe_environment()}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from optcv.export import export_onnx
+
+    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
+    result = export_onnx(args.checkpoint, out, opset=args.opset, atol=args.atol)
+    print(f"wrote {result.path} (opset {result.opset}, dynamic batch, uint8 NCHW input 'images' → 'logits')")
+    print(f"max |ONNX Runtime - PyTorch| logit difference: {result.max_abs_diff:.3g} (tolerance {result.tolerance:g})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from optcv.data import load_cifar10, stratified_subset
+    from optcv.evaluate import course_table, evaluate_backends, side_by_side_rows
+    from optcv.report import markdown_table
+    from optcv.runtime import make_predictor, resolve_sources
+
+    source = resolve_sources(args.models)
+    predictors = [make_predictor(b, source, args.threads) for b in args.backends]
+    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
+    split = stratified_subset(data.test, args.test_size, seed=0)
+    evaluation = evaluate_backends(predictors, split)
+    for result in evaluation.backends:
+        print(f"--- {result.backend} ({_settings(result.settings)}) ---")
+        print(course_table(evaluation, result.backend))
+        print()
+    print(markdown_table(side_by_side_rows(evaluation)))
+    for name, found in evaluation.agreements.items():
+        print(f"\n{name} vs {predictors[0].name}: {found.n_disagree} of {found.n_images:,} predicted classes differ; "
+              f"max |logit difference| {found.max_abs_diff:.3g}")
+        for detail in evaluation.near_ties[name][:10]:
+            print(f"  image {detail['image']}: {detail['reference_class']} vs {detail['other_class']}, "
+                  f"top-2 margin {detail['reference_top2_margin']:.2g}")
+    if args.json:
+        from optcv._io import write_json
+
+        write_json(args.json, evaluation.to_dict())
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from optcv.bench import BenchConfig, latency_rows, run_bench
+    from optcv.data import load_cifar10
+    from optcv.env import describe_environment
+    from optcv.report import markdown_table
+    from optcv.runtime import candidate_predictors, make_predictor, resolve_sources
+
+    source = resolve_sources(args.models)
+    if args.no_calibrate:
+        backends = {b: [make_predictor(b, source, args.threads)] for b in args.backends}
+    else:
+        backends = {b: candidate_predictors(b, source, args.threads) for b in args.backends}
+    config = BenchConfig(n_single=args.n, chunk=min(args.chunk, args.n), batch_sizes=tuple(args.batch_sizes))
+    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
+    model = Path(source.checkpoint or source.onnx or "model").stem
+    result = run_bench(backends, data.test.images.numpy(), config, model=model)
+    print(markdown_table(latency_rows(result)))
+    print()
+    for name, r in result.backends.items():
+        print(f"{name}: {_settings(r.settings)}")
+    print(f"machine: {describe_environment(result.environment)}")
+    print(f"{config.n_single:,} single-image predictions per backend, interleaved in chunks of {config.chunk}; "
+          "speed-up = median over chunks of the per-chunk median ratio, 95% bootstrap CI")
+    if args.json:
+        result.save(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from optcv.bench import load_json, ratio_gate, ratios_of
+
+    measured: dict[str, dict[str, object]] = {}
+    for path in args.results:
+        measured.update(ratios_of(load_json(path, "results file")))
+    baseline = load_json(args.baseline, "baseline")
+    findings = ratio_gate(measured, baseline, args.margin)
+    for finding in findings:
+        print(finding.message())
+    failed = [f for f in findings if not f.passed]
+    if failed:
+        print(f"{len(failed)} of {len(findings)} speed-ups fell more than {args.margin:.0%} below the baseline",
+              file=sys.stderr)
+        return EXIT_REGRESSION
+    print(f"all {len(findings)} speed-ups within {args.margin:.0%} of the baseline")
+    return 0
+
+
+def _settings(settings: dict[str, object]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "backend")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from optcv.runtime import BACKENDS, DEFAULT_BACKENDS
+    from optcv.train import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
+    parser.add_argument("--version", action="version", version=f"optcv {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compare = commands.add_parser("compare", help="train TutorialNet with several optimizers and compare losses",
+                                  description="The course's task 2: same initial weights and batches for every "
+                                              "optimizer; writes the loss plot, histories and checkpoints.")
+    compare.add_argument("--optimizers", nargs="+", default=["SGD", "Adagrad"], metavar="NAME",
+                         help=f"any of {', '.join(OPTIMIZERS)} (default: SGD Adagrad)")
+    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--batch-size", type=_positive_int, default=4, help="default 4, the course's")
+    compare.add_argument("--lr", nargs="+", metavar="OPT=LR",
+                         help="learning rate per optimizer, e.g. SGD=0.01 (defaults: "
+                              + ", ".join(f"{k} {v['lr']}" for k, (_, v) in OPTIMIZERS.items()) + ")")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--train-size", type=_positive_int, help="stratified training subset (default: all 50,000)")
+    compare.add_argument("--test-size", type=_positive_int, help="stratified test subset (default: all 10,000)")
+    compare.add_argument("--out", default="runs/compare", help="run folder (default runs/compare)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    export.add_argument("checkpoint", help="an optcv checkpoint (.pt)")
+    export.add_argument("-o", "--output", help="the .onnx file (default: the checkpoint's name with .onnx)")
+    export.add_argument("--opset", type=_positive_int, default=20)
+    export.add_argument("--atol", type=_positive_float, default=1e-4,
+                        help="largest allowed |ONNX Runtime - PyTorch| logit difference (default 1e-4)")
+    export.set_defaults(func=cmd_export)
+
+    evaluate = commands.add_parser("evaluate", help="per-class accuracy of each backend and their agreement")
+    evaluate.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
+    evaluate.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
+                          metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: pytorch onnxruntime)")
+    evaluate.add_argument("--threads", type=_positive_int, help="threads per backend (default: all cores)")
+    evaluate.add_argument("--test-size", type=_positive_int, help="stratified test subset (default: all 10,000)")
+    evaluate.add_argument("--json", help="also write the results to this JSON file")
+    evaluate.add_argument("--quiet", action="store_true")
+    _add_data_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    bench = commands.add_parser("bench", help="per-image latency (the course's way) and batched throughput",
+                                description="Times single-image predictions over the test images for every "
+                                            "backend, interleaved, then batched throughput; each backend is first "
+                                            "calibrated to its fastest thread count and options.")
+    bench.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
+    bench.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
+                       metavar="BACKEND", help=f"any of {', '.join(BACKENDS)}; the first is the reference")
+    bench.add_argument("-n", type=_positive_int, default=10_000,
+                       help="single-image predictions per backend (default 10,000, the course's)")
+    bench.add_argument("--chunk", type=_positive_int, default=500, help="calls per backend between switches")
+    bench.add_argument("--batch-sizes", nargs="*", type=_positive_int, default=[64, 256])
+    bench.add_argument("--threads", type=_positive_int, help="fix the thread count (default: try 1 and all cores)")
+    bench.add_argument("--no-calibrate", action="store_true", help="use the default settings, try no others")
+    bench.add_argument("--json", help="write the results to this JSON file (input of `optcv gate`)")
+    bench.add_argument("--quiet", action="store_true")
+    _add_data_options(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    gate = commands.add_parser("gate", help="fail when a backend's speed-up fell below a baseline's",
+                               description="Compares the paired speed-up ratios of `optcv bench --json` results "
+                                           "with a baseline; exit 1 on a regression, 2 on a missing or bad file.")
+    gate.add_argument("results", nargs="+", help="JSON files written by `optcv bench --json`")
+    gate.add_argument("--baseline", required=True, help="a ratio baseline (benchmarks/baselines/ratios.json)")
+    gate.add_argument("--margin", type=float, default=0.10,
+                      help="allowed drop below the baseline ratio, as a fraction (default 0.10)")
+    gate.set_defaults(func=cmd_gate)
+    return parser
+
+
+def _version() -> str:
+    from optcv import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OptcvError as exc:
+        message = " ".join(str(exc).split())
+        print(f"optcv {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"\noptcv {args.command}: interrupted; finished work is saved, re-run the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Per-class accuracy of every backend on a split, and how far the backends agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from optcv.data import CLASSES, SHORT_NAMES, Split
+from optcv.metrics import Agreement, accuracy, agreement, per_class_accuracy, top2_margin
+from optcv.runtime import Predictor
+
+
+def predict_split(predictor: Predictor, split: Split, batch_size: int = 256) -> np.ndarray:
+    """Logits of `predictor` for every image of `split`, in order."""
+    images = split.images.numpy()
+    return np.concatenate([predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@dataclass
+class BackendAccuracy:
+    backend: str
+    accuracy: float
+    per_class: list[float]
+    settings: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    classes: tuple[str, ...]
+    n_images: int
+    backends: list[BackendAccuracy]
+    agreements: dict[str, Agreement] = field(default_factory=dict)  # backend → agreement with the first
+    near_ties: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes),
+            "n_images": self.n_images,
+            "backends": {b.backend: {"accuracy": b.accuracy, "per_class": dict(zip(self.classes, b.per_class, strict=True)),
+                                     "settings": b.settings} for b in self.backends},
+            "agreement": {name: {"reference": self.backends[0].backend, "n_disagree": a.n_disagree,
+                                 "disagreeing_images": a.disagreeing, "max_abs_logit_diff": a.max_abs_diff}
+                          for name, a in self.agreements.items()},
+            "disagreement_details": self.near_ties,
+        }
+
+
+def evaluate_backends(predictors: list[Predictor], split: Split, batch_size: int = 256) -> Evaluation:
+    """Accuracy overall and per class for each predictor; agreement of each with the first one."""
+    labels = split.labels.numpy()
+    n_classes = len(split.classes)
+    results, logits_by_backend = [], {}
+    for predictor in predictors:
+        logits = predict_split(predictor, split, batch_size)
+        predictions = logits.argmax(axis=1)
+        logits_by_backend[predictor.name] = logits
+        results.append(BackendAccuracy(predictor.name, accuracy(predictions, labels),
+                                       per_class_accuracy(predictions, labels, n_classes).tolist(),
+                                       predictor.describe()))
+    evaluation = Evaluation(split.classes, len(split), results)
+    reference = logits_by_backend[predictors[0].name]
+    for predictor in predictors[1:]:
+        logits = logits_by_backend[predictor.name]
+        found = agreement(reference, logits)
+        evaluation.agreements[predictor.name] = found
+        # For each disagreement, how close to a tie the reference was: near-ties explain fp32 flips.
+        margins = top2_margin(reference)
+        evaluation.near_ties[predictor.name] = [
+            {"image": i, "label": int(labels[i]), "reference_class": int(reference[i].argmax()),
+             "other_class": int(logits[i].argmax()), "reference_top2_margin": float(margins[i]),
+             "max_abs_logit_diff": float(np.max(np.abs(reference[i] - logits[i])))}
+            for i in found.disagreeing[:50]
+        ]
+    return evaluation
+
+
+def course_table(evaluation: Evaluation, backend: str) -> str:
+    """The course's per-class table: `Accuracy for class plane: 44.5%` …"""
+    result = next(b for b in evaluation.backends if b.backend == backend)
+    names = SHORT_NAMES if evaluation.classes == CLASSES else evaluation.classes
+    width = max(len(n) for n in names)
+    lines = [f"Accuracy for class {name:<{width}}: {100 * value:.1f}%" for name, value in zip(names, result.per_class, strict=True)]
+    lines.append(f"Overall accuracy{'':<{width + 3}}: {100 * result.accuracy:.2f}% of {evaluation.n_images:,} images")
+    return "\n".join(lines)
+
+
+def side_by_side_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """One row per class, one column per backend (percent), then the overall row."""
+    rows = []
+    for i, name in enumerate(evaluation.classes):
+        rows.append({"class": name, **{b.backend: round(100 * b.per_class[i], 1) for b in evaluation.backends}})
+    rows.append({"class": "overall", **{b.backend: round(100 * b.accuracy, 2) for b in evaluation.backends}})
+    return rows

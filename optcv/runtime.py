@@ -1,0 +1,214 @@
+"""One predictor interface, one backend per runtime.
+
+Every predictor takes the same input, uint8 images shaped (N, 3, 32, 32) in RGB order as a NumPy array,
+applies the model's own normalisation, and returns float32 logits (N, classes). New backends register a
+factory in BACKENDS and become available to `optcv evaluate`, `optcv bench` and the benchmark suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from optcv.errors import OptcvError
+from optcv.models import Checkpoint, load_checkpoint
+
+IMAGE_SHAPE = (3, 32, 32)
+
+
+class Predictor(Protocol):
+    name: str
+    classes: tuple[str, ...]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 3, 32, 32) → float32 logits (N, classes)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that shape its speed: threads, optimisation level, versions."""
+        ...
+
+
+def check_images(images: Any) -> np.ndarray:
+    """Return `images` as a uint8 (N, 3, 32, 32) array, or raise a clear error before anything runs."""
+    if isinstance(images, torch.Tensor):
+        images = images.numpy()
+    if not isinstance(images, np.ndarray):
+        raise OptcvError(f"images must be a NumPy array, got {type(images).__name__}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or images.shape[0] == 0:
+        hint = " (channels last? use images.transpose(0, 3, 1, 2))" if images.shape[-1:] == (3,) else ""
+        raise OptcvError(f"images must be uint8 shaped (N, 3, 32, 32) with N >= 1, "
+                         f"got {images.dtype} {tuple(images.shape)}{hint}")
+    return images
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a predictor was built from: a checkpoint (.pt) and/or its ONNX export."""
+
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+
+
+class TorchPredictor:
+    """PyTorch eager, at its best for inference: eval mode, no autograd, a set thread count.
+
+    oneDNN (mkldnn) convolutions cost more in per-call set-up than they save on a 32x32 image at batch 1
+    on these nets (see ../shared/NOTES.md and `optcv bench`), so they are off by default; pass
+    mkldnn=True to measure PyTorch's stock setting.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, threads: int | None = None, mkldnn: bool = False,
+                 name: str = "pytorch"):
+        self.name = name
+        self.classes = checkpoint.classes
+        self.threads = threads or default_threads()
+        self.mkldnn = mkldnn
+        self.model = checkpoint.build_inference()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        if torch.get_num_threads() != self.threads:  # process-wide: another predictor may have changed it
+            torch.set_num_threads(self.threads)
+        previous = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = self.mkldnn  # process-wide, so restored after the call
+        try:
+            with torch.inference_mode():
+                return self.model(torch.from_numpy(images)).numpy()
+        finally:
+            torch.backends.mkldnn.enabled = previous
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "runtime": f"torch {torch.__version__}", "threads": self.threads,
+                "mkldnn": self.mkldnn, "mode": "eager, eval, inference_mode"}
+
+
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OrtPredictor:
+    """ONNX Runtime on the CPU execution provider, with explicit session options."""
+
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, graph_optimization: str = "all",
+                 name: str = "onnxruntime"):
+        import onnxruntime as ort
+
+        from optcv.export import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
+
+        metadata = read_onnx_metadata(onnx_path)
+        if graph_optimization not in GRAPH_LEVELS:
+            raise OptcvError(f"unknown graph optimisation level {graph_optimization!r}: "
+                             f"choose from {', '.join(GRAPH_LEVELS)}")
+        self.name = name
+        self.classes = tuple(metadata.get("classes") or ())
+        self.threads = threads or default_threads()
+        self.graph_optimization = graph_optimization
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # ORT_PARALLEL is 3-5x slower at batch 1
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization]
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise OptcvError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from exc
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != [INPUT_NAME]:
+            raise OptcvError(f"{onnx_path} takes inputs {inputs}, not optcv's single {INPUT_NAME!r}; "
+                             "export it with `optcv export`")
+        self._outputs = [OUTPUT_NAME]
+        self._version = ort.__version__
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        return self.session.run(self._outputs, {"images": images})[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "runtime": f"onnxruntime {self._version}", "threads": self.threads,
+                "graph_optimization": self.graph_optimization, "execution_mode": "sequential",
+                "provider": "CPUExecutionProvider"}
+
+
+BackendFactory = Callable[[ModelSource, int], Predictor]
+
+
+def _torch_backend(source: ModelSource, threads: int, mkldnn: bool = False) -> Predictor:
+    if source.checkpoint is None:
+        raise OptcvError("the pytorch backend needs the checkpoint (.pt) the ONNX model was exported from")
+    return TorchPredictor(load_checkpoint(source.checkpoint), threads, mkldnn=mkldnn)
+
+
+def _ort_backend(source: ModelSource, threads: int) -> Predictor:
+    if source.onnx is None:
+        raise OptcvError("the onnxruntime backend needs an ONNX model: run `optcv export CHECKPOINT -o model.onnx`")
+    return OrtPredictor(source.onnx, threads)
+
+
+BACKENDS: dict[str, Callable[..., Predictor]] = {
+    "pytorch": _torch_backend,
+    "onnxruntime": _ort_backend,
+}
+# Settings besides the thread count that `optcv bench` tries for each backend, keeping the fastest.
+BACKEND_OPTIONS: dict[str, list[dict[str, Any]]] = {
+    "pytorch": [{"mkldnn": False}, {"mkldnn": True}],
+    "onnxruntime": [{}],
+}
+DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
+
+
+def make_predictor(backend: str, source: ModelSource, threads: int | None = None, **options: Any) -> Predictor:
+    if backend not in BACKENDS:
+        raise OptcvError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    return BACKENDS[backend](source, threads or default_threads(), **options)
+
+
+def candidate_predictors(backend: str, source: ModelSource, threads: int | None = None) -> list[Predictor]:
+    """Every setting worth trying for `backend` on this machine: 1 thread and all cores (or the
+    given count), times the backend's own options."""
+    counts = [threads] if threads else sorted({1, default_threads()})
+    return [make_predictor(backend, source, n, **options)
+            for n in counts for options in BACKEND_OPTIONS.get(backend, [{}])]
+
+
+def resolve_sources(paths: list[str | Path]) -> ModelSource:
+    """Sort the model files a user named into a checkpoint and an ONNX model.
+
+    Given only a checkpoint, its ONNX export beside it (same name, .onnx) is used when present;
+    given only an ONNX model, the checkpoint named in its metadata's neighbour (same name, .pt) likewise.
+    """
+    checkpoint = onnx = None
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix == ".onnx":
+            onnx = path
+        elif path.suffix in (".pt", ".pth"):
+            checkpoint = path
+        else:
+            raise OptcvError(f"{path}: expected a checkpoint (.pt) or an ONNX model (.onnx)")
+        if not path.is_file():
+            raise OptcvError(f"{path} does not exist")
+    if checkpoint is not None and onnx is None and checkpoint.with_suffix(".onnx").is_file():
+        onnx = checkpoint.with_suffix(".onnx")
+    if onnx is not None and checkpoint is None and onnx.with_suffix(".pt").is_file():
+        checkpoint = onnx.with_suffix(".pt")
+    if checkpoint is None and onnx is None:
+        raise OptcvError("name a checkpoint (.pt), an ONNX model (.onnx), or both")
+    return ModelSource(checkpoint, onnx)
