@@ -33,13 +33,6 @@ def make_image_folder(root: Path, train_per_class: int = 8, test_per_class: int 
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep tests' decoded-data caches out of the user's cache, unless a run shares one on purpose."""
-    if not os.environ.get("OPTCV_TEST_SHARED_CACHE"):
-        monkeypatch.setenv("OPTCV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optcv-cache"))
-
-
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny-cifar10"))

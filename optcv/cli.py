@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     from optcv.runtime import BACKENDS, DEFAULT_BACKENDS
     from optcv.train import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
+    parser = argparse.ArgumentParser(
+        prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
     parser.add_argument("--version", action="version", version=f"optcv {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,7 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
         state_file = run_dir / "train_state.pt"
         run_dir.mkdir(parents=True, exist_ok=True)
         history = train(model, train_split, test_split, config.train_config(name), normalization,
-                        state_path=state_file, progress=progress, desc=name,
-                        on_epoch=lambda partial: partial.save(history_file))
+                        state_path=state_file, progress=progress, desc=name, on_epoch=_saver(history_file))
         history.save(history_file)
         save_checkpoint(checkpoint_file, Checkpoint(
             config=config.model, state_dict=model.state_dict(), normalization=normalization,
@@ -107,6 +107,11 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
     write_json(out_dir / "histories.json", {name: h.to_dict() for name, h in histories.items()})
     plot_loss_comparison({name: h.train_losses for name, h in histories.items()}, out_dir / "loss_comparison.png")
     return CompareResult(out_dir, config, histories)
+
+
+def _saver(path: Path) -> Callable[[History], None]:
+    """Write the history after every epoch, so an interrupted run leaves its finished epochs readable."""
+    return lambda history: history.save(path)
 
 
 def summary_rows(result: CompareResult) -> list[dict[str, Any]]:

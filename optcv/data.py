@@ -144,7 +144,8 @@ def _load_torchvision(root: Path, *, download: bool) -> CIFAR10:
                 raise OptcvError(f"{path} is missing: the torchvision CIFAR-10 folder is incomplete; "
                                  "delete it and use --download") from None
             except Exception as exc:
-                raise OptcvError(f"cannot read {path} ({type(exc).__name__}): delete {folder} and use --download") from exc
+                raise OptcvError(f"cannot read {path} ({type(exc).__name__}): "
+                                 f"delete {folder} and use --download") from exc
         splits[split] = Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
     return CIFAR10(train=splits["train"], test=splits["test"], source=f"torchvision:{root.resolve()}")
 

@@ -38,7 +38,8 @@ class Evaluation:
         return {
             "classes": list(self.classes),
             "n_images": self.n_images,
-            "backends": {b.backend: {"accuracy": b.accuracy, "per_class": dict(zip(self.classes, b.per_class, strict=True)),
+            "backends": {b.backend: {"accuracy": b.accuracy,
+                                     "per_class": dict(zip(self.classes, b.per_class, strict=True)),
                                      "settings": b.settings} for b in self.backends},
             "agreement": {name: {"reference": self.backends[0].backend, "n_disagree": a.n_disagree,
                                  "disagreeing_images": a.disagreeing, "max_abs_logit_diff": a.max_abs_diff}
@@ -81,7 +82,8 @@ def course_table(evaluation: Evaluation, backend: str) -> str:
     result = next(b for b in evaluation.backends if b.backend == backend)
     names = SHORT_NAMES if evaluation.classes == CLASSES else evaluation.classes
     width = max(len(n) for n in names)
-    lines = [f"Accuracy for class {name:<{width}}: {100 * value:.1f}%" for name, value in zip(names, result.per_class, strict=True)]
+    lines = [f"Accuracy for class {name:<{width}}: {100 * value:.1f}%"
+             for name, value in zip(names, result.per_class, strict=True)]
     lines.append(f"Overall accuracy{'':<{width + 3}}: {100 * result.accuracy:.2f}% of {evaluation.n_images:,} images")
     return "\n".join(lines)
 

@@ -98,6 +98,8 @@ class WithPreprocessing(nn.Module):
         super().__init__()
         self.model = model
         scale, shift = normalization_affine(normalization)
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 

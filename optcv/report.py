@@ -70,7 +70,9 @@ def plot_loss_comparison(losses: dict[str, list[float]], path: str | Path) -> Pa
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean training loss")
     ax.set_title("Optimizer comparison")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

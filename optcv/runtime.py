@@ -83,7 +83,7 @@ class TorchPredictor:
         if torch.get_num_threads() != self.threads:  # process-wide: another predictor may have changed it
             torch.set_num_threads(self.threads)
         previous = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = self.mkldnn  # process-wide, so restored after the call
+        torch.backends.mkldnn.enabled = self.mkldnn  # type: ignore[assignment]  # process-wide: restored below
         try:
             with torch.inference_mode():
                 return self.model(torch.from_numpy(images)).numpy()

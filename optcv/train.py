@@ -23,7 +23,7 @@ from optcv.metrics import per_class_accuracy
 
 # The course trained with SGD(lr=0.001, momentum=0.9); the others keep PyTorch's usual learning rates
 # except RMSprop, whose 0.01 default diverges on these nets.
-OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, float]]] = {
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "SGD": (torch.optim.SGD, {"lr": 0.001, "momentum": 0.9}),
     "Adagrad": (torch.optim.Adagrad, {"lr": 0.01}),
     "Adam": (torch.optim.Adam, {"lr": 0.001}),

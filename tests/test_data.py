@@ -11,10 +11,10 @@ from PIL import Image
 from conftest import make_image_folder
 from optcv.data import (
     CLASSES,
+    Normalization,
     detect_layout,
     load_cifar10,
     normalize,
-    Normalization,
     resolve_data_dir,
     split_train_val,
     stratified_subset,
@@ -106,7 +106,8 @@ def test_nothing_is_written_into_the_data_folder(tmp_path):
     [
         (lambda r: Image.new("RGB", (30, 32)).save(r / "train" / "dog" / "0001.png"), r"dog/0001.png is 30x32"),
         (lambda r: Image.new("L", (32, 32)).save(r / "test" / "cat" / "0000.png"), r"cat/0000.png has mode L"),
-        (lambda r: (r / "train" / "frog" / "0000.png").write_bytes(b"not an image"), r"cannot read image .*frog/0000.png"),
+        (lambda r: (r / "train" / "frog" / "0000.png").write_bytes(b"not an image"),
+         r"cannot read image .*frog/0000.png"),
         (lambda r: [p.unlink() for p in (r / "test" / "ship").iterdir()], r"class folder .*test/ship holds no"),
         (lambda r: __import__("shutil").rmtree(r / "train" / "horse"), r"missing class folder .*train/horse"),
         (lambda r: (r / "train" / "unicorn").mkdir(), r"unexpected folder .*train/unicorn"),
@@ -166,7 +167,8 @@ def test_train_val_split_is_disjoint(tmp_path):
 def test_normalize_matches_the_definition():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     norm = Normalization()
-    expected = (images.float() / 255 - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)
+    mean, std = torch.tensor(norm.mean).view(1, 3, 1, 1), torch.tensor(norm.std).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
     assert torch.allclose(normalize(images, norm), expected, atol=1e-5)
 
 

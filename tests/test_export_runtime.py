@@ -20,7 +20,8 @@ from optcv.runtime import (
 @pytest.fixture(scope="module", params=["tutorial", "tunable"])
 def exported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    config = TutorialNetConfig() if request.param == "tutorial" else TunableNetConfig(conv_channels=8, hidden_units=(32, 16), dropouts=(0.3, 0.2))
+    config = (TutorialNetConfig() if request.param == "tutorial"
+              else TunableNetConfig(conv_channels=8, hidden_units=(32, 16), dropouts=(0.3, 0.2)))
     save_checkpoint(folder / "m.pt", Checkpoint(config, build_model(config, seed=1).state_dict()))
     result = export_onnx(folder / "m.pt", folder / "m.onnx")
     return folder / "m.pt", folder / "m.onnx", result

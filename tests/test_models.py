@@ -83,7 +83,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(OptcvError, match="not an optcv checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
-    raw = Checkpoint(TunableNetConfig(hidden_units=(8,)), build_model(TunableNetConfig(hidden_units=(9,)), 0).state_dict()).to_dict()
+    other_weights = build_model(TunableNetConfig(hidden_units=(9,)), 0).state_dict()
+    raw = Checkpoint(TunableNetConfig(hidden_units=(8,)), other_weights).to_dict()
     torch.save(raw, tmp_path / "mismatch.pt")
     with pytest.raises(OptcvError, match="weights do not fit"):
         load_checkpoint(tmp_path / "mismatch.pt")

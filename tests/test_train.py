@@ -51,7 +51,8 @@ def test_same_seed_same_history_other_seed_other_history(tiny):
     model_b, b = run(tiny, config)
     _, c = run(tiny, TrainConfig("SGD", lr=0.01, epochs=2, batch_size=4, seed=4))
     assert a.train_losses == b.train_losses
-    assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    weights_a, weights_b = model_a.state_dict(), model_b.state_dict()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert a.train_losses != c.train_losses
 
 

@@ -1,0 +1,191 @@
+"""The benchmark suite's set-up: reference models built once, calibrated predictors, the ratio gate.
+
+Options (see README): --ratio-gate fails on a speed regression against benchmarks/baselines/ratios.json,
+--ratio-save writes that baseline from this run, --gate-images sets how many single-image predictions per
+backend the paired ratios use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from optcv.bench import make_baseline, pick_fastest
+from optcv.data import CIFAR10, Normalization, load_cifar10, stratified_subset
+from optcv.env import cpu_model, package_versions
+from optcv.export import export_onnx
+from optcv.models import Checkpoint, TunableNetConfig, TutorialNetConfig, arch_name, build_model, save_checkpoint
+from optcv.runtime import DEFAULT_BACKENDS, ModelSource, Predictor, candidate_predictors
+from optcv.train import TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+RATIO_BASELINE = HERE / "baselines" / "ratios.json"
+REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
+
+# The models the suite times: the course's TutorialNet (task 2 settings) and its best tuned network
+# (task 3: one hidden layer of 302 units, RMSprop lr 6.1e-4).
+REFERENCE_MODELS: dict[str, tuple[Any, TrainConfig]] = {
+    "tutorial": (TutorialNetConfig(), TrainConfig("SGD", epochs=2, batch_size=4, seed=0)),
+    "tunable": (TunableNetConfig(hidden_units=(302,), dropouts=(0.205,)),
+                TrainConfig("RMSprop", lr=6.12e-4, epochs=2, batch_size=64, seed=0)),
+}
+MODEL_NAMES = list(REFERENCE_MODELS)
+BACKENDS = list(DEFAULT_BACKENDS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("optcv", "optcv benchmark suite")
+    group.addoption("--ratio-gate", action="store_true",
+                    help="fail when a backend's speed-up falls below the committed ratio baseline")
+    group.addoption("--ratio-save", action="store_true", help=f"write this run's speed-ups to {RATIO_BASELINE}")
+    group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
+    group.addoption("--ratio-margin", type=float, default=0.10,
+                    help="allowed fall of a speed-up below its baseline (fraction, default 0.10)")
+    group.addoption("--gate-images", type=int, default=4000,
+                    help="single-image predictions per backend for the paired ratios (default 4000)")
+    group.addoption("--training-images", type=int, default=50_000,
+                    help="training images per timed epoch in the training-speed cases (default 50,000)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-benchmark reads its storage in its own pytest_configure: point it at the committed
+    # baselines so `pytest benchmarks --benchmark-compare` works from a fresh clone, from any folder.
+    if config.getoption("benchmark_storage", None) == "file://./.benchmarks":
+        config.option.benchmark_storage = f"file://{HERE / 'baselines'}"
+    config._optcv_ratio_results = []  # type: ignore[attr-defined]
+
+
+def pytest_benchmark_generate_machine_info(config: pytest.Config) -> dict[str, Any]:
+    """Only what makes timings comparable: CPU, cores, Python and the runtimes' versions.
+
+    pytest-benchmark compares the whole dict and warns on any difference; the default one holds the
+    hostname and the current clock, which differ on every run of a shared machine.
+    """
+    import os
+    import platform
+
+    versions = package_versions()
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python_implementation": platform.python_implementation(),
+        "python_version": platform.python_version(),
+        "torch": versions["torch"],
+        "onnxruntime": versions["onnxruntime"],
+        "system": platform.system(),
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    results = getattr(config, "_optcv_ratio_results", [])
+    if config.getoption("ratio_save") and results:
+        from optcv._io import write_json
+
+        write_json(config.getoption("ratio_baseline"), make_baseline(results))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Name the kind of each failure, so a red CI says at once whether speed, parity or set-up broke."""
+    kinds = {"SPEED REGRESSION": [], "PARITY FAILURE": [], "BASELINE MISSING": [], "BASELINE INVALID": []}
+    for report in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", []):
+        text = str(report.longrepr)
+        for kind, ids in kinds.items():
+            if kind in text:
+                ids.append(report.nodeid)
+    results = getattr(config, "_optcv_ratio_results", [])
+    if not results and not any(kinds.values()):
+        return
+    terminalreporter.section("optcv verdict")
+    for result in results:
+        for key, ratio in result["ratios"].items():
+            terminalreporter.write_line(f"{result['model']}:{key} speed-up {ratio['ratio']:.2f}× "
+                                        f"(95% CI {ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})")
+    for kind, ids in kinds.items():
+        for nodeid in ids:
+            terminalreporter.write_line(f"{kind}: {nodeid}", red=True)
+    if config.getoption("ratio_save") and results:
+        terminalreporter.write_line(f"ratio baseline written to {config.getoption('ratio_baseline')}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Artifacts, built once per session and cached across sessions by configuration and code version.
+
+
+@pytest.fixture(scope="session")
+def cifar(real_data_dir: Path) -> CIFAR10:
+    return load_cifar10(real_data_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def test_images(cifar: CIFAR10) -> np.ndarray:
+    return cifar.test.images.numpy()
+
+
+def _code_version() -> str:
+    import optcv
+
+    root = Path(optcv.__file__).parent
+    digest = hashlib.sha256()
+    for name in ("models.py", "train.py", "export.py", "data.py"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
+    """Each reference model trained deterministically and exported, or taken from the cache."""
+    from optcv.data import default_cache_dir
+
+    sources = {}
+    for name, (model_config, train_config) in REFERENCE_MODELS.items():
+        key_material = json.dumps({"arch": arch_name(model_config), "model": dataclasses.asdict(model_config),
+                                   "train": dataclasses.asdict(train_config), "data": cifar.source,
+                                   "code": _code_version(), "versions": package_versions()}, sort_keys=True)
+        key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+        folder = default_cache_dir() / "bench-models" / f"{name}-{key}"
+        checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
+        if not (checkpoint.is_file() and onnx_path.is_file()):
+            model = build_model(model_config, seed=train_config.seed)
+            test = stratified_subset(cifar.test, 1000, seed=0)
+            history = train(model, cifar.train, test, train_config, Normalization(), progress=False)
+            save_checkpoint(checkpoint, Checkpoint(model_config, model.state_dict(), info={
+                "trained_for": "optcv benchmarks", "history": history.to_dict()}))
+            export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:256].numpy())
+            (folder / "key.json").write_text(key_material)
+        sources[name] = ModelSource(checkpoint, onnx_path)
+    return sources
+
+
+@pytest.fixture(scope="session")
+def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarray):
+    """The same calibrated choice `optcv bench` makes: the fastest setting per backend and batch size."""
+    chosen: dict[tuple[str, str, int], Predictor] = {}
+
+    def get(model: str, backend: str, batch_size: int = 1) -> Predictor:
+        key = (model, backend, batch_size)
+        if key not in chosen:
+            candidates = candidate_predictors(backend, model_sources[model])
+            chosen[key] = pick_fastest(candidates, test_images, calls=300, batch_size=batch_size)
+        return chosen[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def plain_predictor(model_sources: dict[str, ModelSource]):
+    """Uncalibrated predictors with default settings, for parity checks."""
+    from optcv.runtime import make_predictor
+
+    def get(model: str, backend: str) -> Predictor:
+        return make_predictor(backend, model_sources[model])
+
+    return get

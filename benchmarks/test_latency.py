@@ -1,0 +1,59 @@
+"""Per-image latency (the course's metric) and batched throughput, for every backend and model.
+
+Inputs are real test images, cycled so no case times a cached result. Each backend runs with the setting
+a short calibration found fastest (threads, oneDNN), exactly as `optcv bench` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import BACKENDS, MODEL_NAMES
+from optcv.env import package_versions
+
+ROUNDS, ITERATIONS, WARMUP_ROUNDS = 100, 20, 5
+BATCHED_ROUNDS = 10
+
+
+def record(benchmark, predictor, batch_size: int) -> None:
+    settings = predictor.describe()
+    benchmark.extra_info.update({
+        "backend": settings["backend"], "batch_size": batch_size, "threads": settings.get("threads"),
+        "settings": settings, "torch": package_versions()["torch"],
+        "onnxruntime": package_versions()["onnxruntime"],
+    })
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["us_per_image"] = median * 1e6 / batch_size
+        benchmark.extra_info["images_per_s"] = batch_size / median
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_single_image_latency(benchmark, best_predictor, test_images, model, backend):
+    predictor = best_predictor(model, backend, 1)
+    singles = itertools.cycle([test_images[i:i + 1] for i in range(len(test_images))])
+    benchmark.group = f"latency {model} (batch 1)"
+    benchmark.name = f"{model}-{backend}"
+    logits = benchmark.pedantic(lambda: predictor.predict(next(singles)), rounds=ROUNDS,
+                                iterations=ITERATIONS, warmup_rounds=WARMUP_ROUNDS)
+    assert logits.shape == (1, 10)
+    record(benchmark, predictor, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch_size", [64, 256])
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_batched_throughput(benchmark, best_predictor, test_images, model, batch_size, backend):
+    predictor = best_predictor(model, backend, batch_size)
+    batches = itertools.cycle([test_images[i:i + batch_size]
+                               for i in range(0, len(test_images) - batch_size + 1, batch_size)])
+    benchmark.group = f"throughput {model} (batch {batch_size})"
+    benchmark.name = f"{model}-{backend}-b{batch_size}"
+    logits = benchmark.pedantic(lambda: predictor.predict(next(batches)), rounds=BATCHED_ROUNDS,
+                                iterations=1, warmup_rounds=1)
+    assert logits.shape == (batch_size, 10) and np.isfinite(logits).all()
+    record(benchmark, predictor, batch_size)

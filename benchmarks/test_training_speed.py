@@ -1,0 +1,29 @@
+"""Training throughput of TutorialNet (images/s) at the course's batch size 4 and at 64 and 256."""
+
+from __future__ import annotations
+
+import pytest
+
+from optcv.data import stratified_subset
+from optcv.models import TutorialNetConfig, build_model
+from optcv.train import TrainConfig, train
+
+
+@pytest.mark.parametrize("batch_size", [4, 64, 256])
+def test_training_epoch_throughput(benchmark, request, cifar, batch_size):
+    n = request.config.getoption("training_images")
+    train_split = stratified_subset(cifar.train, min(n, len(cifar.train)), seed=0)
+    eval_split = stratified_subset(cifar.test, 100, seed=0)  # keep evaluation out of the timing's way
+    config = TrainConfig("SGD", epochs=1, batch_size=batch_size, seed=0)
+
+    def one_epoch():
+        model = build_model(TutorialNetConfig(), seed=0)
+        return train(model, train_split, eval_split, config, progress=False)
+
+    benchmark.group = "training TutorialNet (one epoch)"
+    benchmark.name = f"train-b{batch_size}"
+    history = benchmark.pedantic(one_epoch, rounds=2, iterations=1, warmup_rounds=0)
+    record = history.epochs[0]
+    benchmark.extra_info.update({"batch_size": batch_size, "images": len(train_split),
+                                 "images_per_s": record.images_per_s, "optimizer": "SGD"})
+    assert record.train_loss > 0

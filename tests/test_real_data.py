@@ -1,0 +1,43 @@
+"""End to end on the real CIFAR-10 copy ($OPTCV_DATA_DIR): compare → export → evaluate through the CLI.
+
+In CI the copy must be there (a missing copy fails); elsewhere these tests skip with instructions.
+"""
+
+import json
+
+import pytest
+
+from optcv.cli import main
+
+
+@pytest.fixture(scope="module")
+def compared(real_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "compare"
+    code = main(["compare", "--data-dir", str(real_data_dir), "--optimizers", "SGD", "Adagrad", "--epochs", "2",
+                 "--train-size", "5000", "--test-size", "1000", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_compare_on_real_data(compared, capsys):
+    config = json.loads((compared / "config.json").read_text())
+    assert config["data"] == {**config["data"], "train_images": 5000, "test_images": 1000}
+    for name in ("SGD", "Adagrad"):
+        history = json.loads((compared / name / "history.json").read_text())
+        losses = [e["train_loss"] for e in history["epochs"]]
+        assert len(losses) == 2 and losses[1] < losses[0]
+        assert history["epochs"][-1]["test_accuracy"] > 0.15  # well above chance (0.10) after 2 epochs
+    assert (compared / "loss_comparison.png").stat().st_size > 5000
+
+
+def test_export_and_evaluate_on_real_data(compared, real_data_dir, tmp_path, capsys):
+    onnx_path = tmp_path / "sgd.onnx"
+    assert main(["export", str(compared / "SGD" / "model.pt"), "-o", str(onnx_path)]) == 0
+    result_file = tmp_path / "eval.json"
+    assert main(["evaluate", str(compared / "SGD" / "model.pt"), str(onnx_path), "--data-dir", str(real_data_dir),
+                 "--json", str(result_file), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Accuracy for class plane:" in out and "0 of 10,000 predicted classes differ" in out
+    result = json.loads(result_file.read_text())
+    assert result["n_images"] == 10_000
+    assert result["backends"]["pytorch"]["per_class"] == result["backends"]["onnxruntime"]["per_class"]
