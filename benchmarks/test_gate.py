@@ -15,7 +15,6 @@ from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
 from optcv.bench import BaselineError, BenchConfig, load_json, ratio_gate, ratios_of, run_bench
 from optcv.runtime import make_predictor
 
-
 # The gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when two
 # settings are close (seen here: the tutorial speed-up jumped from 4.2x to 5.8x when PyTorch's thread
 # count flipped), which would move the ratio for reasons other than the code. One thread is also the
