@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,6 +157,39 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from optcv.data import load_cifar10
+    from optcv.tune import SearchSpace, TuneConfig, default_storage, finish, open_study, statistics_text, study_summary
+    from optcv.tune import tune as run_tune
+
+    if args.show:
+        url = args.storage or default_storage(Path(args.out), 1)
+        if not args.storage and not any((Path(args.out) / f).is_file() for f in ("study.db", "study.journal")):
+            raise OptcvError(f"no study in {args.out}; run `optcv tune --out {args.out}` first or pass --storage")
+        print(statistics_text(study_summary(open_study(url, args.study_name))))
+        return 0
+    space = SearchSpace(n_layers=tuple(args.n_layers), n_units=tuple(args.n_units), dropout=tuple(args.dropout),
+                        optimizers=tuple(args.optimizers), lr=tuple(args.lr_range))
+    config = TuneConfig(trials=args.trials, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
+                        batch_size=args.batch_size, pruner=args.pruner, seed=args.seed,
+                        final_epochs=args.final_epochs or args.epochs, space=space)
+    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
+    started = time.perf_counter()
+    study = run_tune(config, args.out, data_dir=args.data_dir, data=data, storage=args.storage,
+                     study_name=args.study_name, workers=args.workers, timeout=args.timeout,
+                     progress=_progress(args))
+    search_seconds = time.perf_counter() - started
+    summary = finish(study, config, data, args.out, retrain=not args.no_retrain, progress=_progress(args))
+    print(statistics_text(summary))
+    print(f"\nsearch wall time this run: {search_seconds:.0f} s with {args.workers} worker(s)")
+    if "best_model" in summary:
+        best = summary["best_model"]
+        print(f"best configuration retrained on all {len(data.train):,} training images for {best['epochs']} "
+              f"epochs: test accuracy {100 * best['test_accuracy']:.2f}% → {best['checkpoint']}")
+    print(f"study: {Path(args.out) / 'study.json'}; plots: {Path(args.out)}/*.png")
+    return 0
+
+
 def _settings(settings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "backend")
 
@@ -205,6 +239,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     _add_data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    tune = commands.add_parser("tune", help="Optuna search over TunableNet (resumable, parallel)",
+                               description="The course's task 3. Re-running the same command resumes the study "
+                                           "and runs only the trials still missing to reach --trials.")
+    tune.add_argument("--trials", type=_positive_int, default=100, help="finished trials to reach in total")
+    tune.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial (default 10)")
+    tune.add_argument("--train-size", type=_positive_int, default=10_000, help="training subset per trial")
+    tune.add_argument("--val-size", type=_positive_int, default=2_000,
+                      help="validation images held out of the training split (default 2,000)")
+    tune.add_argument("--batch-size", type=_positive_int, default=128)
+    tune.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
+    tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
+    tune.add_argument("--storage", help="Optuna storage URL (default: a file in --out); e.g. "
+                                        "postgresql+psycopg://user@host/db to spread over machines")
+    tune.add_argument("--study-name", default="optcv")
+    tune.add_argument("--out", default="runs/tune", help="run folder (default runs/tune)")
+    tune.add_argument("--final-epochs", type=_positive_int, help="epochs to retrain the best (default --epochs)")
+    tune.add_argument("--no-retrain", action="store_true", help="skip retraining the best configuration")
+    tune.add_argument("--show", action="store_true", help="print an existing study's statistics and stop")
+    tune.add_argument("--n-layers", nargs=2, type=_positive_int, default=[1, 5], metavar=("LOW", "HIGH"))
+    tune.add_argument("--n-units", nargs=2, type=_positive_int, default=[4, 512], metavar=("LOW", "HIGH"))
+    tune.add_argument("--dropout", nargs=2, type=float, default=[0.2, 0.5], metavar=("LOW", "HIGH"))
+    tune.add_argument("--lr-range", nargs=2, type=_positive_float, default=[1e-5, 1e-1], metavar=("LOW", "HIGH"))
+    tune.add_argument("--optimizers", nargs="+", default=["Adam", "RMSprop", "SGD"], metavar="NAME")
+    tune.add_argument("--quiet", action="store_true")
+    _add_data_options(tune)
+    tune.set_defaults(func=cmd_tune)
 
     bench = commands.add_parser("bench", help="per-image latency (the course's way) and batched throughput",
                                 description="Times single-image predictions over the test images for every "

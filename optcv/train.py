@@ -32,6 +32,11 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
 }
 
 
+# Cross-entropy over 10 classes starts near ln(10) = 2.3; a mean epoch loss far above that is an explosion
+# even when it is still finite.
+DIVERGED_LOSS = 1e4
+
+
 def optimizer_name(name: str) -> str:
     """The canonical spelling of an optimizer name, matched case-insensitively."""
     for known in OPTIMIZERS:
@@ -193,9 +198,9 @@ def train(
             total_loss += loss.detach() * len(index)
         seconds = time.perf_counter() - started
         train_loss = float(total_loss) / n
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
             raise TrainingDiverged(f"training diverged in epoch {epoch + 1} with {config.optimizer} "
-                                   f"lr {config.resolved_lr}: loss is {train_loss}; lower the learning rate")
+                                   f"lr {config.resolved_lr}: mean loss is {train_loss:.3g}; lower the learning rate")
         result = evaluate_model(model, test_split, normalization, config.eval_batch_size)
         record = EpochRecord(epoch + 1, train_loss, result.loss, result.accuracy, result.per_class_accuracy,
                              seconds, n / seconds)

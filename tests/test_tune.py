@@ -1,0 +1,228 @@
+"""Optuna search on a tiny synthetic data set: bounds, pruning, resume, divergence, kill, workers, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import IN_CI
+from optcv.data import load_cifar10
+from optcv.errors import OptcvError
+from optcv.tune import (
+    Objective,
+    SearchSpace,
+    TuneConfig,
+    count_trials,
+    finish,
+    open_study,
+    tune,
+    tuning_splits,
+)
+
+SMALL = dict(epochs=2, train_size=60, val_size=20, batch_size=16, final_epochs=1)
+SMALL_SPACE = SearchSpace(n_layers=(1, 2), n_units=(4, 16), lr=(1e-4, 1e-2))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data_dir):
+    return load_cifar10(tiny_data_dir, progress=False)
+
+
+def small_config(**overrides) -> TuneConfig:
+    return TuneConfig(**{**SMALL, "space": SMALL_SPACE, **overrides})
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optcv", "tune", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_space_is_sampled_within_bounds(tiny, tmp_path):
+    space = SearchSpace(n_layers=(1, 3), n_units=(4, 32), dropout=(0.2, 0.5), lr=(1e-4, 1e-2))
+    study = tune(small_config(trials=8, space=space, pruner="none"), tmp_path, data=tiny, progress=False)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 8
+    for trial in trials:
+        p = trial.params
+        assert 1 <= p["n_layers"] <= 3 and 1e-4 <= p["lr"] <= 1e-2 and p["optimizer"] in ("Adam", "RMSprop", "SGD")
+        assert sorted(k for k in p if k.startswith("n_units")) == [f"n_units_l{i}" for i in range(p["n_layers"])]
+        assert all(4 <= p[f"n_units_l{i}"] <= 32 and 0.2 <= p[f"dropout_l{i}"] <= 0.5 for i in range(p["n_layers"]))
+        assert sorted(trial.intermediate_values) == [1, 2]  # validation accuracy reported every epoch
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_objective_prunes_when_the_pruner_says_so(tiny):
+    config = small_config()
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.optimize(Objective(config, *tuning_splits(tiny, config)), n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert all(list(t.intermediate_values) == [1] for t in study.trials)  # stopped after the first epoch
+
+
+def test_validation_never_touches_the_test_split(tiny):
+    config = small_config(train_size=50, val_size=20)
+    train, val = tuning_splits(tiny, config)
+    assert len(train) == 50 and len(val) == 20
+    train_rows = {x.numpy().tobytes() for x in train.images}
+    assert not any(x.numpy().tobytes() in train_rows for x in val.images)
+    test_rows = {x.numpy().tobytes() for x in tiny.test.images}
+    assert not any(x.numpy().tobytes() in test_rows for x in [*train.images, *val.images])
+
+
+def test_resume_runs_only_the_missing_trials(tiny, tmp_path):
+    first = tune(small_config(trials=4), tmp_path, data=tiny, progress=False)
+    started = {t.number: t.datetime_start for t in first.trials}
+    second = tune(small_config(trials=6), tmp_path, data=tiny, progress=False)
+    assert count_trials(second)["finished"] == 6 and len(second.trials) == 6
+    assert {t.number: t.datetime_start for t in second.trials if t.number < 4} == started
+    again = tune(small_config(trials=6), tmp_path, data=tiny, progress=False)
+    assert len(again.trials) == 6  # nothing left to do
+
+
+def test_resume_refuses_other_search_settings(tiny, tmp_path):
+    tune(small_config(trials=1), tmp_path, data=tiny, progress=False)
+    with pytest.raises(OptcvError, match="started with other search settings"):
+        tune(small_config(trials=2, epochs=3), tmp_path, data=tiny, progress=False)
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(tiny, tmp_path):
+    space = SearchSpace(n_layers=(1, 1), n_units=(8, 8), optimizers=("SGD",), lr=(1e6, 1e6))
+    study = tune(small_config(trials=3, space=space), tmp_path, data=tiny, progress=False)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_finish_writes_study_json_plots_and_an_exportable_best_model(tiny, tmp_path):
+    config = small_config(trials=5, pruner="none")
+    study = tune(config, tmp_path, data=tiny, progress=False)
+    summary = finish(study, config, tiny, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["summary"]["finished"] == 5 and len(saved["trials"]) == 5
+    assert {"number", "state", "params", "value", "duration_s", "intermediate_values"} <= set(saved["trials"][0])
+    assert summary["best_value"] == max(t["value"] for t in saved["trials"])
+    for name in ("optimization_history.png", "intermediate_values.png", "param_importances.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+    from optcv.export import export_onnx
+
+    assert 0 <= saved["best_model"]["test_accuracy"] <= 1
+    export_onnx(tmp_path / "best" / "model.pt", tmp_path / "best.onnx")
+
+
+def test_cli_prints_statistics_and_show_reads_them_back(tiny_data_dir, tmp_path):
+    args = ["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "3", "--epochs", "2",
+            "--train-size", "60", "--val-size", "20", "--batch-size", "16", "--n-units", "4", "16",
+            "--lr-range", "1e-4", "1e-2", "--quiet"]
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "Study statistics:" in result.stdout and "Number of finished trials:  3" in result.stdout
+    assert "test accuracy" in result.stdout
+    shown = cli("--show", "--out", str(tmp_path))
+    assert shown.returncode == 0 and "Number of finished trials:  3" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pruner", "sometimes"], "unknown pruner 'sometimes': choose from median, hyperband, none"),
+        (["--n-layers", "5", "1"], "empty search range for n_layers: 5 > 1"),
+        (["--optimizers", "Lion"], "unknown optimizer 'Lion'"),
+        (["--storage", "sqlite:////nonexistent-folder/sub/study.db"], "cannot open storage"),
+        (["--storage", "postgresql+psycopg://optcv@127.0.0.1:9/none"], "storage"),
+        (["--show"], "no study in"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tiny_data_dir, tmp_path, args, message):
+    result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "run"), "--trials", "1", *args,
+                 timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def trial_states(db) -> list[str]:
+    with sqlite3.connect(db) as connection:
+        return [row[0] for row in connection.execute("SELECT state FROM trials ORDER BY number")]
+
+
+def test_sigkill_mid_trial_then_resume_loses_no_completed_trial(tiny_data_dir, tmp_path):
+    args = ["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "5", "--epochs", "40",
+            "--train-size", "60", "--val-size", "20", "--batch-size", "8", "--pruner", "none",
+            "--n-units", "4", "16", "--no-retrain", "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "optcv", "tune", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    db = tmp_path / "study.db"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        states = trial_states(db) if db.is_file() else []
+        if states.count("COMPLETE") >= 1 and states[-1:] == ["RUNNING"]:
+            break
+        time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"no trial completed in time: {process.stderr.read().decode() if process.stderr else ''}")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = trial_states(db)
+    completed_before = [i for i, s in enumerate(before) if s == "COMPLETE"]
+    interrupted = len(before) - 1
+
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    study = open_study(f"sqlite:///{db}", "optcv")
+    states = {t.number: t.state for t in study.trials}
+    assert all(states[i] == TrialState.COMPLETE for i in completed_before)
+    assert states[interrupted] == TrialState.FAIL
+    assert "died" in study.trials[interrupted].user_attrs["fail_reason"]
+    assert count_trials(study)["finished"] == 5
+
+
+def check_parallel_study(study) -> None:
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) == numbers[-1] + 1  # no duplicated or skipped number
+    assert count_trials(study)["finished"] == 6  # exactly the target: no lost trial, no extra one
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2  # both processes ran trials
+
+
+def test_two_workers_share_a_journal_file(tiny_data_dir, tmp_path):
+    result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "6", "--epochs", "8",
+                 "--train-size", "60", "--val-size", "20", "--batch-size", "8", "--workers", "2",
+                 "--n-units", "4", "16", "--pruner", "none", "--no-retrain", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "study.journal").is_file() and not (tmp_path / "study.db").exists()
+    check_parallel_study(open_study(f"journal:{tmp_path / 'study.journal'}", "optcv"))
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get("OPTCV_TEST_POSTGRES_URL")
+    if not url:
+        message = ("set OPTCV_TEST_POSTGRES_URL to a PostgreSQL URL (e.g. postgresql+psycopg://postgres@127.0.0.1:"
+                   "55432/optcv, with optcv[postgres] installed) to run the multi-machine test; .ci/run starts one")
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return url
+
+
+def test_two_workers_against_postgresql(tiny_data_dir, tmp_path, postgres_url):
+    name = f"ci-{os.getpid()}-{time.time_ns()}"
+    result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "6", "--epochs", "8",
+                 "--train-size", "60", "--val-size", "20", "--batch-size", "8", "--workers", "2",
+                 "--storage", postgres_url, "--study-name", name, "--n-units", "4", "16", "--pruner", "none",
+                 "--no-retrain", "--quiet")
+    assert result.returncode == 0, result.stderr
+    check_parallel_study(open_study(postgres_url, name))
