@@ -27,3 +27,26 @@ def test_training_epoch_throughput(benchmark, request, cifar, batch_size):
     benchmark.extra_info.update({"batch_size": batch_size, "images": len(train_split),
                                  "images_per_s": record.images_per_s, "optimizer": "SGD"})
     assert record.train_loss > 0
+
+
+def test_tuning_trial_throughput(benchmark, cifar):
+    """One epoch of an Optuna trial at `optcv tune`'s defaults (10,000 images, batch 128), for the course's
+    best TunableNet (one hidden layer of 302 units, RMSprop)."""
+    from optcv.models import TunableNetConfig
+    from optcv.tune import TuneConfig, tuning_splits
+
+    config = TuneConfig()
+    train_split, val_split = tuning_splits(cifar, config)
+    model_config = TunableNetConfig(hidden_units=(302,), dropouts=(0.205,))
+    train_config = TrainConfig("RMSprop", lr=6.12e-4, epochs=1, batch_size=config.batch_size, seed=0)
+
+    def one_epoch():
+        return train(build_model(model_config, seed=0), train_split, val_split, train_config, progress=False)
+
+    benchmark.group = "tuning trial TunableNet (one epoch)"
+    benchmark.name = f"trial-epoch-b{config.batch_size}"
+    history = benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=0)
+    record = history.epochs[0]
+    benchmark.extra_info.update({"batch_size": config.batch_size, "images": len(train_split),
+                                 "images_per_s": record.images_per_s, "validation_images": len(val_split)})
+    assert record.train_loss > 0
