@@ -190,6 +190,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from optcv.pipeline import resolve_config, run_pipeline
+
+    config = resolve_config(args.preset, args.set, workers=args.workers)
+    log = (lambda _message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    started = time.perf_counter()
+    report = run_pipeline(config, args.out, data_dir=args.data_dir, download=args.download,
+                          progress=_progress(args), log=log)
+    print(f"report: {report} (results: {report.parent / 'results.json'}); {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def _settings(settings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "backend")
 
@@ -239,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     _add_data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    run = commands.add_parser("run", help="the whole study: compare, tune, export, parity, latency, report",
+                              description="Runs every stage in order into one run folder and writes report.md and "
+                                          "results.json. Re-running the same command resumes where it stopped.")
+    run.add_argument("--preset", default="quick", help="quick (minutes), default (full data) or course "
+                                                       "(the course's settings); default quick")
+    run.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
+                     help="override any preset value, e.g. tune.trials=20 compare.epochs=3 bench.n_single=5000")
+    run.add_argument("--workers", type=_positive_int, help="Optuna worker processes (default 1)")
+    run.add_argument("--out", default="runs/run", help="run folder (default runs/run)")
+    run.add_argument("--quiet", action="store_true", help="no progress display, only the final line")
+    _add_data_options(run)
+    run.set_defaults(func=cmd_run)
 
     tune = commands.add_parser("tune", help="Optuna search over TunableNet (resumable, parallel)",
                                description="The course's task 3. Re-running the same command resumes the study "

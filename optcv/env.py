@@ -41,6 +41,8 @@ def environment_info() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        # Other work on a shared machine skews timings; the load when the numbers were taken says how much.
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "versions": package_versions(),
     }
 

@@ -102,3 +102,161 @@ def plot_latency_bars(labels: Sequence[str], medians_us: Sequence[float], p95_us
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The report of `optcv run`: every number comes from `results` (also written as results.json), and every
+# sentence of conclusion is computed from those numbers.
+
+COURSE_BEST_ACCURACY = 0.50  # the course's best Optuna trial
+COURSE_SPEEDUP = 1185.95 / 63.68  # the course's PyTorch µs ÷ ONNX µs per prediction (≈ 18.6×)
+
+
+def write_report(results: dict[str, Any], run_dir: Path) -> list[Path]:
+    from optcv._io import write_json
+
+    run_dir = Path(run_dir)
+    results_path = write_json(run_dir / "results.json", results)
+    chart = _latency_chart(results, run_dir / "latency.png")
+    report = write_text_atomic(run_dir / "report.md", render_report(results, chart.name if chart else None))
+    return [results_path, report, *([chart] if chart else [])]
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _latency_chart(results: dict[str, Any], path: Path) -> Path | None:
+    labels, medians, p95s = [], [], []
+    for model, bench in results["latency"]["models"].items():
+        for backend, values in bench["backends"].items():
+            labels.append(f"{model} · {backend}")
+            medians.append(values["latency_us"]["median_us"])
+            p95s.append(values["latency_us"]["p95_us"])
+    if not labels:
+        return None
+    return plot_latency_bars(labels, medians, p95s, path, title="Per-image latency, batch 1 (median, p95)")
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def render_report(results: dict[str, Any], latency_chart: str | None) -> str:
+    env = results["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "not installed")
+    total = sum(results["stage_seconds"].values())
+    lines = [
+        f"# optcv run — preset `{results['preset']}`",
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, {env['system']}, load average {env.get('load_average_1m')} "
+        f"when the report was written; Python {env['python']}; {versions}. "
+        f"Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_seconds"].items())
+        + f"; {total:.0f} s in all (not counting work resumed from earlier runs).",
+        "",
+    ]
+    lines += _compare_section(results["compare"], results["config"]["compare"])
+    lines += _tune_section(results["tune"])
+    lines += _parity_section(results["parity"], results["export"])
+    lines += _latency_section(results["latency"], latency_chart)
+    return "\n".join(lines) + "\n"
+
+
+def _compare_section(compare: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    rows = compare["rows"]
+    by_loss = sorted(rows, key=lambda r: r["final train loss"])
+    best_acc = max(rows, key=lambda r: r["test accuracy %"])
+    lines = ["## 1. Optimizer comparison (TutorialNet)", "",
+             f"{settings['epochs']} epochs, batch {settings['batch_size']}, "
+             f"{'all' if settings['train_size'] is None else settings['train_size']} training images, the same "
+             "initial weights and batches for every optimizer.", "",
+             "![loss comparison](compare/loss_comparison.png)", "", markdown_table(rows), ""]
+    if len(by_loss) > 1:
+        first, second = by_loss[0], by_loss[1]
+        gap = second["final train loss"] - first["final train loss"]
+        lines.append(f"**{first['optimizer']}** reached the lowest final training loss, "
+                     f"{first['final train loss']:.4f}, {gap:.4f} below {second['optimizer']} "
+                     f"({second['final train loss']:.4f}). The highest test accuracy was {best_acc['optimizer']}'s, "
+                     f"{best_acc['test accuracy %']:.2f} %.")
+    else:
+        lines.append(f"{rows[0]['optimizer']} reached a final training loss of {rows[0]['final train loss']:.4f}.")
+    return [*lines, ""]
+
+
+def _tune_section(tune: dict[str, Any]) -> list[str]:
+    lines = ["## 2. Hyper-parameter search (Optuna, TunableNet)", "", "```", tune["statistics_text"], "```", ""]
+    for plot in tune.get("plots", []):
+        name = Path(plot).stem.replace("_", " ")
+        lines += [f"![{name}]({plot})", ""]
+    finished = tune["finished"]
+    if finished:
+        lines.append(f"{tune['pruned']} of {finished} finished trials were pruned "
+                     f"({100 * tune['pruned'] / finished:.0f} %).")
+    best = tune.get("best_model")
+    if best:
+        verdict = "above" if best["test_accuracy"] > COURSE_BEST_ACCURACY else "not above"
+        lines.append(f"The best trial ({tune['best_trial']}) reached {_pct(tune['best_value'])} validation accuracy; "
+                     f"retrained on the full training split for {best['epochs']} epochs it scores "
+                     f"**{_pct(best['test_accuracy'])}** on the test split, {verdict} the course's best of "
+                     f"{_pct(COURSE_BEST_ACCURACY)} on the same search space.")
+    return [*lines, ""]
+
+
+def _parity_section(parity: dict[str, Any], export: dict[str, Any]) -> list[str]:
+    lines = ["## 3. Parity: per-class accuracy on the test split", ""]
+    for model, evaluation in parity["models"].items():
+        info = export["models"][model]
+        backends = list(evaluation["backends"])
+        rows = []
+        for i, name in enumerate(evaluation["classes"]):
+            rows.append({"class": name, **{b: f"{100 * list(evaluation['backends'][b]['per_class'].values())[i]:.1f} %"
+                                           for b in backends}})
+        rows.append({"class": "overall", **{b: _pct(evaluation["backends"][b]["accuracy"]) for b in backends}})
+        lines += [f"### {model}: {info['description']}", "",
+                  f"Exported to `{info['onnx']}` (opset {info['opset']}; max |ONNX Runtime − PyTorch| logit "
+                  f"difference at export {info['max_abs_diff']:.3g}).", "", markdown_table(rows), ""]
+        for backend, agreement in evaluation["agreement"].items():
+            n, total = agreement["n_disagree"], evaluation["n_images"]
+            if n == 0:
+                lines.append(f"{backend} predicted the same class as {agreement['reference']} for all {total:,} "
+                             f"test images (max |logit difference| {agreement['max_abs_logit_diff']:.3g}).")
+            else:
+                lines.append(f"{backend} predicted another class than {agreement['reference']} for {n} of "
+                             f"{total:,} test images (max |logit difference| {agreement['max_abs_logit_diff']:.3g}).")
+        lines.append("")
+    return lines
+
+
+def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
+    lines = ["## 4. Per-image latency and batched throughput", ""]
+    for model, bench in latency["models"].items():
+        reference = next(iter(bench["backends"]))
+        ratios = {r["backend"]: r for r in bench["ratios"].values()}
+        rows = []
+        for backend, values in bench["backends"].items():
+            lat = values["latency_us"]
+            row: dict[str, Any] = {"backend": backend, "threads": values["settings"].get("threads"),
+                                   "predictions": lat["n"], "mean µs": f"{lat['mean_us']:.1f}",
+                                   "median µs": f"{lat['median_us']:.1f}", "p95 µs": f"{lat['p95_us']:.1f}",
+                                   "speed-up (95% CI)": "1 (reference)" if backend == reference else
+                                   f"{ratios[backend]['ratio']:.2f}× ({ratios[backend]['ci_low']:.2f}–"
+                                   f"{ratios[backend]['ci_high']:.2f})"}
+            for batch, t in values["throughput"].items():
+                row[f"images/s @{batch}"] = f"{t['images_per_s']:,.0f}"
+            rows.append(row)
+        lines += [f"### {model}", "", markdown_table(rows), ""]
+        for backend, ratio in ratios.items():
+            ref = bench["backends"][reference]["latency_us"]["median_us"]
+            this = bench["backends"][backend]["latency_us"]["median_us"]
+            faster = "faster" if ratio["ratio"] >= 1 else "slower"
+            lines.append(f"{backend} answered one image in a median {this:.1f} µs against {reference}'s {ref:.1f} µs: "
+                         f"{max(ratio['ratio'], 1 / ratio['ratio']):.2f}× {faster} (95 % CI of the ratio "
+                         f"{ratio['ci_low']:.2f}–{ratio['ci_high']:.2f}, {bench['config']['n_single']:,} predictions "
+                         f"per backend, interleaved). The course reported {COURSE_SPEEDUP:.1f}× against an untuned "
+                         "PyTorch.")
+        settings = "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in values["settings"].items() if k != "backend")
+                             for b, values in bench["backends"].items())
+        lines += ["", f"Settings chosen by calibration (batch 1): {settings}.", ""]
+    if chart:
+        lines += [f"![latency]({chart})", ""]
+    return lines

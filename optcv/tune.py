@@ -218,6 +218,7 @@ def _alive(pid: int) -> bool:
 
 
 def load_or_create_study(url: str, name: str, config: TuneConfig, sampler_seed: int) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # optcv reports progress itself
     storage = open_storage(url)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
     pruner = make_pruner(config.pruner, config.epochs)

@@ -1,0 +1,150 @@
+"""`optcv run` end to end on synthetic data: all stages, report = JSON, resume after SIGKILL, the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from optcv.errors import OptcvError
+from optcv.pipeline import STAGES, resolve_config, run_lock
+
+TINY = ["compare.train_size=none", "compare.test_size=none", "compare.epochs=2", "tune.train_size=50",
+        "tune.val_size=20", "tune.trials=3", "tune.epochs=2", "tune.final_epochs=1", "bench.n_single=200",
+        "bench.chunk=20", "bench.batch_sizes=8", "bench.batched_images=64", "bench.calibration_calls=40"]
+
+
+def optcv_run(data_dir, out, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optcv", "run", "--data-dir", str(data_dir), "--out", str(out),
+                           "--set", *TINY, *extra], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = optcv_run(tiny_data_dir, out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_every_stage_runs_and_writes_report_and_json(finished_run):
+    state = json.loads((finished_run / "stages.json").read_text())
+    assert list(state["stages"]) == list(STAGES)
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["schema"] == "optcv-results/1" and results["preset"] == "quick"
+    assert set(results["latency"]["models"]) == {"tutorial", "tuned"}
+    for name in ("report.md", "latency.png", "compare/loss_comparison.png", "models/tutorial.onnx",
+                 "models/tuned.onnx", "tune/study.json", "bench-tutorial.json"):
+        assert (finished_run / name).is_file(), name
+    report = (finished_run / "report.md").read_text()
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (finished_run / image).is_file(), image  # every picture the report shows exists
+
+
+def test_report_numbers_equal_the_json(finished_run):
+    report = (finished_run / "report.md").read_text()
+    results = json.loads((finished_run / "results.json").read_text())
+    for row in results["compare"]["rows"]:
+        assert re.search(rf"\| {row['optimizer']}\s+\|.*\|\s+{row['test accuracy %']:.1f} \|", report)
+    best = min(results["compare"]["rows"], key=lambda r: r["final train loss"])
+    assert f"**{best['optimizer']}** reached the lowest final training loss, {best['final train loss']:.4f}" in report
+    tune = results["tune"]
+    assert f"Number of finished trials:  {tune['finished']}" in report
+    assert f"{100 * tune['best_model']['test_accuracy']:.2f} %" in report
+    for bench in results["latency"]["models"].values():
+        for values in bench["backends"].values():
+            assert f"{values['latency_us']['median_us']:.1f}" in report
+        for ratio in bench["ratios"].values():
+            assert f"{ratio['ratio']:.2f}× ({ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})" in report
+    for evaluation in results["parity"]["models"].values():
+        for values in evaluation["backends"].values():
+            assert f"{100 * values['accuracy']:.2f} %" in report
+
+
+def test_rerun_skips_finished_stages(finished_run, tiny_data_dir):
+    before = json.loads((finished_run / "stages.json").read_text())["stages"]
+    result = optcv_run(tiny_data_dir, finished_run)
+    assert result.returncode == 0, result.stderr
+    after = json.loads((finished_run / "stages.json").read_text())["stages"]
+    for stage in STAGES[:-1]:
+        assert after[stage]["finished_at"] == before[stage]["finished_at"], stage
+        assert f"{stage}: done earlier, skipped" in result.stderr
+
+
+def test_a_damaged_output_reruns_its_stage(finished_run, tiny_data_dir):
+    (finished_run / "bench-tutorial.json").write_text("{}")
+    result = optcv_run(tiny_data_dir, finished_run)
+    assert result.returncode == 0
+    assert "latency: done earlier" not in result.stderr and "export: done earlier, skipped" in result.stderr
+    assert json.loads((finished_run / "bench-tutorial.json").read_text())["schema"] == "optcv-bench/1"
+
+
+def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_data_dir):
+    result = optcv_run(tiny_data_dir, finished_run, "tune.trials=4")
+    assert result.returncode == 2 and "holds a run with other settings" in result.stderr
+
+
+def test_sigkill_during_tuning_then_resume(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    slow = ["tune.epochs=30", "tune.trials=4", "tune.pruner=none"]
+    process = subprocess.Popen([sys.executable, "-m", "optcv", "run", "--data-dir", str(tiny_data_dir), "--out",
+                                str(out), "--set", *TINY, *slow, "--quiet"], stderr=subprocess.PIPE)
+    db = out / "tune" / "study.db"
+    deadline = time.time() + 240
+    import sqlite3
+
+    states: list[str] = []
+    while time.time() < deadline:
+        if db.is_file():
+            try:
+                with sqlite3.connect(db) as connection:
+                    states = [r[0] for r in connection.execute("SELECT state FROM trials ORDER BY number")]
+            except sqlite3.Error:
+                states = []
+        if "COMPLETE" in states and states[-1] == "RUNNING":
+            break
+        time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail("the tuning stage never had a completed and a running trial")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    compare_done = json.loads((out / "stages.json").read_text())["stages"]["compare"]["finished_at"]
+    completed = [i for i, s in enumerate(states) if s == "COMPLETE"]
+
+    result = optcv_run(tiny_data_dir, out, *slow)
+    assert result.returncode == 0, result.stderr
+    assert "compare: done earlier, skipped" in result.stderr
+    state = json.loads((out / "stages.json").read_text())["stages"]
+    assert state["compare"]["finished_at"] == compare_done
+    trials = json.loads((out / "tune" / "study.json").read_text())["trials"]
+    assert all(trials[i]["state"] == "COMPLETE" for i in completed)
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials) == 4
+    assert (out / "report.md").is_file()
+
+
+def test_a_second_run_on_the_same_folder_is_locked_out(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):
+        result = optcv_run(tiny_data_dir, out)
+    assert result.returncode == 2
+    assert "in use by another optcv run" in result.stderr and ".lock" in result.stderr
+    assert not (out / "stages.json").exists()
+
+
+def test_presets_and_overrides():
+    config = resolve_config("course", ["tune.trials=7", "compare.train_size=none", "bench.batch_sizes=1,8"])
+    assert config.tune.trials == 7 and config.compare.train_size is None and config.bench.batch_sizes == (1, 8)
+    assert resolve_config("course").tune.trials == 100 and resolve_config("course").bench.n_single == 10_000
+    for bad, message in [("tune.trials=many", "not a valid int"), ("tune.colour=1", "unknown setting"),
+                         ("tune=3", "is a section"), ("trials", "SECTION.FIELD=VALUE")]:
+        with pytest.raises(OptcvError, match=message):
+            resolve_config("quick", [bad])
+    with pytest.raises(OptcvError, match="unknown preset"):
+        resolve_config("huge")
