@@ -4,6 +4,7 @@ In CI the copy must be there (a missing copy fails); elsewhere these tests skip 
 """
 
 import json
+import time
 
 import pytest
 
@@ -41,3 +42,23 @@ def test_export_and_evaluate_on_real_data(compared, real_data_dir, tmp_path, cap
     result = json.loads(result_file.read_text())
     assert result["n_images"] == 10_000
     assert result["backends"]["pytorch"]["per_class"] == result["backends"]["onnxruntime"]["per_class"]
+
+
+def test_run_quick_preset_on_real_data(real_data_dir, tmp_path):
+    """What the README's first command runs: `optcv run --preset quick` on the real copy."""
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    assert main(["run", "--preset", "quick", "--data-dir", str(real_data_dir), "--out", str(out), "--quiet"]) == 0
+    seconds = time.perf_counter() - started
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    assert results["tune"]["finished"] == 6 and "Study statistics:" in report
+    for model in ("tutorial", "tuned"):
+        evaluation = results["parity"]["models"][model]
+        assert evaluation["n_images"] == 10_000
+        assert evaluation["agreement"]["onnxruntime"]["n_disagree"] == 0
+        speedup = results["latency"]["models"][model]["ratios"]["pytorch/onnxruntime"]["ratio"]
+        assert speedup > 1, f"ONNX Runtime slower than PyTorch on {model}?"
+    accuracy = max(r["test accuracy %"] for r in results["compare"]["rows"])
+    assert accuracy > 25, "TutorialNet should beat chance clearly even on the quick preset"
+    print(f"optcv run --preset quick: {seconds:.0f} s")
