@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,9 @@ def _singles(images: np.ndarray, n: int) -> list[np.ndarray]:
 
 
 def time_interleaved(predictors: Sequence[Predictor], images: np.ndarray, n: int, chunk: int,
-                     warmup: int = 200) -> dict[str, np.ndarray]:
-    """Microseconds of each of `n` single-image predictions per predictor, timed in alternating chunks.
+                     warmup: int = 200) -> list[np.ndarray]:
+    """Microseconds of each of `n` single-image predictions, one array per predictor (in the given order),
+    timed in alternating chunks.
 
     The order of the predictors flips every chunk (A B, B A, …) so slow drifts of the machine fall on
     all of them alike.
@@ -85,19 +86,19 @@ def time_interleaved(predictors: Sequence[Predictor], images: np.ndarray, n: int
     for predictor in predictors:
         for x in singles[:warmup]:
             predictor.predict(x)
-    samples = {p.name: np.empty(n, dtype=np.float64) for p in predictors}
+    samples = [np.empty(n, dtype=np.float64) for _ in predictors]
     clock = time.perf_counter_ns
-    for index, start in enumerate(range(0, n, chunk)):
-        order = predictors if index % 2 == 0 else list(reversed(predictors))
-        for predictor in order:
-            out = samples[predictor.name]
-            predict = predictor.predict
+    indices = list(range(len(predictors)))
+    for chunk_index, start in enumerate(range(0, n, chunk)):
+        for k in indices if chunk_index % 2 == 0 else reversed(indices):
+            out = samples[k]
+            predict = predictors[k].predict
             for i in range(start, min(start + chunk, n)):
                 x = singles[i]
                 t0 = clock()
                 predict(x)
                 out[i] = clock() - t0
-    return {name: values / 1000.0 for name, values in samples.items()}
+    return [values / 1000.0 for values in samples]
 
 
 def bootstrap_median_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0,
@@ -136,25 +137,11 @@ def pick_fastest(candidates: Sequence[Predictor], images: np.ndarray, calls: int
     if len(candidates) == 1:
         return candidates[0]
     if batch_size == 1:
-        renamed = [_Renamed(c, f"candidate{i}") for i, c in enumerate(candidates)]
-        samples = time_interleaved(renamed, images, calls, chunk=max(1, calls // 6), warmup=min(50, calls))
-        medians = [float(np.median(samples[r.name])) for r in renamed]
+        samples = time_interleaved(candidates, images, calls, chunk=max(1, calls // 6), warmup=min(50, calls))
+        medians = [float(np.median(s)) for s in samples]
     else:
         medians = [-min(time_batched(c, images, batch_size, batch_size * 4) for _ in range(2)) for c in candidates]
     return candidates[int(np.argmin(medians))]
-
-
-class _Renamed:
-    def __init__(self, predictor: Predictor, name: str):
-        self.predictor, self.name, self.classes = predictor, name, predictor.classes
-        self.predict = predictor.predict
-
-    def describe(self) -> dict[str, Any]:
-        return self.predictor.describe()
-
-
-# A backend to time: a name and the candidate predictors (settings) it may run with.
-BackendCandidates = tuple[str, Callable[[], list[Predictor]]]
 
 
 @dataclass
@@ -200,7 +187,8 @@ def run_bench(backends: dict[str, list[Predictor]], images: np.ndarray, config: 
         raise OptcvError("no backend to time")
     reference = reference or next(iter(backends))
     chosen = {name: pick_fastest(c, images, config.calibration_calls) for name, c in backends.items()}
-    samples = time_interleaved(list(chosen.values()), images, config.n_single, config.chunk, config.warmup)
+    timed = time_interleaved(list(chosen.values()), images, config.n_single, config.chunk, config.warmup)
+    samples = dict(zip(chosen, timed, strict=True))
     results = {name: BackendResult(p.describe(), LatencyStats.from_samples(samples[name]))
                for name, p in chosen.items()}
     for batch_size in config.batch_sizes:
