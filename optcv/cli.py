@@ -22,6 +22,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="download CIFAR-10 with torchvision if absent")
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from optcv.runtime import BACKENDS, DEFAULT_BACKENDS
+
+    parser.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
+    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
+                        metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: pytorch onnxruntime); "
+                                            "the first is the reference for agreement and speed-ups")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -207,7 +216,6 @@ def _settings(settings: dict[str, object]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from optcv.runtime import BACKENDS, DEFAULT_BACKENDS
     from optcv.train import OPTIMIZERS
 
     parser = argparse.ArgumentParser(
@@ -242,9 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     evaluate = commands.add_parser("evaluate", help="per-class accuracy of each backend and their agreement")
-    evaluate.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
-    evaluate.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
-                          metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: pytorch onnxruntime)")
+    _add_model_options(evaluate)
     evaluate.add_argument("--threads", type=_positive_int, help="threads per backend (default: all cores)")
     evaluate.add_argument("--test-size", type=_positive_int, help="stratified test subset (default: all 10,000)")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
@@ -298,9 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Times single-image predictions over the test images for every "
                                             "backend, interleaved, then batched throughput; each backend is first "
                                             "calibrated to its fastest thread count and options.")
-    bench.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
-    bench.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
-                       metavar="BACKEND", help=f"any of {', '.join(BACKENDS)}; the first is the reference")
+    _add_model_options(bench)
     bench.add_argument("-n", type=_positive_int, default=10_000,
                        help="single-image predictions per backend (default 10,000, the course's)")
     bench.add_argument("--chunk", type=_positive_int, default=500, help="calls per backend between switches")
