@@ -21,7 +21,7 @@ from optcv.data import CIFAR10, Normalization, load_cifar10, stratified_subset
 from optcv.env import cpu_model, package_versions
 from optcv.export import export_onnx
 from optcv.models import Checkpoint, TunableNetConfig, TutorialNetConfig, arch_name, build_model, save_checkpoint
-from optcv.runtime import DEFAULT_BACKENDS, ModelSource, Predictor, candidate_predictors
+from optcv.runtime import DEFAULT_BACKENDS, ModelSource, Predictor, candidate_predictors, default_threads
 from optcv.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +37,8 @@ REFERENCE_MODELS: dict[str, tuple[Any, TrainConfig]] = {
 }
 MODEL_NAMES = list(REFERENCE_MODELS)
 BACKENDS = list(DEFAULT_BACKENDS)
+# Every backend is timed at the same, explicit thread counts: one, and every core of this machine.
+THREAD_COUNTS = sorted({1, default_threads()})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -167,13 +169,14 @@ def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
 
 @pytest.fixture(scope="session")
 def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarray):
-    """The same calibrated choice `optcv bench` makes: the fastest setting per backend and batch size."""
-    chosen: dict[tuple[str, str, int], Predictor] = {}
+    """At a given thread count, the backend's fastest other setting (oneDNN on or off for PyTorch), chosen
+    by the same short interleaved calibration `optcv bench` makes."""
+    chosen: dict[tuple[str, str, int, int], Predictor] = {}
 
-    def get(model: str, backend: str, batch_size: int = 1) -> Predictor:
-        key = (model, backend, batch_size)
+    def get(model: str, backend: str, batch_size: int, threads: int) -> Predictor:
+        key = (model, backend, batch_size, threads)
         if key not in chosen:
-            candidates = candidate_predictors(backend, model_sources[model])
+            candidates = candidate_predictors(backend, model_sources[model], threads)
             chosen[key] = pick_fastest(candidates, test_images, calls=300, batch_size=batch_size)
         return chosen[key]
 
