@@ -201,8 +201,9 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            # Optuna has no public call to annotate another process's trial; the state change is public.
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {host}:{pid} died")
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
     return failed
 
