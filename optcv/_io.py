@@ -50,6 +50,34 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+@contextmanager
+def folder_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) or fail at once, naming the holder."""
+    import fcntl
+
+    from optcv.errors import OptcvError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise OptcvError(f"{path.parent} is in use by another {what} ({owner} holds the lock {path}); "
+                         "wait for it to finish or use another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

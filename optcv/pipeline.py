@@ -9,20 +9,18 @@ interrupted stage (training and the Optuna study resume on their own). A lock ke
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import os
 import shutil
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optcv._io import sha256_file, write_json
+from optcv._io import folder_lock, sha256_file, write_json
 from optcv.bench import BenchConfig
 from optcv.compare import CompareConfig
 from optcv.data import CIFAR10, load_cifar10, stratified_subset
@@ -139,29 +137,9 @@ def _parse(text: str, hint: Any, key: str) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path) -> AbstractContextManager[None]:
     """Hold RUN_DIR/.lock for the whole run; a second run on the same folder fails at once."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise OptcvError(f"{run_dir} is in use by another optcv run ({owner} holds the lock {path}); "
-                         "wait for it to finish or use another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    return folder_lock(run_dir / LOCK_FILE, "optcv run")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from optcv._io import write_json
+from optcv._io import folder_lock, write_json
 from optcv.data import CIFAR10, Split, load_cifar10, split_train_val, stratified_subset
 from optcv.env import environment_info
 from optcv.errors import OptcvError
@@ -190,19 +190,24 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
 
 
-def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+def fail_dead_local_trials(study: optuna.Study, exclusive: bool = False) -> list[int]:
     """Mark RUNNING trials whose worker process on this machine is gone as FAILED (a killed run).
 
     Heartbeats do the same for database storages after their grace period; this handles the journal file
-    and makes a restart on the same machine immediate.
+    and makes a restart on the same machine immediate. With `exclusive` (the study lives in a file of a
+    run folder this process has locked) no other worker can be alive, so a RUNNING trial killed before it
+    recorded its worker is failed too.
     """
     host = socket.gethostname()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        worker = trial.user_attrs.get("worker")
+        worker_host, _, pid = str(worker or "").rpartition(":")
+        local_and_dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
+        if local_and_dead or (exclusive and worker is None):
             # Optuna has no public call to annotate another process's trial; the state change is public.
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {host}:{pid} died")
+            reason = f"worker {worker} died" if worker else "its worker died before it started training"
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             study.tell(trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
     return failed
@@ -295,10 +300,15 @@ def tune(config: TuneConfig, run_dir: str | Path, *, data_dir: str | None = None
     if workers < 1:
         raise OptcvError(f"workers must be at least 1, got {workers}")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir / ".lock", "optcv tune"):
+        return _tune_locked(config, run_dir, data_dir, data, storage, study_name, workers, timeout, progress)
+
+
+def _tune_locked(config: TuneConfig, run_dir: Path, data_dir: str | None, data: CIFAR10 | None, storage: str | None,
+                 study_name: str, workers: int, timeout: float | None, progress: bool) -> optuna.Study:
     url = storage or default_storage(run_dir, workers)
     study = load_or_create_study(url, study_name, config, sampler_seed=config.seed)
-    fail_dead_local_trials(study)
+    fail_dead_local_trials(study, exclusive=storage is None)
     write_json(run_dir / "tune_config.json", {"tune": config.search_settings(), "trials": config.trials,
                                               "final_epochs": config.final_epochs, "storage": url,
                                               "study_name": study_name, "workers": workers,

@@ -229,3 +229,22 @@ def test_two_workers_against_postgresql(tiny_data_dir, tmp_path, postgres_url):
                  "--no-retrain", "--quiet")
     assert result.returncode == 0, result.stderr
     check_parallel_study(open_study(postgres_url, name))
+
+
+def test_a_trial_killed_before_it_recorded_its_worker_is_failed_on_restart(tiny, tmp_path):
+    config = small_config(trials=1)
+    tune(config, tmp_path, data=tiny, progress=False)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "optcv")
+    orphan = study.ask()  # RUNNING, and no worker ever wrote into it: a process killed right after asking
+    study = tune(small_config(trials=2), tmp_path, data=tiny, progress=False)
+    failed = study.trials[orphan.number]
+    assert failed.state == TrialState.FAIL and "before it started training" in failed.user_attrs["fail_reason"]
+    assert count_trials(study)["finished"] == 2
+
+
+def test_two_tune_commands_on_one_folder_are_refused(tiny_data_dir, tmp_path):
+    from optcv._io import folder_lock
+
+    with folder_lock(tmp_path / ".lock", "optcv tune"):
+        result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "1", timeout=120)
+    assert result.returncode == 2 and "in use by another optcv tune" in result.stderr
