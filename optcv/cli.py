@@ -276,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "and runs only the trials still missing to reach --trials.")
     tune.add_argument("--trials", type=_positive_int, default=100, help="finished trials to reach in total")
     tune.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial (default 10)")
-    tune.add_argument("--train-size", type=_positive_int, default=10_000, help="training subset per trial")
-    tune.add_argument("--val-size", type=_positive_int, default=2_000,
-                      help="validation images held out of the training split (default 2,000)")
+    tune.add_argument("--train-size", type=_positive_int, default=3_840,
+                      help="training subset per trial (default 3,840, Optuna's PyTorch example)")
+    tune.add_argument("--val-size", type=_positive_int, default=1_280,
+                      help="validation images held out of the training split (default 1,280)")
     tune.add_argument("--batch-size", type=_positive_int, default=128)
     tune.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
     tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")

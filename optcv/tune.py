@@ -76,12 +76,13 @@ def config_from_params(params: dict[str, Any]) -> tuple[TunableNetConfig, str, f
 
 @dataclass(frozen=True)
 class TuneConfig:
-    # Budget modelled on Optuna's PyTorch example (small subsets, 10 epochs), a little larger so that
-    # validation accuracy means something on CIFAR-10.
+    # Optuna's PyTorch example's budget: batches of 128, 30 of them for training (3,840 images) and 10 for
+    # validation (1,280), 10 epochs. It keeps a 100-trial study to minutes on two cores; the best
+    # configuration is then retrained on all 50,000 training images.
     trials: int = 100
     epochs: int = 10
-    train_size: int = 10_000
-    val_size: int = 2_000
+    train_size: int = 3_840
+    val_size: int = 1_280
     batch_size: int = 128
     pruner: str = "median"
     seed: int = 0
@@ -106,7 +107,7 @@ class TuneConfig:
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)  # Optuna's defaults
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
