@@ -231,6 +231,7 @@ def test_two_workers_against_postgresql(tiny_data_dir, tmp_path, postgres_url):
     check_parallel_study(open_study(postgres_url, name))
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for a trial by hand, on purpose
 def test_a_trial_killed_before_it_recorded_its_worker_is_failed_on_restart(tiny, tmp_path):
     config = small_config(trials=1)
     tune(config, tmp_path, data=tiny, progress=False)
