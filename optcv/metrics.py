@@ -30,10 +30,6 @@ class Agreement:
     disagreeing: list[int]
     max_abs_diff: float
 
-    @property
-    def identical_predictions(self) -> bool:
-        return self.n_disagree == 0
-
 
 def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> Agreement:
     if logits_a.shape != logits_b.shape:

@@ -113,17 +113,13 @@ COURSE_SPEEDUP = 1185.95 / 63.68  # the course's PyTorch µs ÷ ONNX µs per pre
 
 
 def write_report(results: dict[str, Any], run_dir: Path) -> list[Path]:
-    from optcv._io import write_json
+    from optcv._io import write_json, write_text
 
     run_dir = Path(run_dir)
     results_path = write_json(run_dir / "results.json", results)
     chart = _latency_chart(results, run_dir / "latency.png")
-    report = write_text_atomic(run_dir / "report.md", render_report(results, chart.name if chart else None))
+    report = write_text(run_dir / "report.md", render_report(results, chart.name if chart else None))
     return [results_path, report, *([chart] if chart else [])]
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _latency_chart(results: dict[str, Any], path: Path) -> Path | None:

@@ -16,10 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from optcv.data import IMAGE_SHAPE
 from optcv.errors import OptcvError
 from optcv.models import Checkpoint, load_checkpoint
-
-IMAGE_SHAPE = (3, 32, 32)
 
 
 class Predictor(Protocol):
@@ -134,12 +133,12 @@ class OrtPredictor:
         if inputs != [INPUT_NAME]:
             raise OptcvError(f"{onnx_path} takes inputs {inputs}, not optcv's single {INPUT_NAME!r}; "
                              "export it with `optcv export`")
-        self._outputs = [OUTPUT_NAME]
+        self._input, self._outputs = INPUT_NAME, [OUTPUT_NAME]
         self._version = ort.__version__
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
-        return self.session.run(self._outputs, {"images": images})[0]
+        return self.session.run(self._outputs, {self._input: images})[0]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"onnxruntime {self._version}", "threads": self.threads,

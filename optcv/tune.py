@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import multiprocessing
 import os
 import socket
@@ -289,11 +288,6 @@ def tuning_splits(data: CIFAR10, config: TuneConfig) -> tuple[Split, Split]:
     return stratified_subset(rest, min(config.train_size, len(rest)), seed=config.seed), val
 
 
-def _worker_main(spec: WorkerSpec) -> None:
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    run_worker(spec)
-
-
 def tune(config: TuneConfig, run_dir: str | Path, *, data_dir: str | None = None, data: CIFAR10 | None = None,
          storage: str | None = None, study_name: str = "optcv", workers: int = 1, timeout: float | None = None,
          progress: bool = True) -> optuna.Study:
@@ -342,7 +336,7 @@ def _run_with_progress(specs: list[WorkerSpec], study: optuna.Study, target: int
             bar.close()
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(spec,), daemon=True) for spec in specs]
+    processes = [context.Process(target=run_worker, args=(spec,), daemon=True) for spec in specs]
     for process in processes:
         process.start()
     bar = tqdm(total=target, initial=count_trials(study)["finished"], desc="trials", unit="trial",
