@@ -281,7 +281,10 @@ def make_baseline(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for result in results:
         ratios.update({k: {"ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]}
                        for k, v in ratios_of(result).items()})
-    return {"schema": BASELINE_SCHEMA, "environment": environment_info(), "ratios": ratios}
+    from optcv.env import machine_fingerprint
+
+    return {"schema": BASELINE_SCHEMA, "environment": {**environment_info(), "fingerprint": machine_fingerprint()},
+            "ratios": ratios}
 
 
 def ratio_gate(measured: dict[str, dict[str, Any]], baseline: dict[str, Any],
@@ -290,14 +293,23 @@ def ratio_gate(measured: dict[str, dict[str, Any]], baseline: dict[str, Any],
     (1 - margin) × the baseline ratio."""
     if not 0 <= margin < 1:
         raise OptcvError(f"margin must be in [0, 1), got {margin}")
-    expected = ratios_of(baseline)
+    # Only the models this run measured are gated; a model absent from the run is not a failure.
+    measured_models = {key.split(":", 1)[0] for key in measured}
+    expected = {k: v for k, v in ratios_of(baseline).items() if k.split(":", 1)[0] in measured_models}
+    if not expected:
+        held = sorted({key.split(":", 1)[0] for key in ratios_of(baseline)})
+        raise BaselineError(f"the baseline holds no ratios for {', '.join(sorted(measured_models))} "
+                            f"(it has {', '.join(held) or 'none'}); name the model the same or refresh the baseline")
     missing = sorted(set(expected) - set(measured))
     if missing:
         raise BaselineError(f"the run did not measure {', '.join(missing)}, which the baseline holds; "
-                            "time the same backends and models, or refresh the baseline")
+                            "time the same backends, or refresh the baseline")
     findings = []
     for key, base in expected.items():
         m = measured[key]
-        findings.append(GateFinding(key, float(base["ratio"]), float(m["ratio"]), float(m["ci_low"]),
-                                    float(m["ci_high"]), float(base["ratio"]) * (1 - margin)))
+        try:
+            findings.append(GateFinding(key, float(base["ratio"]), float(m["ratio"]), float(m["ci_low"]),
+                                        float(m["ci_high"]), float(base["ratio"]) * (1 - margin)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BaselineError(f"{key}: a ratio entry lacks a numeric {exc}; refresh the file") from None
     return findings

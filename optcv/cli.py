@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from optcv.ab import GateConfig
 from optcv.errors import OptcvError
 
 EXIT_REGRESSION = 1
@@ -148,21 +149,90 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from optcv.bench import load_json, ratio_gate, ratios_of
+    if args.results:
+        return _gate_files(args)
+    if args.self_test:
+        return _gate_self_test(args)
+    return _gate_ab(args)
 
+
+def _gate_files(args: argparse.Namespace) -> int:
+    from optcv.bench import DEFAULT_MARGIN, load_json, ratio_gate, ratios_of
+
+    if not args.baseline:
+        raise OptcvError("gating bench result files needs --baseline FILE (e.g. benchmarks/baselines/ratios.json)")
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
     measured: dict[str, dict[str, object]] = {}
     for path in args.results:
         measured.update(ratios_of(load_json(path, "results file")))
-    baseline = load_json(args.baseline, "baseline")
-    findings = ratio_gate(measured, baseline, args.margin)
+    findings = ratio_gate(measured, load_json(args.baseline, "baseline"), margin)
     for finding in findings:
         print(finding.message())
     failed = [f for f in findings if not f.passed]
     if failed:
-        print(f"{len(failed)} of {len(findings)} speed-ups fell more than {args.margin:.0%} below the baseline",
+        print(f"{len(failed)} of {len(findings)} speed-ups fell more than {margin:.0%} below the baseline",
               file=sys.stderr)
         return EXIT_REGRESSION
-    print(f"all {len(findings)} speed-ups within {args.margin:.0%} of the baseline")
+    print(f"all {len(findings)} speed-ups within {margin:.0%} of the baseline")
+    return 0
+
+
+def _gate_config(args: argparse.Namespace) -> GateConfig:
+    return GateConfig(models=tuple(args.models), workers_per_side=args.workers, case_seconds=args.case_seconds,
+                      cases=tuple(args.cases or ()), seed=args.seed)
+
+
+def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
+    from optcv._io import write_json, write_text
+
+    if args.json:
+        write_json(args.json, data)
+    if args.summary:
+        write_text(args.summary, markdown)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")
+
+
+def _gate_ab(args: argparse.Namespace) -> int:
+    from optcv.ab import run_gate, run_ratio_fallback
+    from optcv.gate import Thresholds
+    from optcv.report import gate_failure_lines, gate_markdown, ratio_fallback_markdown
+
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    thresholds = Thresholds.load(args.thresholds, args.threshold)
+    result = run_gate(_gate_config(args), thresholds, against=args.against, base_python=args.base_python,
+                      data_dir=args.data_dir, log=log, progress=_progress(args))
+    if isinstance(result, str):
+        print(f"optcv gate: no second side: {result}; falling back to the ratio gate", file=sys.stderr)
+        baseline = args.baseline or str(Path(__file__).resolve().parent.parent / "benchmarks/baselines/ratios.json")
+        fallback = run_ratio_fallback(result, baseline, models=args.models, data_dir=args.data_dir, log=log)
+        markdown = ratio_fallback_markdown(fallback)
+        print(markdown)
+        _publish(args, markdown, {"schema": "optcv-ratio-fallback/1", "reason": fallback.reason,
+                                  "machine_differences": fallback.machine_differences,
+                                  "findings": [vars(f) for f in fallback.findings]})
+        return EXIT_REGRESSION if fallback.regressions else 0
+    markdown = gate_markdown(result)
+    print(markdown)
+    _publish(args, markdown, result.to_dict())
+    for line in gate_failure_lines(result):
+        print(line, file=sys.stderr)
+    return EXIT_REGRESSION if result.regressions else 0
+
+
+def _gate_self_test(args: argparse.Namespace) -> int:
+    from optcv.report import self_test_markdown
+    from optcv.selftest import run_self_test
+
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    result = run_self_test(_gate_config(args), targets=args.targets, levels_pct=args.levels, repeats=args.repeat,
+                           unchanged_repeats=args.unchanged, thresholds=tuple(args.self_test_thresholds),
+                           data_dir=args.data_dir, log=log, progress=_progress(args))
+    markdown = self_test_markdown(result)
+    print(markdown)
+    _publish(args, markdown, result.to_dict())
     return 0
 
 
@@ -317,15 +387,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(bench)
     bench.set_defaults(func=cmd_bench)
 
-    gate = commands.add_parser("gate", help="fail when a backend's speed-up fell below a baseline's",
-                               description="Compares the paired speed-up ratios of `optcv bench --json` results "
-                                           "with a baseline; exit 1 on a regression, 2 on a missing or bad file.")
-    gate.add_argument("results", nargs="+", help="JSON files written by `optcv bench --json`")
-    gate.add_argument("--baseline", required=True, help="a ratio baseline (benchmarks/baselines/ratios.json)")
-    gate.add_argument("--margin", type=float, default=0.10,
-                      help="allowed drop below the baseline ratio, as a fraction (default 0.10)")
-    gate.set_defaults(func=cmd_gate)
+    _add_gate_parser(commands)
     return parser
+
+
+def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.ab import MODELS
+    from optcv.gate import DEFAULT_THRESHOLD_PCT
+    from optcv.inject import TARGETS
+
+    default = GateConfig()
+    gate = commands.add_parser(
+        "gate", help="fail when the code got slower: this tree timed against a base revision in one run",
+        description="A/B gate: the base revision (git worktree) and this source tree, each with its own models and "
+                    "worker processes, timed case by case in a seeded random interleaved order. Exit 1 on a "
+                    "regression, 2 on a set-up error. Given bench JSON files instead, gates their speed-up ratios "
+                    "on --baseline (the older ratio gate).")
+    gate.add_argument("results", nargs="*", help="optional: `optcv bench --json` files to gate on --baseline")
+    gate.add_argument("--against", metavar="REV", help="base revision (default: the merge-base with main when on "
+                                                       "another branch, else HEAD~1)")
+    gate.add_argument("--base-python", metavar="PATH", help="the base side's interpreter (e.g. a venv with other "
+                                                           "torch/onnxruntime versions); alone, base = this tree")
+    gate.add_argument("--threshold", type=float, metavar="PCT",
+                      help=f"a case fails above this slowdown (%%) when significant; default {DEFAULT_THRESHOLD_PCT:g}")
+    gate.add_argument("--thresholds", metavar="FILE", help="per-case thresholds (benchmarks/gate_thresholds.json)")
+    gate.add_argument("--models", nargs="+", default=list(default.models), choices=list(MODELS))
+    gate.add_argument("--cases", nargs="+", metavar="GLOB", help="only these cases, e.g. '*/b1/*'")
+    gate.add_argument("--workers", type=_positive_int, default=default.workers_per_side, help="workers per side")
+    gate.add_argument("--case-seconds", type=_positive_float, default=default.case_seconds,
+                      help="timed work per case, both sides together")
+    gate.add_argument("--seed", type=int, default=default.seed)
+    gate.add_argument("--json", help="write every number to this JSON file")
+    gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
+    gate.add_argument("--baseline", help="ratio baseline for bench files, or for the fallback without a base revision")
+    gate.add_argument("--margin", type=float, help="ratio gate only: allowed fall below the baseline (default 0.10)")
+    gate.add_argument("--self-test", action="store_true", help="inject real slowdowns and report the detection rates")
+    gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
+    gate.add_argument("--levels", nargs="+", type=_positive_float, default=[3.0, 5.0, 10.0], help="self-test %%")
+    gate.add_argument("--repeat", type=_positive_int, default=10, help="self-test runs per target and level")
+    gate.add_argument("--unchanged", type=_positive_int, default=20, help="self-test runs of unchanged code")
+    gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=[DEFAULT_THRESHOLD_PCT, 2.0],
+                      metavar="PCT", help="thresholds the self-test judges at")
+    gate.add_argument("--quiet", action="store_true")
+    _add_data_options(gate)
+    gate.set_defaults(func=cmd_gate)
 
 
 def _version() -> str:

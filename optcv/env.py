@@ -51,3 +51,40 @@ def describe_environment(info: dict[str, Any] | None = None) -> str:
     info = info or environment_info()
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v != "not installed")
     return f"{info['cpu']} ({info['cpu_count']} cores), Python {info['python']}; {versions}"
+
+
+# Instruction-set flags that change which kernels a runtime picks, so timings across them do not compare.
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16")
+
+
+def isa_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What must match for timings from two runs to be compared: CPU, ISA, cores, Python and runtimes."""
+    versions = package_versions()
+    return {"cpu": cpu_model(), "isa": isa_flags(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": versions["torch"], "onnxruntime": versions["onnxruntime"]}
+
+
+def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Each field where a recorded environment differs from this one ('field: recorded → now'); a field
+    the recording lacks is reported as unknown, never assumed equal."""
+    flat = {**recorded, **recorded.get("versions", {}), **recorded.get("fingerprint", {})}
+    differences = []
+    for key, now in current.items():
+        if key not in flat:
+            differences.append(f"{key}: not recorded → {now}")
+        elif flat[key] != now:
+            differences.append(f"{key}: {flat[key]} → {now}")
+    return differences

@@ -1,0 +1,173 @@
+"""The A/B gate's statistics and verdicts: base and head timed in the same job, paired by round.
+
+Each case is timed in rounds; in every round each worker of both sides runs the same number of calls, one
+worker at a time in a seeded random order. A round gives each side one median, so the head ÷ base ratio of
+a round compares the two sides under the same machine conditions. The change of a case is the median of
+its per-round ratios, with a bootstrap 95 % interval over rounds. Rule (asv's shape): a case is a
+regression when the interval excludes no change **and** the estimate exceeds the case's threshold.
+A faster head is reported, never a failure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optcv.errors import OptcvError
+
+DEFAULT_THRESHOLD_PCT = 3.0
+THRESHOLDS_SCHEMA = "optcv-gate-thresholds/1"
+RESULT_SCHEMA = "optcv-ab-gate/1"
+
+
+class Verdict(str, Enum):
+    REGRESSION = "regression"
+    SLOWER_WITHIN_THRESHOLD = "slower, within threshold"
+    NO_CHANGE = "no significant change"
+    FASTER = "faster"
+
+
+class GateSetupError(OptcvError):
+    """The gate could not be set up: a revision, an interpreter, a worker or an artifact failed."""
+
+
+class PerformanceRegression(AssertionError):
+    """A gated case got slower beyond its threshold; carries the typed findings."""
+
+    def __init__(self, findings: Sequence[CaseFinding]):
+        self.findings = list(findings)
+        super().__init__("; ".join(f"{f.case} {f.change_pct:+.1f} % (95 % CI {f.ci_low_pct:+.1f} … "
+                                   f"{f.ci_high_pct:+.1f} %, threshold {f.threshold_pct:g} %)" for f in findings))
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """Head relative to base, in %: +5 means the head takes 5 % longer per call."""
+
+    change_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    rounds: int
+
+
+def paired_change(base_rounds: Sequence[float], head_rounds: Sequence[float], resamples: int = 2000,
+                  seed: int = 0, level: float = 0.95) -> PairedChange:
+    """Median of the per-round head ÷ base ratios, with a percentile bootstrap interval over rounds."""
+    base, head = np.asarray(base_rounds, dtype=float), np.asarray(head_rounds, dtype=float)
+    if base.shape != head.shape or base.size < 2:
+        raise ValueError(f"need two or more paired rounds, got {base.size} base and {head.size} head")
+    if not (np.all(base > 0) and np.all(head > 0)):
+        raise ValueError("round medians must be positive")
+    log_ratios = np.log(head / base)
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(log_ratios, size=(resamples, log_ratios.size), replace=True)
+    medians = np.median(draws, axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    pct = lambda v: float(np.expm1(v) * 100)  # noqa: E731
+    return PairedChange(pct(np.median(log_ratios)), pct(low), pct(high), int(base.size))
+
+
+def verdict_of(change: PairedChange, threshold_pct: float) -> Verdict:
+    if change.ci_low_pct > 0:
+        return Verdict.REGRESSION if change.change_pct > threshold_pct else Verdict.SLOWER_WITHIN_THRESHOLD
+    if change.ci_high_pct < 0:
+        return Verdict.FASTER
+    return Verdict.NO_CHANGE
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The default threshold in %, and optional per-case ones by glob pattern (the first match wins)."""
+
+    default_pct: float = DEFAULT_THRESHOLD_PCT
+    per_case: tuple[tuple[str, float], ...] = ()
+
+    def for_case(self, case: str) -> float:
+        for pattern, value in self.per_case:
+            if fnmatch.fnmatchcase(case, pattern):
+                return value
+        return self.default_pct
+
+    @classmethod
+    def load(cls, path: str | Path | None, default_pct: float | None = None) -> Thresholds:
+        """Read a thresholds file ({"schema", "default", "cases": {pattern: pct}}); `default_pct`
+        (the --threshold option) overrides the file's default."""
+        if path is None:
+            return cls(DEFAULT_THRESHOLD_PCT if default_pct is None else _check_pct(default_pct, "--threshold"))
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise GateSetupError(f"thresholds file {path} cannot be read ({exc}); fix it or drop --thresholds") from exc
+        if not isinstance(raw, dict) or raw.get("schema") != THRESHOLDS_SCHEMA or not isinstance(
+                raw.get("cases", {}), dict):
+            raise GateSetupError(f"thresholds file {path} is not an {THRESHOLDS_SCHEMA} object with a 'cases' map")
+        file_default = _check_pct(raw.get("default", DEFAULT_THRESHOLD_PCT), f"{path}: default")
+        cases = tuple((str(k), _check_pct(v, f"{path}: {k}")) for k, v in raw.get("cases", {}).items())
+        return cls(file_default if default_pct is None else _check_pct(default_pct, "--threshold"), cases)
+
+
+def _check_pct(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1000:
+        raise GateSetupError(f"{what}: a threshold is a percentage between 0 and 1000, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class CaseFinding:
+    case: str
+    base_median_us: float
+    head_median_us: float
+    change_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    threshold_pct: float
+    verdict: Verdict
+    rounds: int
+    calls_per_turn: int
+    profile: dict[str, Any] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict is Verdict.REGRESSION
+
+
+def judge(case: str, base_rounds_us: Sequence[float], head_rounds_us: Sequence[float], threshold_pct: float,
+          calls_per_turn: int, seed: int = 0) -> CaseFinding:
+    change = paired_change(base_rounds_us, head_rounds_us, seed=seed)
+    return CaseFinding(case, float(np.median(base_rounds_us)), float(np.median(head_rounds_us)), change.change_pct,
+                       change.ci_low_pct, change.ci_high_pct, threshold_pct, verdict_of(change, threshold_pct),
+                       change.rounds, calls_per_turn)
+
+
+@dataclass
+class GateResult:
+    """Everything one A/B gate measured: per-case findings, both sides, the machine, the protocol."""
+
+    base: dict[str, Any]
+    head: dict[str, Any]
+    findings: list[CaseFinding]
+    protocol: dict[str, Any]
+    environment: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[CaseFinding]:
+        return [f for f in self.findings if f.failed]
+
+    def raise_for_regressions(self) -> None:
+        if self.regressions:
+            raise PerformanceRegression(self.regressions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": RESULT_SCHEMA, "base": self.base, "head": self.head, "protocol": self.protocol,
+                "environment": self.environment, "seconds": self.seconds, "notes": self.notes,
+                "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings]}

@@ -1,0 +1,122 @@
+"""The gate proves itself: real slowdowns injected from outside, and unchanged code, through the whole A/B gate.
+
+Both sides are this source tree and interpreter; the head's workers get a `sitecustomize.py` (optcv.inject)
+that slows one target by a given fraction. Each run is a complete gate (fresh workers, its own seed), so the
+detection and false-alarm rates are those of the gate as CI runs it.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optcv.ab import GateConfig, Log, Side, build_artifacts, case_specs, measure, prepare_inputs
+from optcv.gate import CaseFinding, Thresholds, Verdict, verdict_of
+from optcv.inject import TARGETS, write_injection
+
+SELF_TEST_SCHEMA = "optcv-gate-self-test/1"
+
+
+def affected(target: str | None, case: str) -> bool:
+    """Whether an injection into `target` slows `case` down (None: nothing injected)."""
+    if target is None:
+        return False
+    if target == "shared":
+        return True
+    if target == "onnxruntime":
+        return "/onnxruntime/" in case
+    return "/pytorch/" in case or "/train/" in case
+
+
+@dataclass
+class SelfTestRun:
+    target: str | None  # None: unchanged code
+    level_pct: float
+    seed: int
+    findings: list[CaseFinding]
+    seconds: float
+
+
+@dataclass
+class SelfTestResult:
+    runs: list[SelfTestRun]
+    thresholds: tuple[float, ...]
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def detections(self, target: str, level_pct: float, threshold_pct: float) -> dict[str, tuple[int, int]]:
+        """Per affected case: (runs that failed it, runs), judged at `threshold_pct`."""
+        out: dict[str, tuple[int, int]] = {}
+        for run in self.runs:
+            if run.target != target or run.level_pct != level_pct:
+                continue
+            for f in run.findings:
+                if affected(target, f.case):
+                    caught, n = out.get(f.case, (0, 0))
+                    out[f.case] = (caught + (_verdict(f, threshold_pct) is Verdict.REGRESSION), n + 1)
+        return out
+
+    def false_alarms(self, threshold_pct: float) -> tuple[int, int, int, int]:
+        """(unchanged gate runs that failed, unchanged runs, unaffected cases failed in any run, such cases)."""
+        failed_runs = runs = failed_cases = cases = 0
+        for run in self.runs:
+            unaffected = [f for f in run.findings if not affected(run.target, f.case)]
+            flagged = [f for f in unaffected if _verdict(f, threshold_pct) is Verdict.REGRESSION]
+            failed_cases, cases = failed_cases + len(flagged), cases + len(unaffected)
+            if run.target is None:
+                runs += 1
+                failed_runs += bool(flagged)
+        return failed_runs, runs, failed_cases, cases
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SELF_TEST_SCHEMA, "config": self.config, "environment": self.environment,
+                "thresholds": list(self.thresholds), "notes": self.notes,
+                "runs": [{"target": r.target, "level_pct": r.level_pct, "seed": r.seed, "seconds": r.seconds,
+                          "findings": [{**asdict(f), "verdict": f.verdict.value} for f in r.findings]}
+                         for r in self.runs]}
+
+
+def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
+    from optcv.gate import PairedChange
+
+    change = PairedChange(finding.change_pct, finding.ci_low_pct, finding.ci_high_pct, finding.rounds)
+    return verdict_of(change, threshold_pct)
+
+
+def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] = TARGETS,
+                  levels_pct: Sequence[float] = (3.0, 5.0, 10.0), repeats: int = 10, unchanged_repeats: int = 20,
+                  thresholds: Sequence[float] = (3.0, 2.0), data_dir: str | Path | None = None,
+                  log: Log = lambda _m: None, progress: bool = False) -> SelfTestResult:
+    from optcv.data import default_cache_dir
+    from optcv.env import environment_info
+
+    tree = Path(__file__).resolve().parent.parent
+    plan: list[tuple[str | None, float]] = [(None, 0.0)] * unchanged_repeats
+    plan += [(t, level) for level in levels_pct for t in targets for _ in range(repeats)]
+    case_specs(config)  # fails early on a pattern that matches no case
+    runs: list[SelfTestRun] = []
+    with tempfile.TemporaryDirectory(prefix="optcv-selftest-") as tmp:
+        workdir = Path(tmp)
+        _, root = prepare_inputs(workdir, data_dir)
+        plain = Side("base", sys.executable, tree)
+        built = build_artifacts(plain, workdir, config.models, root, default_cache_dir())
+        for index, (target, level) in enumerate(plan):
+            head = Side("head", sys.executable, tree)
+            if target is not None:
+                head = Side("head", sys.executable, tree,
+                            extra_path=(write_injection(workdir / f"inject-{index}", target, level / 100),))
+            run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
+            result = measure(plain, head, run_config, Thresholds(thresholds[0]), data_dir=root,
+                             cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
+                             artifacts={"base": built, "head": built})
+            runs.append(SelfTestRun(target, level, run_config.seed, result.findings, result.seconds))
+            worst = max(result.findings, key=lambda f: f.change_pct)
+            log(f"self-test run {index + 1}/{len(plan)}: {target or 'unchanged'} +{level:g} %: "
+                f"{len(result.regressions)} case(s) failed; largest change {worst.case} {worst.change_pct:+.1f} % "
+                f"({result.seconds:.0f} s)")
+    return SelfTestResult(runs, tuple(thresholds), asdict(config), environment_info())
