@@ -26,6 +26,7 @@ from optcv.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
+GATE_THRESHOLDS = HERE / "gate_thresholds.json"
 REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
 
 # The models the suite times: the course's TutorialNet (task 2 settings) and its best tuned network
@@ -49,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
     group.addoption("--ratio-margin", type=float, default=0.10,
                     help="allowed fall of a speed-up below its baseline (fraction, default 0.10)")
+    group.addoption("--gate-against", metavar="REV",
+                    help="run the A/B gate: this tree against REV ('default': merge-base with main, else HEAD~1)")
+    group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")
+    group.addoption("--gate-threshold", type=float, help="A/B gate: default threshold in %%")
+    group.addoption("--gate-thresholds", default=str(GATE_THRESHOLDS), help="A/B gate: per-case thresholds file")
+    group.addoption("--gate-json", help="A/B gate: write every number here")
+    group.addoption("--gate-summary", help="A/B gate: write the Markdown summary here")
     group.addoption("--gate-images", type=int, default=4000,
                     help="single-image predictions per backend for the paired ratios (default 4000)")
     group.addoption("--training-images", type=int, default=50_000,
@@ -62,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("benchmark_storage", None) == "file://./.benchmarks":
         config.option.benchmark_storage = f"file://{HERE / 'baselines'}"
     config._optcv_ratio_results = []  # type: ignore[attr-defined]
+    config._optcv_gate_lines = []  # type: ignore[attr-defined]
 
 
 def pytest_benchmark_generate_machine_info(config: pytest.Config) -> dict[str, Any]:
@@ -95,25 +104,37 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         write_json(config.getoption("ratio_baseline"), make_baseline(results))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Record each failure's kind from its exception type (optcv.gate.failure_kind), never its message."""
+    from optcv.gate import failure_kind
+
+    report = yield
+    if call.excinfo is not None and report.failed:
+        kind = failure_kind(call.excinfo.value)
+        if kind:
+            report.user_properties.append(("optcv_failure_kind", kind))
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """Name the kind of each failure, so a red CI says at once whether speed, parity or set-up broke."""
-    kinds = {"SPEED REGRESSION": [], "PARITY FAILURE": [], "BASELINE MISSING": [], "BASELINE INVALID": []}
-    for report in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", []):
-        text = str(report.longrepr)
-        for kind, ids in kinds.items():
-            if kind in text:
-                ids.append(report.nodeid)
+    failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    kinds = [(dict(r.user_properties).get("optcv_failure_kind"), r.nodeid) for r in failed]
+    kinds = [(kind, nodeid) for kind, nodeid in kinds if kind]
     results = getattr(config, "_optcv_ratio_results", [])
-    if not results and not any(kinds.values()):
+    lines = getattr(config, "_optcv_gate_lines", [])
+    if not results and not kinds and not lines:
         return
     terminalreporter.section("optcv verdict")
     for result in results:
         for key, ratio in result["ratios"].items():
             terminalreporter.write_line(f"{result['model']}:{key} speed-up {ratio['ratio']:.2f}× "
                                         f"(95% CI {ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})")
-    for kind, ids in kinds.items():
-        for nodeid in ids:
-            terminalreporter.write_line(f"{kind}: {nodeid}", red=True)
+    for line in lines:
+        terminalreporter.write_line(line)
+    for kind, nodeid in sorted(kinds):
+        terminalreporter.write_line(f"{kind}: {nodeid}", red=True)
     if config.getoption("ratio_save") and results:
         terminalreporter.write_line(f"ratio baseline written to {config.getoption('ratio_baseline')}")
 

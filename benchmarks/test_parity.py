@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
+from optcv.errors import ParityFailure
 from optcv.evaluate import evaluate_backends, side_by_side_rows
 from optcv.report import markdown_table
 
@@ -24,9 +25,9 @@ def test_same_class_for_every_test_image(plain_predictor, cifar, model, backend)
         details = "\n".join(f"  image {d['image']}: {d['reference_class']} vs {d['other_class']}, top-2 margin "
                             f"{d['reference_top2_margin']:.3g}, max logit diff {d['max_abs_logit_diff']:.3g}"
                             for d in evaluation.near_ties[backend])
-        pytest.fail(f"PARITY FAILURE: {backend} predicts another class than {REFERENCE_BACKEND} for "
-                    f"{found.n_disagree} of 10,000 images ({model}):\n{details}\n"
-                    f"{markdown_table(side_by_side_rows(evaluation))}", pytrace=False)
+        raise ParityFailure(f"{backend} predicts another class than {REFERENCE_BACKEND} for "
+                            f"{found.n_disagree} of 10,000 images ({model}):\n{details}\n"
+                            f"{markdown_table(side_by_side_rows(evaluation))}")
     per_class = {b.backend: b.per_class for b in evaluation.backends}
     assert per_class[backend] == per_class[REFERENCE_BACKEND]
 
@@ -41,5 +42,5 @@ def test_logits_match_pytorch(plain_predictor, test_images, model, backend, batc
         expected, got = reference.predict(batch), other.predict(batch)
         if not np.allclose(got, expected, rtol=1e-3, atol=1e-5):
             worst = float(np.max(np.abs(got - expected)))
-            pytest.fail(f"PARITY FAILURE: {backend} logits differ from {REFERENCE_BACKEND} by up to {worst:.3g} "
-                        f"({model}, batch {batch_size}, images {start}..{start + batch_size - 1})", pytrace=False)
+            raise ParityFailure(f"{backend} logits differ from {REFERENCE_BACKEND} by up to {worst:.3g} "
+                                f"({model}, batch {batch_size}, images {start}..{start + batch_size - 1})")

@@ -41,7 +41,7 @@ def all_cores() -> int:
 class GateConfig:
     models: tuple[str, ...] = MODELS
     workers_per_side: int = 2
-    min_rounds: int = 20
+    min_rounds: int = 30
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 5.0  # timed work per case, both sides: sets the number of rounds
     warmup_ms: float = 200.0
@@ -101,15 +101,16 @@ class Side:
     revision: str | None = None  # the commit, or None for a working tree
     extra_path: tuple[Path, ...] = ()  # put before the tree on PYTHONPATH (the self-test's injection)
 
-    def env(self) -> dict[str, str]:
+    def env(self, pad: int = 0) -> dict[str, str]:
         env = dict(os.environ)
+        env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*self.extra_path, self.tree))
         env["PYTHONHASHSEED"] = "0"
         env.pop("PYTHONSTARTUP", None)
         return env
 
     def describe(self) -> dict[str, Any]:
-        return {"label": self.label, "python": self.python, "tree": str(self.tree), "revision": self.revision,
+        return {"label": self.label, "python": self.python, "tree": str(self.tree.resolve()), "revision": self.revision,
                 "injection": [str(p) for p in self.extra_path]}
 
 
@@ -195,12 +196,12 @@ def _fixed_address_layout() -> None:
 class Worker:
     """One worker process of a side, answering one JSON request at a time."""
 
-    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0):
+    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0):
         self.side = side
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
         self._log: IO[str] = open(self.log_path, "w")
         self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._log, env=side.env(), cwd=workdir,
+                                        stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad), cwd=workdir,
                                         text=True, preexec_fn=_fixed_address_layout)
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +262,7 @@ def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: 
     finally:
         worker._log.close()
     expected = (side.tree / "optcv" / "__init__.py").resolve()
-    if Path(answer["optcv_file"]) != expected:
+    if Path(answer["optcv_file"]).resolve() != expected:
         raise GateSetupError(f"the {side.label} side imported optcv from {answer['optcv_file']}, not {expected}")
     return answer
 
@@ -269,15 +270,21 @@ def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: 
 @contextmanager
 def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]]
                 ) -> Iterator[list[Worker]]:
-    """`per_side` serving workers for each side, set up with that side's artifacts and the cases."""
+    """`per_side` serving workers for each side, set up with that side's artifacts and the cases.
+
+    Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), so
+    worker i of each side gets the same environment padding, a different one per i: identical code gets
+    identical layouts, and several layouts are sampled.
+    """
+    pads = np.random.default_rng(len(sides) * per_side).integers(0, 4096, per_side)
     workers: list[Worker] = []
     try:
         for side in sides:
-            workers += [Worker(side, "serve", workdir, i) for i in range(per_side)]
+            workers += [Worker(side, "serve", workdir, i, int(pads[i])) for i in range(per_side)]
         for worker in workers:  # started together, set up one by one: their imports overlap
             info = worker.ask(setup[worker.side.label])
             expected = (worker.side.tree / "optcv" / "__init__.py").resolve()
-            if Path(info["optcv_file"]) != expected:
+            if Path(info["optcv_file"]).resolve() != expected:
                 raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, "
                                      f"not {expected}")
             worker.settings = info["settings"]  # type: ignore[attr-defined]
@@ -295,12 +302,24 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
 class CaseSamples:
     case: str
     calls_per_turn: int
-    base_rounds_us: list[float] = field(default_factory=list)
-    head_rounds_us: list[float] = field(default_factory=list)
+    # Per worker index, per round: the median µs of that worker's calls in its turn.
+    base_us: list[list[float]] = field(default_factory=list)
+    head_us: list[list[float]] = field(default_factory=list)
+
+
+def same_length_trees(side: Side, workdir: Path) -> Side:
+    """The side with its tree reached through `workdir/sides/<label>`, so both sides' paths (and so their
+    environments and module paths) have the same length."""
+    link = workdir / "sides" / side.label
+    link.parent.mkdir(exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(side.tree.resolve(), target_is_directory=True)
+    return replace(side, tree=link)
 
 
 def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.random.Generator) -> CaseSamples:
-    """Warm every worker up alike, then `config.rounds` rounds in a random order of workers."""
+    """Warm every worker up alike, then rounds (at least `config.min_rounds`, about `config.case_seconds` of
+    timed work) in which every worker takes one turn of the same number of calls, in a random order."""
     import time
 
     probe = [np.median(w.ask({"op": "time", "case": case, "calls": 3})["ns"]) for w in workers]
@@ -311,15 +330,15 @@ def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.
     calls = int(min(1000, max(1, round(config.turn_ms * 1e6 / per_call_ns))))
     turn_seconds = calls * per_call_ns / 1e9
     rounds = max(config.min_rounds, int(config.case_seconds / (len(workers) * turn_seconds)))
-    samples = CaseSamples(case, calls)
+    per_side = len(workers) // 2
+    samples = CaseSamples(case, calls, [[] for _ in range(per_side)], [[] for _ in range(per_side)])
     for _ in range(min(rounds, 400)):
-        by_side: dict[str, list[int]] = {"base": [], "head": []}
         for index in rng.permutation(len(workers)):
             worker = workers[int(index)]
             time.sleep(config.gap_ms / 1000)
-            by_side[worker.side.label] += worker.ask({"op": "time", "case": case, "calls": calls})["ns"]
-        samples.base_rounds_us.append(float(np.median(by_side["base"])) / 1000)
-        samples.head_rounds_us.append(float(np.median(by_side["head"])) / 1000)
+            median_us = float(np.median(worker.ask({"op": "time", "case": case, "calls": calls})["ns"])) / 1000
+            side = samples.base_us if worker.side.label == "base" else samples.head_us
+            side[int(index) % per_side].append(median_us)
     return samples
 
 
@@ -361,6 +380,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     from optcv.env import environment_info
 
     started = time.perf_counter()
+    base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
     inputs, root = prepare_inputs(workdir, data_dir)
     artifacts = dict(artifacts or {})
     for side in (base, head):
@@ -375,7 +395,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     with worker_pool((base, head), config.workers_per_side, workdir, setup) as workers:
         for spec in tqdm(specs, desc="gate", unit="case", disable=not progress or None):
             samples = time_case(workers, spec["id"], config, rng)
-            finding = judge(spec["id"], samples.base_rounds_us, samples.head_rounds_us,
+            finding = judge(spec["id"], samples.base_us, samples.head_us,
                             thresholds.for_case(spec["id"]), samples.calls_per_turn, seed=config.seed)
             if finding.failed and config.profile_ms > 0:
                 calls = max(5, int(config.profile_ms * 1000 / max(finding.base_median_us, 1.0)))
@@ -388,7 +408,8 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                          "versions": artifacts[label]["versions"], "settings": settings[label]}
                  for label, side in (("base", base), ("head", head))}
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
-                "median of per-round head/base median ratios; 95 % percentile bootstrap over rounds (2000)"}
+                "per worker pair, the median per-round head/base ratio; their mean; 95 % two-level percentile "
+                "bootstrap (pairs, then rounds; 2000)"}
     return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
                       time.perf_counter() - started)
 

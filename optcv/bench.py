@@ -254,26 +254,36 @@ class BaselineError(OptcvError):
     """The baseline is missing, unreadable or does not cover what was measured."""
 
 
+class BaselineMissing(BaselineError):
+    """The baseline file, or the entries this run needs, are not there."""
+
+
+class BaselineInvalid(BaselineError):
+    """The baseline is there but unreadable, of another schema, or malformed."""
+
+
 def load_json(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise BaselineError(f"{what} {path} does not exist")
+        raise BaselineMissing(f"{what} {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BaselineError(f"{what} {path} is not valid JSON ({exc})") from exc
+        raise BaselineInvalid(f"{what} {path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise BaselineError(f"{what} {path} is not a JSON object")
+        raise BaselineInvalid(f"{what} {path} is not a JSON object")
     return data
 
 
 def ratios_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The ratios of a bench result or a baseline file, keyed 'model:reference/backend'."""
+    if result.get("schema") in (BASELINE_SCHEMA, RESULT_SCHEMA) and not isinstance(result.get("ratios"), dict):
+        raise BaselineInvalid(f"a {result['schema']} file needs a 'ratios' object; refresh the file")
     if result.get("schema") == BASELINE_SCHEMA:
         return dict(result["ratios"])
     if result.get("schema") == RESULT_SCHEMA:
         return {f"{result.get('model') or 'model'}:{k}": v for k, v in result["ratios"].items()}
-    raise BaselineError(f"unknown schema {result.get('schema')!r}: expected {RESULT_SCHEMA} or {BASELINE_SCHEMA}")
+    raise BaselineInvalid(f"unknown schema {result.get('schema')!r}: expected {RESULT_SCHEMA} or {BASELINE_SCHEMA}")
 
 
 def make_baseline(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -298,11 +308,11 @@ def ratio_gate(measured: dict[str, dict[str, Any]], baseline: dict[str, Any],
     expected = {k: v for k, v in ratios_of(baseline).items() if k.split(":", 1)[0] in measured_models}
     if not expected:
         held = sorted({key.split(":", 1)[0] for key in ratios_of(baseline)})
-        raise BaselineError(f"the baseline holds no ratios for {', '.join(sorted(measured_models))} "
+        raise BaselineMissing(f"the baseline holds no ratios for {', '.join(sorted(measured_models))} "
                             f"(it has {', '.join(held) or 'none'}); name the model the same or refresh the baseline")
     missing = sorted(set(expected) - set(measured))
     if missing:
-        raise BaselineError(f"the run did not measure {', '.join(missing)}, which the baseline holds; "
+        raise BaselineMissing(f"the run did not measure {', '.join(missing)}, which the baseline holds; "
                             "time the same backends, or refresh the baseline")
     findings = []
     for key, base in expected.items():
@@ -311,5 +321,5 @@ def ratio_gate(measured: dict[str, dict[str, Any]], baseline: dict[str, Any],
             findings.append(GateFinding(key, float(base["ratio"]), float(m["ratio"]), float(m["ci_low"]),
                                         float(m["ci_high"]), float(base["ratio"]) * (1 - margin)))
         except (KeyError, TypeError, ValueError) as exc:
-            raise BaselineError(f"{key}: a ratio entry lacks a numeric {exc}; refresh the file") from None
+            raise BaselineInvalid(f"{key}: a ratio entry lacks a numeric {exc}; refresh the file") from None
     return findings

@@ -6,3 +6,11 @@ class OptcvError(Exception):
 
     The message is one line that says what was wrong and how to fix it.
     """
+
+
+class SpeedRegression(AssertionError):
+    """Measured code got slower than a gate allows."""
+
+
+class ParityFailure(AssertionError):
+    """A backend predicts or computes something other than the reference backend, beyond its tolerance."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, ParityFailure, SpeedRegression
 
 DEFAULT_THRESHOLD_PCT = 3.0
 THRESHOLDS_SCHEMA = "optcv-gate-thresholds/1"
@@ -38,7 +38,7 @@ class GateSetupError(OptcvError):
     """The gate could not be set up: a revision, an interpreter, a worker or an artifact failed."""
 
 
-class PerformanceRegression(AssertionError):
+class PerformanceRegression(SpeedRegression):
     """A gated case got slower beyond its threshold; carries the typed findings."""
 
     def __init__(self, findings: Sequence[CaseFinding]):
@@ -57,22 +57,31 @@ class PairedChange:
     rounds: int
 
 
-def paired_change(base_rounds: Sequence[float], head_rounds: Sequence[float], resamples: int = 2000,
-                  seed: int = 0, level: float = 0.95) -> PairedChange:
-    """Median of the per-round head ÷ base ratios, with a percentile bootstrap interval over rounds."""
-    base, head = np.asarray(base_rounds, dtype=float), np.asarray(head_rounds, dtype=float)
-    if base.shape != head.shape or base.size < 2:
-        raise ValueError(f"need two or more paired rounds, got {base.size} base and {head.size} head")
+def paired_change(base_us: Any, head_us: Any, resamples: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> PairedChange:
+    """Head ÷ base from per-round medians shaped (pairs, rounds) (a 1-D sequence is one pair).
+
+    Pair i is base worker i and head worker i, which share a memory layout (see ab.worker_pool). The estimate
+    is the mean over pairs of each pair's median per-round log ratio; the interval is a two-level percentile
+    bootstrap (pairs, then rounds within each), so a difference between processes widens it instead of
+    passing for a change of the code.
+    """
+    base, head = np.atleast_2d(np.asarray(base_us, dtype=float)), np.atleast_2d(np.asarray(head_us, dtype=float))
+    if base.shape != head.shape or base.shape[1] < 2:
+        raise ValueError(f"need two or more paired rounds, got shapes {base.shape} and {head.shape}")
     if not (np.all(base > 0) and np.all(head > 0)):
         raise ValueError("round medians must be positive")
     log_ratios = np.log(head / base)
+    pairs, rounds = log_ratios.shape
     rng = np.random.default_rng(seed)
-    draws = rng.choice(log_ratios, size=(resamples, log_ratios.size), replace=True)
-    medians = np.median(draws, axis=1)
+    pick_pairs = rng.integers(0, pairs, (resamples, pairs, 1))
+    pick_rounds = rng.integers(0, rounds, (resamples, pairs, rounds))
+    draws = np.median(log_ratios[pick_pairs, pick_rounds], axis=2).mean(axis=1)
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    estimate = np.median(log_ratios, axis=1).mean()
     pct = lambda v: float(np.expm1(v) * 100)  # noqa: E731
-    return PairedChange(pct(np.median(log_ratios)), pct(low), pct(high), int(base.size))
+    return PairedChange(pct(estimate), pct(low), pct(high), rounds)
 
 
 def verdict_of(change: PairedChange, threshold_pct: float) -> Verdict:
@@ -132,6 +141,7 @@ class CaseFinding:
     verdict: Verdict
     rounds: int
     calls_per_turn: int
+    pair_changes_pct: tuple[float, ...] = ()  # each worker pair's own median change
     profile: dict[str, Any] | None = None
 
     @property
@@ -139,12 +149,15 @@ class CaseFinding:
         return self.verdict is Verdict.REGRESSION
 
 
-def judge(case: str, base_rounds_us: Sequence[float], head_rounds_us: Sequence[float], threshold_pct: float,
+def judge(case: str, base_rounds_us: Any, head_rounds_us: Any, threshold_pct: float,
           calls_per_turn: int, seed: int = 0) -> CaseFinding:
+    """The finding of one case from per-round medians in µs, shaped (pairs, rounds) or (rounds,)."""
     change = paired_change(base_rounds_us, head_rounds_us, seed=seed)
-    return CaseFinding(case, float(np.median(base_rounds_us)), float(np.median(head_rounds_us)), change.change_pct,
+    base, head = np.atleast_2d(base_rounds_us), np.atleast_2d(head_rounds_us)
+    pairs = tuple(round(float(np.expm1(np.median(np.log(h / b))) * 100), 3) for b, h in zip(base, head, strict=True))
+    return CaseFinding(case, float(np.median(base)), float(np.median(head)), change.change_pct,
                        change.ci_low_pct, change.ci_high_pct, threshold_pct, verdict_of(change, threshold_pct),
-                       change.rounds, calls_per_turn)
+                       change.rounds, calls_per_turn, pairs)
 
 
 @dataclass
@@ -171,3 +184,14 @@ class GateResult:
         return {"schema": RESULT_SCHEMA, "base": self.base, "head": self.head, "protocol": self.protocol,
                 "environment": self.environment, "seconds": self.seconds, "notes": self.notes,
                 "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings]}
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """The kind of a failed check, by its exception type, for the suite's verdict section."""
+    from optcv.bench import BaselineInvalid, BaselineMissing
+
+    kinds: tuple[tuple[type[BaseException], str], ...] = (
+        (SpeedRegression, "SPEED REGRESSION"), (ParityFailure, "PARITY FAILURE"),
+        (BaselineMissing, "BASELINE MISSING"), (BaselineInvalid, "BASELINE INVALID"),
+        (GateSetupError, "GATE SET-UP ERROR"))
+    return next((name for kind, name in kinds if isinstance(exc, kind)), None)

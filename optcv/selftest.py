@@ -88,6 +88,11 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
     return verdict_of(change, threshold_pct)
 
 
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] = TARGETS,
                   levels_pct: Sequence[float] = (3.0, 5.0, 10.0), repeats: int = 10, unchanged_repeats: int = 20,
                   thresholds: Sequence[float] = (3.0, 2.0), data_dir: str | Path | None = None,
@@ -106,12 +111,13 @@ def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] =
         plain = Side("base", sys.executable, tree)
         built = build_artifacts(plain, workdir, config.models, root, default_cache_dir())
         for index, (target, level) in enumerate(plan):
-            head = Side("head", sys.executable, tree)
+            # Both sides get a folder first on PYTHONPATH, of the same name length: only the head's injects.
+            base = Side("base", sys.executable, tree, extra_path=(_folder(workdir / f"inject-b-{index:04d}"),))
+            head = Side("head", sys.executable, tree, extra_path=(_folder(workdir / f"inject-h-{index:04d}"),))
             if target is not None:
-                head = Side("head", sys.executable, tree,
-                            extra_path=(write_injection(workdir / f"inject-{index}", target, level / 100),))
+                write_injection(head.extra_path[0], target, level / 100)
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
-            result = measure(plain, head, run_config, Thresholds(thresholds[0]), data_dir=root,
+            result = measure(base, head, run_config, Thresholds(thresholds[0]), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
                              artifacts={"base": built, "head": built})
             runs.append(SelfTestRun(target, level, run_config.seed, result.findings, result.seconds))
