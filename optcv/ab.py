@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from optcv.errors import OptcvError
-from optcv.gate import CaseFinding, GateResult, GateSetupError, Thresholds, judge
+from optcv.gate import CaseFinding, GateResult, GateSetupError, Thresholds, judge, paired_change
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "gate_worker.py"
 MODELS = ("tutorial", "tunable")
@@ -44,6 +44,11 @@ class GateConfig:
     min_rounds: int = 30
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 5.0  # timed work per case, both sides: sets the number of rounds
+    # A noisy case (a training step on a shared VM) keeps adding rounds, up to max_case_seconds, until its
+    # interval's half-width is at most target_half_width_pct. The rule looks at the interval's width only,
+    # never at the estimate, so it cannot steer the verdict.
+    target_half_width_pct: float = 1.0
+    max_case_seconds: float = 20.0
     warmup_ms: float = 200.0
     gap_ms: float = 2.0  # idle time between turns, so the last worker's spinning threads settle first
     batch_sizes: tuple[int, ...] = (64, 256)
@@ -329,17 +334,23 @@ def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.
         worker.ask({"op": "time", "case": case, "calls": warmup})
     calls = int(min(1000, max(1, round(config.turn_ms * 1e6 / per_call_ns))))
     turn_seconds = calls * per_call_ns / 1e9
-    rounds = max(config.min_rounds, int(config.case_seconds / (len(workers) * turn_seconds)))
+    round_seconds = len(workers) * turn_seconds
+    rounds = max(config.min_rounds, int(config.case_seconds / round_seconds))
+    most = max(rounds, int(config.max_case_seconds / round_seconds))
     per_side = len(workers) // 2
     samples = CaseSamples(case, calls, [[] for _ in range(per_side)], [[] for _ in range(per_side)])
-    for _ in range(min(rounds, 400)):
-        for index in rng.permutation(len(workers)):
-            worker = workers[int(index)]
-            time.sleep(config.gap_ms / 1000)
-            median_us = float(np.median(worker.ask({"op": "time", "case": case, "calls": calls})["ns"])) / 1000
-            side = samples.base_us if worker.side.label == "base" else samples.head_us
-            side[int(index) % per_side].append(median_us)
-    return samples
+    while True:
+        for _ in range(rounds - len(samples.base_us[0])):
+            for index in rng.permutation(len(workers)):
+                worker = workers[int(index)]
+                time.sleep(config.gap_ms / 1000)
+                median_us = float(np.median(worker.ask({"op": "time", "case": case, "calls": calls})["ns"])) / 1000
+                side = samples.base_us if worker.side.label == "base" else samples.head_us
+                side[int(index) % per_side].append(median_us)
+        change = paired_change(samples.base_us, samples.head_us, resamples=500, seed=config.seed)
+        if rounds >= most or (change.ci_high_pct - change.ci_low_pct) / 2 <= config.target_half_width_pct:
+            return samples
+        rounds = min(most, rounds + max(5, rounds // 4))
 
 
 def profile_case(workers: Sequence[Worker], case: str, calls: int) -> dict[str, Any]:
