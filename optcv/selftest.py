@@ -1,7 +1,7 @@
 """The gate proves itself: real slowdowns injected from outside, and unchanged code, through the whole A/B gate.
 
-Both sides are this source tree and interpreter; the head's workers get a `sitecustomize.py` (optcv.inject)
-that slows one target by a given fraction. Each run is a complete gate (fresh workers, its own seed), so the
+Both sides are this source tree and interpreter; each side's workers get a `sitecustomize.py` (optcv.inject)
+that imports the same modules in the same order; only the head's slows its target by the given fraction. Each run is a complete gate (fresh workers, its own seed), so the
 detection and false-alarm rates are those of the gate as CI runs it.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from optcv.ab import GateConfig, Log, Side, build_artifacts, case_specs, measure, prepare_inputs
 from optcv.gate import CaseFinding, Thresholds, Verdict, verdict_of
-from optcv.inject import TARGETS, write_injection
+from optcv.inject import NONE, TARGETS, write_injection
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/1"
 
@@ -88,11 +88,6 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
     return verdict_of(change, threshold_pct)
 
 
-def _folder(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] = TARGETS,
                   levels_pct: Sequence[float] = (3.0, 5.0, 10.0), repeats: int = 10, unchanged_repeats: int = 20,
                   thresholds: Sequence[float] = (3.0, 2.0), data_dir: str | Path | None = None,
@@ -111,11 +106,12 @@ def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] =
         plain = Side("base", sys.executable, tree)
         built = build_artifacts(plain, workdir, config.models, root, default_cache_dir())
         for index, (target, level) in enumerate(plan):
-            # Both sides get a folder first on PYTHONPATH, of the same name length: only the head's injects.
-            base = Side("base", sys.executable, tree, extra_path=(_folder(workdir / f"inject-b-{index:04d}"),))
-            head = Side("head", sys.executable, tree, extra_path=(_folder(workdir / f"inject-h-{index:04d}"),))
-            if target is not None:
-                write_injection(head.extra_path[0], target, level / 100)
+            # Both sides get a sitecustomize.py, in folders of the same name length, importing the same
+            # modules in the same order; only the head's wraps its target.
+            base = Side("base", sys.executable, tree,
+                        extra_path=(write_injection(workdir / f"inject-b-{index:04d}", NONE, 0.0),))
+            head = Side("head", sys.executable, tree, extra_path=(write_injection(
+                workdir / f"inject-h-{index:04d}", target or NONE, level / 100),))
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
             result = measure(base, head, run_config, Thresholds(thresholds[0]), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
