@@ -1,8 +1,9 @@
 """The gate proves itself: real slowdowns injected from outside, and unchanged code, through the whole A/B gate.
 
-Both sides are this source tree and interpreter; each side's workers get a `sitecustomize.py` (optcv.inject)
-that imports the same modules in the same order; only the head's slows its target by the given fraction. Each run is a complete gate (fresh workers, its own seed), so the
-detection and false-alarm rates are those of the gate as CI runs it.
+Both sides are this source tree and interpreter. Each side's workers get a `sitecustomize.py` (optcv.inject)
+that imports the same modules in the same order; only the head's slows its target by the given fraction.
+Each run is a complete gate (fresh workers, its own seed), so the detection and false-alarm rates are those
+of the gate as CI runs it.
 """
 
 from __future__ import annotations
