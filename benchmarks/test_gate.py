@@ -18,7 +18,7 @@ import pytest
 from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
 from optcv.ab import GateConfig, run_gate, run_ratio_fallback
 from optcv.bench import BaselineMissing, BenchConfig, load_json, ratio_gate, ratios_of, run_bench
-from optcv.env import fingerprint_differences, machine_fingerprint
+from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import SpeedRegression
 from optcv.gate import Thresholds, Verdict
 from optcv.runtime import make_predictor
@@ -157,8 +157,11 @@ def test_speedup_ratio_gate(request, model_sources, test_images, model):
         raise BaselineMissing(f"{exc}; create it with `pytest benchmarks -k ratio_gate --ratio-save` and commit "
                               "it") from None
     differences = fingerprint_differences(baseline.get("environment", {}), machine_fingerprint())
+    if not same_machine(differences):
+        pytest.skip(f"the ratio baseline was recorded on another machine ({'; '.join(differences)}): reported, not "
+                    "compared; refresh it here with --ratio-save, or rely on the A/B gate (--gate-against)")
     if differences:
-        request.config._optcv_gate_lines.append(f"ratio baseline recorded on another machine or software ({model}): "
+        request.config._optcv_gate_lines.append(f"ratio baseline recorded with other software ({model}): "
                                                 + "; ".join(differences))
     findings = ratio_gate(ratios_of(as_dict), baseline, request.config.getoption("ratio_margin"))
     if any(not f.passed for f in findings):

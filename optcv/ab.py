@@ -482,10 +482,11 @@ class RatioFallback:
     findings: list[Any]  # bench.GateFinding
     machine_differences: list[str]
     baseline: str
+    comparable: bool = True  # False: the baseline comes from another CPU; reported, never enforced
 
     @property
     def regressions(self) -> list[Any]:
-        return [f for f in self.findings if not f.passed]
+        return [f for f in self.findings if not f.passed] if self.comparable else []
 
 
 def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequence[str] = MODELS,
@@ -496,7 +497,7 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
 
     from optcv.bench import BenchConfig, load_json, ratio_gate, ratios_of, run_bench
     from optcv.data import default_cache_dir
-    from optcv.env import fingerprint_differences, machine_fingerprint
+    from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
     from optcv.runtime import ModelSource, make_predictor
 
     baseline = load_json(baseline_path, "ratio baseline")
@@ -513,4 +514,5 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
         backends = {b: [make_predictor(b, source, 1)] for b in BACKENDS}
         log(f"ratio fallback: timing {model}")
         measured.update(ratios_of(run_bench(backends, images, config, model=model).to_dict()))
-    return RatioFallback(reason, ratio_gate(measured, baseline), differences, str(baseline_path))
+    return RatioFallback(reason, ratio_gate(measured, baseline), differences, str(baseline_path),
+                         comparable=same_machine(differences))

@@ -77,6 +77,13 @@ def machine_fingerprint() -> dict[str, Any]:
             "torch": versions["torch"], "onnxruntime": versions["onnxruntime"]}
 
 
+MACHINE_FIELDS = ("cpu", "isa", "cpu_count")  # a difference here makes timings incomparable, not just different
+
+
+def same_machine(differences: list[str]) -> bool:
+    return not any(d.split(":", 1)[0] in MACHINE_FIELDS for d in differences)
+
+
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Each field where a recorded environment differs from this one ('field: recorded → now'); a field
     the recording lacks is reported as unknown, never assumed equal."""

@@ -352,8 +352,11 @@ def ratio_fallback_markdown(fallback: Any) -> str:
              f"- gated instead: PyTorch ÷ ONNX Runtime speed-ups measured interleaved in this run against "
              f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than 10 % below "
              "the baseline's. This sees a slower ONNX Runtime, not a slower PyTorch or shared path."]
-    if fallback.machine_differences:
-        lines.append("- **the baseline was recorded on another machine or software**: "
-                     + "; ".join(fallback.machine_differences) + " — its ratios may not apply here")
+    if not fallback.comparable:
+        lines.append("- **NOT COMPARED: the baseline was recorded on another machine**: "
+                     + "; ".join(fallback.machine_differences) + ". Its ratios are shown, never enforced; refresh "
+                     "it on this machine (`pytest benchmarks -k ratio_gate --ratio-save`)")
+    elif fallback.machine_differences:
+        lines.append("- the baseline was recorded with other software: " + "; ".join(fallback.machine_differences))
     lines += ["", "\n".join(f"- {f.message()}" for f in fallback.findings)]
     return "\n".join(lines) + "\n"

@@ -158,6 +158,15 @@ def test_fingerprint_reports_another_machine_and_unknown_fields():
     assert any(d.startswith("isa: not recorded") for d in fingerprint_differences({"cpu": now["cpu"]}, now))
 
 
+def test_only_another_cpu_makes_a_baseline_incomparable():
+    now = machine_fingerprint()
+    from optcv.env import same_machine
+
+    assert same_machine(fingerprint_differences({"fingerprint": {**now, "torch": "0.1"}}, now))
+    assert not same_machine(fingerprint_differences({"fingerprint": {**now, "cpu": "Other"}}, now))
+    assert not same_machine(fingerprint_differences({"cpu": now["cpu"]}, now))  # ISA flags not recorded
+
+
 def test_ratio_gate_needs_only_the_models_measured():
     baseline = {"schema": "optcv-ratio-baseline/1", "ratios": {
         "tutorial:pytorch/onnxruntime": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1},
