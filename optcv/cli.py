@@ -179,7 +179,8 @@ def _gate_files(args: argparse.Namespace) -> int:
 
 def _gate_config(args: argparse.Namespace) -> GateConfig:
     return GateConfig(models=tuple(args.models), workers_per_side=args.workers, case_seconds=args.case_seconds,
-                      cases=tuple(args.cases or ()), seed=args.seed)
+                      max_case_seconds=max(args.case_seconds, args.max_case_seconds), cases=tuple(args.cases or ()),
+                      seed=args.seed)
 
 
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
@@ -416,6 +417,8 @@ def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--workers", type=_positive_int, default=default.workers_per_side, help="workers per side")
     gate.add_argument("--case-seconds", type=_positive_float, default=default.case_seconds,
                       help="timed work per case, both sides together")
+    gate.add_argument("--max-case-seconds", type=_positive_float, default=default.max_case_seconds,
+                      help="a noisy case adds rounds up to this long, until its interval is narrow enough")
     gate.add_argument("--seed", type=int, default=default.seed)
     gate.add_argument("--json", help="write every number to this JSON file")
     gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")

@@ -289,7 +289,7 @@ def profile_rows(profile: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
              "change µs": head.get(k, 0.0) - base.get(k, 0.0)} for k in names[:top]]
     outside = {side: profile[side]["wall_us_per_call"] - sum(profile[side]["ops_us_per_call"].values())
                for side in ("base", "head")}
-    rows.append({"operator": "(outside the profiled operators)", "base µs/call": outside["base"],
+    rows.append({"operator": "(unprofiled call time minus operators)", "base µs/call": outside["base"],
                  "head µs/call": outside["head"], "change µs": outside["head"] - outside["base"]})
     return rows
 
