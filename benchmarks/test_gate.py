@@ -20,7 +20,7 @@ from optcv.ab import GateConfig, run_gate, run_ratio_fallback
 from optcv.bench import BaselineMissing, BenchConfig, load_json, ratio_gate, ratios_of, run_bench
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import SpeedRegression
-from optcv.gate import Thresholds, Verdict
+from optcv.gate import GateSetupError, Thresholds, Verdict
 from optcv.runtime import make_predictor
 
 # The ratio gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when
@@ -75,6 +75,17 @@ def _git(repo: Path, *args: str) -> None:
                    check=True, capture_output=True)
 
 
+def repository_with_optcv(repo: Path) -> Path:
+    """A new git repository whose one commit holds this optcv package."""
+    import optcv
+
+    shutil.copytree(Path(optcv.__file__).parent, repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(repo, "init", "--quiet")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "first")
+    return repo
+
+
 SLOW_ORT_PREDICT = '''
         started = _time.perf_counter_ns()
         logits = self.session.run(self._outputs, {self._input: images})[0]
@@ -87,13 +98,7 @@ SLOW_ORT_PREDICT = '''
 
 def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
     """A commit that makes ONNX Runtime's predict 10 % slower fails; a comment-only commit after it passes."""
-    import optcv
-
-    repo = tmp_path / "repo"
-    shutil.copytree(Path(optcv.__file__).parent, repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
-    _git(repo, "init", "--quiet")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "--quiet", "-m", "base")
+    repo = repository_with_optcv(tmp_path / "repo")
     runtime = repo / "optcv" / "runtime.py"
     text = runtime.read_text()
     fast = "        return self.session.run(self._outputs, {self._input: images})[0]\n"
@@ -117,15 +122,11 @@ def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
 
 def test_gate_without_a_base_revision_falls_back_to_ratios(tmp_path, real_data_dir):
     """A repository with one commit has no base: the gate says so and returns the reason."""
-    import optcv
-
-    repo = tmp_path / "repo"
-    shutil.copytree(Path(optcv.__file__).parent, repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
-    _git(repo, "init", "--quiet")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "--quiet", "-m", "first")
+    repo = repository_with_optcv(tmp_path / "repo")
     reason = run_gate(GateConfig(models=("tutorial",)), head_tree=repo, repo=repo, data_dir=real_data_dir)
     assert isinstance(reason, str) and "HEAD~1" in reason and "first commit" in reason
+    with pytest.raises(GateSetupError, match="revision no-such-rev does not exist"):
+        run_gate(GateConfig(models=("tutorial",)), against="no-such-rev", head_tree=repo, repo=repo)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -168,6 +168,9 @@ def revision_tree(repo: Path, commit: str) -> Iterator[Path]:
 
 
 def check_python(python: str) -> str:
+    """`python` as an absolute path (not resolved: a venv's interpreter is a link that must stay one), once
+    it has shown it can import what the worker needs."""
+    python = os.path.abspath(python)
     done = subprocess.run([python, "-c", "import sys, numpy, torch, onnxruntime; print(sys.version.split()[0])"],
                           capture_output=True, text=True) if Path(python).exists() else None
     if done is None or done.returncode != 0:
@@ -205,9 +208,13 @@ class Worker:
         self.side = side
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
         self._log: IO[str] = open(self.log_path, "w")
-        self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad), cwd=workdir,
-                                        text=True, preexec_fn=_fixed_address_layout)
+        try:
+            self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad),
+                                            cwd=workdir, text=True, preexec_fn=_fixed_address_layout)
+        except OSError as exc:
+            self._log.close()
+            raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
         import json
@@ -219,12 +226,18 @@ class Worker:
             line = self.process.stdout.readline()
         except BrokenPipeError:
             line = ""
+        return self.answer(line, "worker")
+
+    def answer(self, line: str, what: str) -> dict[str, Any]:
+        """A reply line as data, or a set-up error naming the side, its revision and what failed."""
+        import json
+
+        where = f"the {self.side.label} side's {what} ({self.side.revision or self.side.tree})"
         if not line:
-            raise GateSetupError(f"the {self.side.label} side's worker stopped: {self._tail()}")
+            raise GateSetupError(f"{where} stopped: {self._tail()}")
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
-            raise GateSetupError(f"the {self.side.label} side ({self.side.revision or self.side.tree}) failed: "
-                                 f"{answer['error']}")
+            raise GateSetupError(f"{where} failed: {answer['error']}")
         return answer
 
     def _tail(self) -> str:
@@ -258,12 +271,7 @@ def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: 
         worker.process.stdin.close()
         line = worker.process.stdout.readline()
         worker.process.wait()
-        if not line:
-            raise GateSetupError(f"building the {side.label} side's models failed: {worker._tail()}")
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise GateSetupError(f"building the {side.label} side's models ({side.revision or side.tree}) failed: "
-                                 f"{answer['error']}")
+        answer = worker.answer(line, "model build")
     finally:
         worker._log.close()
     expected = (side.tree / "optcv" / "__init__.py").resolve()
@@ -445,8 +453,12 @@ def sides_for(against: str | None, base_python: str | None, head_tree: Path | No
     commit = resolve_revision(repo, revision)
     if commit is None:
         shallow = git(repo, "rev-parse", "--is-shallow-repository") == "true"
-        yield (f"revision {revision} is not in this {'shallow ' if shallow else ''}clone"
-               f"{' (fetch more history: git fetch --unshallow)' if shallow else ' (a first commit has no parent)'}")
+        if shallow:
+            yield f"revision {revision} is not in this shallow clone (fetch more history: git fetch --unshallow)"
+        elif against is None:
+            yield f"revision {revision} does not exist: a first commit has no parent"
+        else:
+            raise GateSetupError(f"revision {against} does not exist in {repo}; name a commit, branch or tag")
         return
     with revision_tree(repo, commit) as tree:
         if not (tree / "optcv" / "__init__.py").is_file():

@@ -358,5 +358,6 @@ def ratio_fallback_markdown(fallback: Any) -> str:
                      "it on this machine (`pytest benchmarks -k ratio_gate --ratio-save`)")
     elif fallback.machine_differences:
         lines.append("- the baseline was recorded with other software: " + "; ".join(fallback.machine_differences))
-    lines += ["", "\n".join(f"- {f.message()}" for f in fallback.findings)]
+    enforced = "" if fallback.comparable else "(not enforced) "
+    lines += ["", "\n".join(f"- {enforced}{f.message()}" for f in fallback.findings)]
     return "\n".join(lines) + "\n"
