@@ -31,6 +31,12 @@ PREDICT_IMAGES = 2048
 # processes, all-core runs of 5-50 ms calls moved ±5-20 % between rounds of identical code (measured here),
 # too much to see 5 %. The suite still times them at every thread count.
 BATCH_THREADS = 1
+# glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large
+# tensor lands (page-aligned or inside the heap) depends on the process's history; PyTorch's batched and
+# training calls then ran up to 14-22 % apart in processes of identical code, and a 5 % slowdown measured
+# +13.9 % here. A fixed threshold puts every large buffer at a page boundary in every worker: unchanged
+# pairs then agreed within 1 % and the 5 % read +3.8 … +5.4 %. Both sides get the same settings.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "0"}
 
 
 def all_cores() -> int:
@@ -111,6 +117,7 @@ class Side:
         env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*self.extra_path, self.tree))
         env["PYTHONHASHSEED"] = "0"
+        env.update(MALLOC_ENV)
         env.pop("PYTHONSTARTUP", None)
         return env
 
