@@ -7,9 +7,6 @@ backend the paired ratios use.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +14,19 @@ import numpy as np
 import pytest
 
 from optcv.bench import make_baseline, pick_fastest
-from optcv.data import CIFAR10, Normalization, load_cifar10, stratified_subset
+from optcv.data import CIFAR10, load_cifar10
 from optcv.env import cpu_model, package_versions
-from optcv.export import export_onnx
-from optcv.models import Checkpoint, TunableNetConfig, TutorialNetConfig, arch_name, build_model, save_checkpoint
+from optcv.reference import REFERENCE_MODELS, build_reference
 from optcv.runtime import DEFAULT_BACKENDS, ModelSource, Predictor, candidate_predictors, default_threads
-from optcv.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
 GATE_THRESHOLDS = HERE / "gate_thresholds.json"
 REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
 
-# The models the suite times: the course's TutorialNet (task 2 settings) and its best tuned network
-# (task 3: one hidden layer of 302 units, RMSprop lr 6.1e-4).
-REFERENCE_MODELS: dict[str, tuple[Any, TrainConfig]] = {
-    "tutorial": (TutorialNetConfig(), TrainConfig("SGD", epochs=2, batch_size=4, seed=0)),
-    "tunable": (TunableNetConfig(hidden_units=(302,), dropouts=(0.205,)),
-                TrainConfig("RMSprop", lr=6.12e-4, epochs=2, batch_size=64, seed=0)),
-}
 MODEL_NAMES = list(REFERENCE_MODELS)
-BACKENDS = list(DEFAULT_BACKENDS)
+BATCHED_CASES = [(name, batch) for name, spec in REFERENCE_MODELS.items() for batch in spec.batch_sizes]
+BACKENDS = [*DEFAULT_BACKENDS, "onnxruntime-int8"]
 # Every backend is timed at the same, explicit thread counts: one, and every core of this machine.
 THREAD_COUNTS = sorted({1, default_threads()})
 
@@ -153,39 +142,12 @@ def test_images(cifar: CIFAR10) -> np.ndarray:
     return cifar.test.images.numpy()
 
 
-def _code_version() -> str:
-    import optcv
-
-    root = Path(optcv.__file__).parent
-    digest = hashlib.sha256()
-    for name in ("models.py", "train.py", "export.py", "data.py"):
-        digest.update((root / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
-    """Each reference model trained deterministically and exported, or taken from the cache."""
+    """Each reference model (optcv.reference) trained deterministically and exported, or taken from the cache."""
     from optcv.data import default_cache_dir
 
-    sources = {}
-    for name, (model_config, train_config) in REFERENCE_MODELS.items():
-        key_material = json.dumps({"arch": arch_name(model_config), "model": dataclasses.asdict(model_config),
-                                   "train": dataclasses.asdict(train_config), "data": cifar.source,
-                                   "code": _code_version(), "versions": package_versions()}, sort_keys=True)
-        key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
-        folder = default_cache_dir() / "bench-models" / f"{name}-{key}"
-        checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
-        if not (checkpoint.is_file() and onnx_path.is_file()):
-            model = build_model(model_config, seed=train_config.seed)
-            test = stratified_subset(cifar.test, 1000, seed=0)
-            history = train(model, cifar.train, test, train_config, Normalization(), progress=False)
-            save_checkpoint(checkpoint, Checkpoint(model_config, model.state_dict(), info={
-                "trained_for": "optcv benchmarks", "history": history.to_dict()}))
-            export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:256].numpy())
-            (folder / "key.json").write_text(key_material)
-        sources[name] = ModelSource(checkpoint, onnx_path)
-    return sources
+    return {name: ModelSource(*build_reference(name, cifar, default_cache_dir())) for name in MODEL_NAMES}
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +163,9 @@ def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarra
             chosen[key] = pick_fastest(candidates, test_images, calls=300, batch_size=batch_size)
         return chosen[key]
 
-    return get
+    yield get
+    for predictor in chosen.values():
+        predictor.close()
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +173,12 @@ def plain_predictor(model_sources: dict[str, ModelSource]):
     """Uncalibrated predictors with default settings, for parity checks."""
     from optcv.runtime import make_predictor
 
-    def get(model: str, backend: str) -> Predictor:
-        return make_predictor(backend, model_sources[model])
+    made: list[Predictor] = []
 
-    return get
+    def get(model: str, backend: str) -> Predictor:
+        made.append(make_predictor(backend, model_sources[model]))
+        return made[-1]
+
+    yield get
+    for predictor in made:
+        predictor.close()

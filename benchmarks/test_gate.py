@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
+from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
 from optcv.ab import GateConfig, run_gate, run_ratio_fallback
 from optcv.bench import BaselineMissing, BenchConfig, load_json, ratio_gate, ratios_of, run_bench
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import SpeedRegression
 from optcv.gate import GateSetupError, Thresholds, Verdict
+from optcv.reference import COURSE_MODELS
 from optcv.runtime import make_predictor
 
 # The ratio gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when
@@ -142,7 +143,7 @@ def gate_config(request: pytest.FixtureRequest) -> BenchConfig:
     return BenchConfig(n_single=n, chunk=max(1, n // 20), warmup=200, batch_sizes=(), calibration_calls=300)
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", COURSE_MODELS)  # the committed ratios cover these
 def test_speedup_ratio_gate(request, model_sources, test_images, model):
     backends = {name: [gate_predictor(model_sources, model, name)] for name in BACKENDS}
     result = run_bench(backends, test_images, gate_config(request), model=model, reference=REFERENCE_BACKEND)

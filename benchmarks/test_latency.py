@@ -13,11 +13,14 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.conftest import BACKENDS, MODEL_NAMES, THREAD_COUNTS
+from benchmarks.conftest import BACKENDS, BATCHED_CASES, MODEL_NAMES, THREAD_COUNTS
+from optcv.bench import scaled_rounds, seconds_per_call
 from optcv.env import package_versions
 
 ROUNDS, ITERATIONS, WARMUP_ROUNDS = 100, 20, 5
 BATCHED_ROUNDS = 10
+# Timed seconds per case at most: the small models keep their full rounds, ResNet-18 gets fewer.
+LATENCY_BUDGET_S, BATCHED_BUDGET_S = 2.0, 4.0
 
 
 def record(benchmark, predictor, batch_size: int) -> None:
@@ -41,23 +44,24 @@ def test_single_image_latency(benchmark, best_predictor, test_images, model, thr
     singles = itertools.cycle([test_images[i:i + 1] for i in range(len(test_images))])
     benchmark.group = f"latency {model} (batch 1)"
     benchmark.name = f"{model}-{backend}-t{threads}"
-    logits = benchmark.pedantic(lambda: predictor.predict(next(singles)), rounds=ROUNDS,
-                                iterations=ITERATIONS, warmup_rounds=WARMUP_ROUNDS)
+    call = lambda: predictor.predict(next(singles))  # noqa: E731
+    rounds, iterations = scaled_rounds(seconds_per_call(call), ROUNDS, ITERATIONS, LATENCY_BUDGET_S)
+    logits = benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=WARMUP_ROUNDS)
     assert logits.shape == (1, 10)
     record(benchmark, predictor, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("threads", THREAD_COUNTS)
-@pytest.mark.parametrize("batch_size", [64, 256])
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model, batch_size", BATCHED_CASES)
 def test_batched_throughput(benchmark, best_predictor, test_images, model, batch_size, threads, backend):
     predictor = best_predictor(model, backend, batch_size, threads)
     batches = itertools.cycle([test_images[i:i + batch_size]
                                for i in range(0, len(test_images) - batch_size + 1, batch_size)])
     benchmark.group = f"throughput {model} (batch {batch_size})"
     benchmark.name = f"{model}-{backend}-b{batch_size}-t{threads}"
-    logits = benchmark.pedantic(lambda: predictor.predict(next(batches)), rounds=BATCHED_ROUNDS,
-                                iterations=1, warmup_rounds=1)
+    call = lambda: predictor.predict(next(batches))  # noqa: E731
+    rounds, _ = scaled_rounds(seconds_per_call(call, calls=1), BATCHED_ROUNDS, 1, BATCHED_BUDGET_S)
+    logits = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
     assert logits.shape == (batch_size, 10) and np.isfinite(logits).all()
     record(benchmark, predictor, batch_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,19 +131,45 @@ def time_batched(predictor: Predictor, images: np.ndarray, batch_size: int, n_im
     return len(batches) * batch_size / (time.perf_counter() - started)
 
 
+def scaled_rounds(seconds_per_call: float, rounds: int, iterations: int, budget_s: float,
+                  min_rounds: int = 5) -> tuple[int, int]:
+    """Rounds and iterations for a benchmark case, scaled to its cost: as asked while they fit in
+    `budget_s`, else fewer iterations, then fewer rounds (never under `min_rounds`), so ResNet-18 (~1,000x
+    TutorialNet's work per image) costs about as much suite time as TutorialNet."""
+    if seconds_per_call <= 0:
+        raise ValueError(f"seconds per call must be positive, got {seconds_per_call}")
+    fit = max(1, int(budget_s / seconds_per_call))
+    iterations = max(1, min(iterations, fit // rounds))
+    return max(min(min_rounds, rounds), min(rounds, fit // iterations)), iterations
+
+
+def seconds_per_call(call: Callable[[], Any], calls: int = 3) -> float:
+    """The median wall time of a few calls (after the caller's warm-up): the cost used to scale rounds."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
 def pick_fastest(candidates: Sequence[Predictor], images: np.ndarray, calls: int,
                  batch_size: int = 1) -> Predictor:
-    """The candidate with the lowest median time per call, measured interleaved (a short calibration)."""
+    """The candidate with the lowest median time per call, measured interleaved (a short calibration); the
+    others are closed."""
     if len(candidates) == 1:
         return candidates[0]
     if batch_size == 1:
         samples = time_interleaved(candidates, images, calls, chunk=max(1, calls // 6), warmup=min(50, calls))
-        medians = [float(np.median(s)) for s in samples]
+        best = int(np.argmin([float(np.median(s)) for s in samples]))
     else:
         # The higher of two short runs' worse rate: one lucky run does not win.
         worst_rates = [min(time_batched(c, images, batch_size, batch_size * 4) for _ in range(2)) for c in candidates]
-        return candidates[int(np.argmax(worst_rates))]
-    return candidates[int(np.argmin(medians))]
+        best = int(np.argmax(worst_rates))
+    for index, candidate in enumerate(candidates):
+        if index != best:
+            candidate.close()
+    return candidates[best]
 
 
 @dataclass
@@ -200,6 +226,9 @@ def run_bench(backends: dict[str, list[Predictor]], images: np.ndarray, config: 
             results[name].throughput[batch_size] = {"images_per_s": rate, "settings": best.describe()}
     ratios = [paired_ratio(samples, reference, name, config.chunk, config.bootstrap, config.seed)
               for name in chosen if name != reference]
+    for candidates in backends.values():
+        for candidate in candidates:
+            candidate.close()
     return BenchResult(config, environment_info(), model, results, ratios)
 
 

@@ -86,6 +86,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_onnx(args.checkpoint, out, opset=args.opset, atol=args.atol)
     print(f"wrote {result.path} (opset {result.opset}, dynamic batch, uint8 NCHW input 'images' → 'logits')")
     print(f"max |ONNX Runtime - PyTorch| logit difference: {result.max_abs_diff:.3g} (tolerance {result.tolerance:g})")
+    if args.int8:
+        from optcv.quantize import QuantizeSettings, quantize_from_data
+
+        settings = QuantizeSettings(calibration_images=args.calibration_images)
+        path = quantize_from_data(out, args.data_dir, settings, progress=_progress(args))
+        print(f"wrote {path} (int8 QDQ, per-channel, calibrated on {settings.calibration_images:,} training images, "
+              f"reduce_range {settings.resolved_reduce_range()}); check it with `optcv evaluate {args.checkpoint} "
+              "--backends pytorch onnxruntime-int8`")
     return 0
 
 
@@ -123,7 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from optcv.bench import BenchConfig, latency_rows, run_bench
     from optcv.data import load_cifar10
     from optcv.env import describe_environment
-    from optcv.report import markdown_table
+    from optcv.limits import limits_of_source
+    from optcv.report import limits_markdown, markdown_table
     from optcv.runtime import candidate_predictors, make_predictor, resolve_sources
 
     source = resolve_sources(args.models)
@@ -142,8 +151,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"machine: {describe_environment(result.environment)}")
     print(f"{config.n_single:,} single-image predictions per backend, interleaved in chunks of {config.chunk}; "
           "speed-up = median over chunks of the per-chunk median ratio, 95% bootstrap CI")
+    limits = limits_of_source(result, source, data.test.images.numpy())
+    print()
+    print(limits_markdown(limits))
     if args.json:
-        result.save(args.json)
+        from optcv._io import write_json
+
+        write_json(args.json, {**result.to_dict(), "limits": limits.to_dict()})
         print(f"wrote {args.json}")
     return 0
 
@@ -287,6 +301,7 @@ def _settings(settings: dict[str, object]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from optcv.quantize import QuantizeSettings
     from optcv.train import OPTIMIZERS
 
     parser = argparse.ArgumentParser(
@@ -318,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=_positive_int, default=20)
     export.add_argument("--atol", type=_positive_float, default=1e-4,
                         help="largest allowed |ONNX Runtime - PyTorch| logit difference (default 1e-4)")
+    export.add_argument("--int8", action="store_true", help="also write the int8 model (NAME.int8.onnx) for the "
+                        "onnxruntime-int8 backend, statically quantised and calibrated on training images")
+    export.add_argument("--calibration-images", type=_positive_int, default=QuantizeSettings.calibration_images,
+                        help="training images the int8 calibration sees (default %(default)s)")
+    _add_data_options(export)
     export.set_defaults(func=cmd_export)
 
     evaluate = commands.add_parser("evaluate", help="per-class accuracy of each backend and their agreement")

@@ -95,3 +95,56 @@ def side_by_side_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
         rows.append({"class": name, **{b.backend: round(100 * b.per_class[i], 1) for b in evaluation.backends}})
     rows.append({"class": "overall", **{b.backend: round(100 * b.accuracy, 2) for b in evaluation.backends}})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity: how far each backend may stray from the reference (PyTorch).
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """None: every image must get the reference's class (fp32 backends). Otherwise accuracy may differ by
+    at most `overall_points` overall and `per_class_points` in any class (percentage points)."""
+
+    overall_points: float | None = None
+    per_class_points: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.overall_points is None
+
+
+EXACT = ParityTolerance()
+# int8 changes the numbers on purpose; its bar is accuracy, not identical classes.
+PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityTolerance(0.5, 2.0)}
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    backend: str
+    reference: str
+    tolerance: ParityTolerance
+    n_images: int
+    n_disagree: int
+    overall_diff_points: float  # backend minus reference
+    worst_class: str
+    worst_class_diff_points: float
+
+    @property
+    def passed(self) -> bool:
+        if self.tolerance.exact:
+            return self.n_disagree == 0
+        assert self.tolerance.overall_points is not None and self.tolerance.per_class_points is not None
+        return (abs(self.overall_diff_points) <= self.tolerance.overall_points
+                and abs(self.worst_class_diff_points) <= self.tolerance.per_class_points)
+
+
+def parity(evaluation: Evaluation, backend: str,
+           tolerances: dict[str, ParityTolerance] = PARITY_TOLERANCES) -> ParityResult:
+    """The parity verdict of `backend` against the evaluation's first (reference) backend."""
+    reference, other = evaluation.backends[0], next(b for b in evaluation.backends if b.backend == backend)
+    diffs = 100 * (np.asarray(other.per_class) - np.asarray(reference.per_class))
+    worst = int(np.nanargmax(np.abs(diffs)))
+    return ParityResult(backend, reference.backend, tolerances.get(backend, EXACT), evaluation.n_images,
+                        evaluation.agreements[backend].n_disagree, 100 * (other.accuracy - reference.accuracy),
+                        evaluation.classes[worst], float(diffs[worst]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,61 @@ class TunableNet(nn.Module):
         return self.net(x)
 
 
+@dataclass(frozen=True)
+class ResNet18Config:
+    """torchvision's ResNet-18 in its CIFAR form: a 3x3 stride-1 stem and no initial max-pool, so the
+    32x32 image keeps its resolution into the first stage (~0.56 GMAC per image)."""
+
+    num_classes: int = 10
+
+
+def resnet18_cifar(config: ResNet18Config = ResNet18Config()) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=config.num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@dataclass(frozen=True)
+class MobileNetV3SmallConfig:
+    """torchvision's MobileNetV3-small as it is (its strides take a 32x32 image to 1x1)."""
+
+    num_classes: int = 10
+    width_mult: float = 1.0
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.width_mult <= 4 or not 0 <= self.dropout < 1:
+            raise OptcvError(f"MobileNetV3-small needs 0 < width_mult <= 4 and 0 <= dropout < 1, got "
+                             f"{self.width_mult} and {self.dropout}")
+
+
+def mobilenet_v3_small(config: MobileNetV3SmallConfig = MobileNetV3SmallConfig()) -> nn.Module:
+    from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+
+    blocks, last_channel = _mobilenet_v3_conf("mobilenet_v3_small", width_mult=config.width_mult)
+    return MobileNetV3(blocks, last_channel, num_classes=config.num_classes, dropout=config.dropout)
+
+
+@dataclass(frozen=True)
+class IdentityNetConfig:
+    """No compute at all: the first `num_classes` normalised input values are the logits. Run by a backend,
+    it times that runtime's own per-call cost (optcv.limits), the floor under every model's latency."""
+
+    num_classes: int = 10
+
+
+class IdentityNet(nn.Module):
+    def __init__(self, config: IdentityNetConfig = IdentityNetConfig()):
+        super().__init__()
+        self.num_classes = config.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :self.num_classes]
+
+
 class WithPreprocessing(nn.Module):
     """uint8 images (N, 3, 32, 32) in, logits out: the normalisation travels inside the model and its export."""
 
@@ -107,11 +163,14 @@ class WithPreprocessing(nn.Module):
         return self.model(images.float() * self.scale + self.shift)
 
 
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+ARCHITECTURES: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
     "tutorial": (TutorialNetConfig, TutorialNet),
     "tunable": (TunableNetConfig, TunableNet),
+    "resnet18": (ResNet18Config, resnet18_cifar),
+    "mobilenet_v3_small": (MobileNetV3SmallConfig, mobilenet_v3_small),
+    "identity": (IdentityNetConfig, IdentityNet),
 }
-ModelConfig = TutorialNetConfig | TunableNetConfig
+ModelConfig = TutorialNetConfig | TunableNetConfig | ResNet18Config | MobileNetV3SmallConfig | IdentityNetConfig
 
 
 def arch_name(config: ModelConfig) -> str:

@@ -271,6 +271,8 @@ def stage_parity(ctx: Context) -> StageResult:
     for name, source in _sources(ctx).items():
         predictors = [make_predictor(backend, source) for backend in ctx.config.backends]
         results[name] = evaluate_backends(predictors, split).to_dict()
+        for predictor in predictors:
+            predictor.close()
     path = write_json(ctx.run_dir / "parity.json", results)
     return [path], {"models": results}
 

@@ -361,3 +361,38 @@ def ratio_fallback_markdown(fallback: Any) -> str:
     enforced = "" if fallback.comparable else "(not enforced) "
     lines += ["", "\n".join(f"- {enforced}{f.message()}" for f in fallback.findings)]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Against the machine's limits.
+
+
+def limits_rows(limits: Any) -> list[dict[str, Any]]:
+    """Per backend and batch size: time per image, achieved GMAC/s, % of the GEMM peak, and what bounds it."""
+    rows = []
+    for r in limits.rows:
+        bound = {None: "—", True: "overhead", False: "compute"}[r.overhead_bound]
+        rows.append({"backend": r.backend, "batch": r.batch_size, "threads": r.threads, "µs/image": r.us_per_image,
+                     "GMAC/s": r.achieved_gmac_per_s, "% of peak": f"{100 * r.peak_fraction:.1f} %",
+                     "floor µs/call": r.compute_floor_us, "overhead µs/call": r.overhead_us, "bound by": bound})
+    return rows
+
+
+def limits_markdown(limits: Any) -> str:
+    peaks = "; ".join(f"{p.gmac_per_s:.0f} GMAC/s ({p.source})" for p in limits.peaks.values())
+    return "\n".join([
+        markdown_table(limits_rows(limits)), "",
+        f"{limits.model}: {limits.macs_per_image / 1e6:,.2f} MMAC per image. Peak: {peaks}. Floor: the call's MACs "
+        "at that peak. Overhead: the same runtime running a model that computes nothing (batch 1). A backend whose "
+        "overhead exceeds its floor is overhead-bound: faster kernels cannot help it."])
+
+
+def parity_line(result: Any) -> str:
+    """One line for a parity verdict (optcv.evaluate.ParityResult)."""
+    tol = result.tolerance
+    bar = ("the reference's class for every image" if tol.exact else
+           f"accuracy within {tol.overall_points:g} points overall and {tol.per_class_points:g} per class")
+    status = "PASS" if result.passed else "PARITY FAILURE"
+    return (f"{status}: {result.backend} vs {result.reference} on {result.n_images:,} images: {result.n_disagree:,} "
+            f"classes differ; accuracy {result.overall_diff_points:+.2f} points overall, worst class "
+            f"{result.worst_class} {result.worst_class_diff_points:+.1f}; required: {bar}")

@@ -33,6 +33,10 @@ class Predictor(Protocol):
         """The settings that shape its speed: threads, optimisation level, versions."""
         ...
 
+    def close(self) -> None:
+        """Give back any process-wide setting it changed (PyTorch's thread count, oneDNN flag)."""
+        ...
+
 
 def check_images(images: Any) -> np.ndarray:
     """Return `images` as a uint8 (N, 3, 32, 32) array, or raise a clear error before anything runs."""
@@ -59,6 +63,33 @@ class ModelSource:
     onnx: Path | None = None
 
 
+_found_torch_settings: tuple[int, bool] | None = None  # the process's, before the first predictor set its own
+_torch_settings_users: set[int] = set()
+
+
+def use_torch_settings(user: object, threads: int, mkldnn: bool | None = None) -> None:
+    """Give PyTorch `user`'s thread count (and oneDNN flag) where they differ: a change only when another
+    predictor ran in between, never a flip per call. The settings found are restored when the last user
+    releases them (`release_torch_settings`)."""
+    global _found_torch_settings
+    if _found_torch_settings is None:
+        _found_torch_settings = (torch.get_num_threads(), bool(torch.backends.mkldnn.enabled))
+    _torch_settings_users.add(id(user))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if mkldnn is not None and torch.backends.mkldnn.enabled != mkldnn:
+        torch.backends.mkldnn.enabled = mkldnn  # type: ignore[assignment]
+
+
+def release_torch_settings(user: object) -> None:
+    global _found_torch_settings
+    _torch_settings_users.discard(id(user))
+    if not _torch_settings_users and _found_torch_settings is not None:
+        torch.set_num_threads(_found_torch_settings[0])
+        torch.backends.mkldnn.enabled = _found_torch_settings[1]  # type: ignore[assignment]
+        _found_torch_settings = None
+
+
 class TorchPredictor:
     """PyTorch eager, at its best for inference: eval mode, no autograd, a set thread count.
 
@@ -79,15 +110,12 @@ class TorchPredictor:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
-        if torch.get_num_threads() != self.threads:  # process-wide: another predictor may have changed it
-            torch.set_num_threads(self.threads)
-        previous = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = self.mkldnn  # type: ignore[assignment]  # process-wide: restored below
-        try:
-            with torch.inference_mode():
-                return self.model(torch.from_numpy(images)).numpy()
-        finally:
-            torch.backends.mkldnn.enabled = previous
+        use_torch_settings(self, self.threads, self.mkldnn)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images)).numpy()
+
+    def close(self) -> None:
+        release_torch_settings(self)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"torch {torch.__version__}", "threads": self.threads,
@@ -140,6 +168,9 @@ class OrtPredictor:
         images = check_images(images)
         return self.session.run(self._outputs, {self._input: images})[0]
 
+    def close(self) -> None:
+        pass  # its threads are the session's own; nothing process-wide to give back
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"onnxruntime {self._version}", "threads": self.threads,
                 "graph_optimization": self.graph_optimization, "execution_mode": "sequential",
@@ -161,14 +192,36 @@ def _ort_backend(source: ModelSource, threads: int) -> Predictor:
     return OrtPredictor(source.onnx, threads)
 
 
+def _ort_int8_backend(source: ModelSource, threads: int) -> Predictor:
+    from optcv.quantize import int8_path
+
+    if source.onnx is None:
+        raise OptcvError("the onnxruntime-int8 backend needs the fp32 ONNX model its int8 twin was made from")
+    path = int8_path(source.onnx)
+    if not path.is_file():
+        raise OptcvError(f"{path} does not exist: quantise the model with `optcv export CHECKPOINT --int8`")
+    return OrtPredictor(path, threads, name="onnxruntime-int8")
+
+
+def _torch_compile_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
+    from optcv.compiled import CompiledTorchPredictor
+
+    if source.checkpoint is None:
+        raise OptcvError("the torch-compile backend needs the checkpoint (.pt) the ONNX model was exported from")
+    return CompiledTorchPredictor(load_checkpoint(source.checkpoint), threads, **options)
+
+
 BACKENDS: dict[str, Callable[..., Predictor]] = {
     "pytorch": _torch_backend,
     "onnxruntime": _ort_backend,
+    "onnxruntime-int8": _ort_int8_backend,
+    "torch-compile": _torch_compile_backend,
 }
 # Settings besides the thread count that `optcv bench` tries for each backend, keeping the fastest.
 BACKEND_OPTIONS: dict[str, list[dict[str, Any]]] = {
     "pytorch": [{"mkldnn": False}, {"mkldnn": True}],
     "onnxruntime": [{}],
+    "onnxruntime-int8": [{}],
 }
 DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
 

@@ -98,3 +98,16 @@ def test_gate_cli_exit_codes(tmp_path, capsys):
     assert "baseline" in capsys.readouterr().err
     assert main(["gate", str(tmp_path / "broken.json"), "--baseline", str(tmp_path / "baseline.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_scaled_rounds_keeps_cheap_cases_and_shrinks_costly_ones():
+    from optcv.bench import scaled_rounds
+
+    assert scaled_rounds(100e-6, 100, 20, budget_s=2.0) == (100, 20)  # 0.2 s of calls fits: unchanged
+    assert scaled_rounds(1e-3, 100, 20, budget_s=2.0) == (100, 20)  # exactly the budget
+    assert scaled_rounds(1.1e-3, 100, 20, budget_s=2.0) == (100, 18)  # fewer iterations first
+    assert scaled_rounds(10e-3, 100, 20, budget_s=2.0) == (100, 2)
+    assert scaled_rounds(40e-3, 100, 20, budget_s=2.0) == (50, 1)  # then fewer rounds
+    assert scaled_rounds(2.0, 10, 1, budget_s=4.0) == (5, 1)  # never under the minimum
+    with pytest.raises(ValueError):
+        scaled_rounds(0, 10, 1, budget_s=1)

@@ -64,11 +64,34 @@ def test_mkldnn_setting_does_not_change_results_or_leak(exported):
 
     checkpoint = load_checkpoint(exported[0])
     x = images(16)
-    before = torch.backends.mkldnn.enabled
-    a = TorchPredictor(checkpoint, mkldnn=True).predict(x)
-    b = TorchPredictor(checkpoint, mkldnn=False).predict(x)
+    before = (torch.backends.mkldnn.enabled, torch.get_num_threads())
+    with_onednn, without = TorchPredictor(checkpoint, 1, mkldnn=True), TorchPredictor(checkpoint, 2, mkldnn=False)
+    a, b = with_onednn.predict(x), without.predict(x)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert torch.backends.mkldnn.enabled == before
+    assert (torch.backends.mkldnn.enabled, torch.get_num_threads()) == (False, 2)  # the last user's, until closed
+    with_onednn.close()
+    assert (torch.backends.mkldnn.enabled, torch.get_num_threads()) == (False, 2)  # still in use by `without`
+    without.close()
+    assert (torch.backends.mkldnn.enabled, torch.get_num_threads()) == before
+
+
+def test_consecutive_predictions_change_no_process_setting(exported, monkeypatch):
+    from optcv.models import load_checkpoint
+
+    checkpoint = load_checkpoint(exported[0])
+    predictor, other = TorchPredictor(checkpoint, 1, mkldnn=True), TorchPredictor(checkpoint, 2)
+    predictor.predict(images(1))
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    for _ in range(5):
+        predictor.predict(images(1))
+    assert calls == []  # not a setting flipped per call
+    other.predict(images(1))
+    predictor.predict(images(1))
+    assert calls == [2, 1]  # only where another predictor ran in between
+    predictor.close()
+    other.close()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from optcv.data import Normalization
 from optcv.errors import OptcvError
 from optcv.models import (
     Checkpoint,
+    MobileNetV3SmallConfig,
+    ResNet18Config,
     TunableNet,
     TunableNetConfig,
     TutorialNet,
@@ -21,6 +23,48 @@ def test_tutorial_net_shape_and_size():
     model = TutorialNet()
     assert model(torch.zeros(5, 3, 32, 32)).shape == (5, 10)
     assert count_macs(model) == 651_720  # the PyTorch tutorial net: 0.652 M MACs per image
+
+
+def test_resnet18_is_torchvisions_in_cifar_form():
+    from torchvision.models import resnet18
+
+    model = build_model(ResNet18Config(), seed=0)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    reference = resnet18(num_classes=10)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert ours["conv1.weight"].shape == (64, 3, 3, 3)  # the CIFAR stem; ImageNet's is 7x7 stride 2
+    assert [k for k in ours if ours[k].shape != theirs[k].shape] == ["conv1.weight"]
+    # With no stride-2 stem and no max-pool, the first stage runs at 32x32: ~0.56 GMAC per image
+    # (ImageNet's stem would cut that 16-fold at this input size).
+    assert 0.55e9 < count_macs(model) < 0.56e9
+
+
+def test_mobilenet_v3_small_is_torchvisions():
+    from torchvision.models import mobilenet_v3_small
+
+    model = build_model(MobileNetV3SmallConfig(), seed=0)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    reference = mobilenet_v3_small(num_classes=10)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()}
+    narrow = build_model(MobileNetV3SmallConfig(width_mult=0.5), seed=0)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
+    with pytest.raises(OptcvError, match="width_mult"):
+        MobileNetV3SmallConfig(width_mult=0)
+
+
+@pytest.mark.parametrize("config", [ResNet18Config(), MobileNetV3SmallConfig(dropout=0.1)])
+def test_large_models_round_trip_through_a_checkpoint(tmp_path, config):
+    model = build_model(config, seed=0).eval()
+    save_checkpoint(tmp_path / "m.pt", Checkpoint(config, model.state_dict()))
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.config == config
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = model((x.float() / 255 - torch.tensor(Normalization().mean).view(1, 3, 1, 1))
+                         / torch.tensor(Normalization().std).view(1, 3, 1, 1))
+        assert torch.allclose(loaded.build_inference()(x), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("units, dropouts", [((302,), (0.2,)), ((64, 32, 16), (0.5, 0.3, 0.2)), ((), ())])

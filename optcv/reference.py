@@ -1,0 +1,115 @@
+"""The reference models the benchmark suite times and parity-checks: trained once, exported, cached.
+
+The course's two networks are tiny (0.65 and ~2.5 MMAC per image), so per-call overhead dominates their
+latency. ResNet-18 (CIFAR form, ~0.56 GMAC) and MobileNetV3-small join them so that the suite also
+measures networks whose compute matters; they are trained briefly on a stratified subset, enough for real
+(not random) weights, and their accuracy is kept in the checkpoint and reported, not claimed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optcv.data import CIFAR10, Normalization, stratified_subset
+from optcv.env import package_versions
+from optcv.models import (
+    Checkpoint,
+    MobileNetV3SmallConfig,
+    ModelConfig,
+    ResNet18Config,
+    TunableNetConfig,
+    TutorialNetConfig,
+    arch_name,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from optcv.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    model: ModelConfig
+    train: TrainConfig
+    train_images: int | None = None  # a stratified subset of the training split; None: all of it
+    eval_images: int = 1000  # test images evaluated after each epoch (the accuracy the report states)
+    description: str = ""
+    batch_sizes: tuple[int, ...] = (64, 256)  # batched throughput cases
+
+
+REFERENCE_MODELS: dict[str, ReferenceModel] = {
+    "tutorial": ReferenceModel(TutorialNetConfig(), TrainConfig("SGD", epochs=2, batch_size=4, seed=0),
+                               description="the course's TutorialNet, task 2 settings"),
+    "tunable": ReferenceModel(TunableNetConfig(hidden_units=(302,), dropouts=(0.205,)),
+                              TrainConfig("RMSprop", lr=6.12e-4, epochs=2, batch_size=64, seed=0),
+                              description="the course's best tuned TunableNet (302 units, RMSprop)"),
+    "resnet18": ReferenceModel(ResNet18Config(), TrainConfig("Adam", epochs=2, batch_size=128, seed=0),
+                               train_images=2000, eval_images=500, batch_sizes=(64,),
+                               description="torchvision ResNet-18, CIFAR stem; briefly trained on a subset"),
+    "mobilenet_v3_small": ReferenceModel(MobileNetV3SmallConfig(), TrainConfig("Adam", epochs=3, batch_size=128,
+                                                                               seed=0),
+                                         train_images=10_000, eval_images=1000,
+                                         description="torchvision MobileNetV3-small; briefly trained on a subset"),
+}
+COURSE_MODELS = ("tutorial", "tunable")
+
+
+def _code_version() -> str:
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in ("models.py", "train.py", "export.py", "quantize.py", "data.py", "reference.py"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(name: str, data_source: str) -> tuple[str, str]:
+    """(key, the material it hashes): the recipe, the data, optcv's code and the library versions."""
+    spec = REFERENCE_MODELS[name]
+    material = json.dumps({"arch": arch_name(spec.model), "model": dataclasses.asdict(spec.model),
+                           "train": dataclasses.asdict(spec.train), "train_images": spec.train_images,
+                           "eval_images": spec.eval_images, "data": data_source, "code": _code_version(),
+                           "versions": package_versions()}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16], material
+
+
+def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, Path]:
+    """(checkpoint, ONNX file) of reference model `name`, trained, exported and quantised (the int8 twin
+    beside the ONNX file, optcv.quantize), or taken from the cache."""
+    from optcv.export import export_onnx
+    from optcv.quantize import QuantizeSettings, int8_path, quantize_onnx
+    from optcv.train import train
+
+    if name not in REFERENCE_MODELS:
+        raise KeyError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
+    spec = REFERENCE_MODELS[name]
+    key, material = cache_key(name, cifar.source)
+    folder = Path(cache_dir) / "bench-models" / f"{name}-{key}"
+    checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
+    if checkpoint.is_file() and onnx_path.is_file() and int8_path(onnx_path).is_file():
+        return checkpoint, onnx_path
+    model = build_model(spec.model, seed=spec.train.seed)
+    train_split = stratified_subset(cifar.train, spec.train_images, seed=0)
+    test = stratified_subset(cifar.test, spec.eval_images, seed=0)
+    history = train(model, train_split, test, spec.train, Normalization(), progress=False)
+    save_checkpoint(checkpoint, Checkpoint(spec.model, model.state_dict(), info={
+        "trained_for": "optcv benchmarks", "train_images": len(train_split), "eval_images": len(test),
+        "history": history.to_dict()}))
+    export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:64].numpy())
+    settings = QuantizeSettings()
+    calibration = stratified_subset(cifar.train, settings.calibration_images, seed=1).images.numpy()
+    quantize_onnx(onnx_path, calibration, settings=settings)
+    (folder / "key.json").write_text(material)
+    return checkpoint, onnx_path
+
+
+def reference_accuracy(checkpoint: Path) -> dict[str, Any]:
+    """The test accuracy the reference model reached when it was built, and on how many images."""
+    info = load_checkpoint(checkpoint).info
+    last = info["history"]["epochs"][-1]
+    return {"test_accuracy": last["test_accuracy"], "eval_images": info.get("eval_images"),
+            "train_images": info.get("train_images"), "epochs": len(info["history"]["epochs"])}

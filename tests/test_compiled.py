@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+
+from optcv.models import Checkpoint, TutorialNetConfig, build_model
+
+
+def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from optcv.compiled import CompiledTorchPredictor
+    from optcv.runtime import TorchPredictor
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
+    compiled = CompiledTorchPredictor(checkpoint, threads=1, batch_sizes=(1,), mode="default",
+                                      cache_dir=tmp_path / "inductor")
+    assert set(compiled.compile_seconds) == {1} and compiled.compile_seconds[1] > 0
+    # Ours only while compiling (inductor itself may later set its own default when it is unset).
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "inductor")
+    assert inductor_config.freezing is False
+    assert any((tmp_path / "inductor").iterdir())  # the cache went where optcv put it
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    expected = TorchPredictor(checkpoint, threads=1).predict(images)
+    got = compiled.predict(images)  # a batch size it was not prepared for: compiled on this call, recorded
+    assert set(compiled.compile_seconds) == {1, 3}
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert compiled.describe()["compile_seconds"].keys() == {"1", "3"}

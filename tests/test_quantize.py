@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from optcv._io import sha256_file
+from optcv.errors import OptcvError
+from optcv.evaluate import BackendAccuracy, Evaluation, ParityTolerance, parity
+from optcv.export import export_onnx, read_onnx_metadata
+from optcv.metrics import Agreement
+from optcv.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
+from optcv.quantize import QuantizeSettings, int8_path, quantize_onnx
+from optcv.runtime import ModelSource, make_predictor
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    save_checkpoint(folder / "m.pt", Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), 3).state_dict()))
+    export_onnx(folder / "m.pt", folder / "m.onnx")
+    return folder / "m.pt", folder / "m.onnx"
+
+
+def test_int8_model_beside_its_source_with_metadata(fp32_model):
+    checkpoint, onnx_path = fp32_model
+    path = quantize_onnx(onnx_path, images(64), settings=QuantizeSettings(calibration_images=64, reduce_range=True))
+    assert path == int8_path(onnx_path) == onnx_path.with_name("m.int8.onnx")
+    proto = onnx.load(str(path))
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+    meta = read_onnx_metadata(path)
+    settings = json.loads(meta["quantization"])
+    assert settings["reduce_range"] is True and settings["per_channel"] is True and settings["calibration_images"] == 64
+    assert meta["source_onnx_sha256"] == sha256_file(onnx_path)
+    assert meta["classes"] == read_onnx_metadata(onnx_path)["classes"]
+    source = ModelSource(checkpoint, onnx_path)
+    x = images(32, seed=1)
+    fp32 = make_predictor("onnxruntime", source, 1).predict(x)
+    int8 = make_predictor("onnxruntime-int8", source, 1).predict(x)
+    assert int8.shape == fp32.shape and np.isfinite(int8).all()
+    assert not np.array_equal(int8, fp32)  # really quantised
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.95
+
+
+def test_int8_backend_without_its_model_says_how_to_make_it(tmp_path, fp32_model):
+    checkpoint, onnx_path = fp32_model
+    lonely = tmp_path / "other.onnx"
+    lonely.write_bytes(onnx_path.read_bytes())
+    with pytest.raises(OptcvError, match="optcv export CHECKPOINT --int8"):
+        make_predictor("onnxruntime-int8", ModelSource(checkpoint, lonely), 1)
+    with pytest.raises(OptcvError, match="calibration method"):
+        quantize_onnx(onnx_path, images(4), tmp_path / "x.onnx", QuantizeSettings(calibrate_method="Magic"))
+
+
+def evaluation_with(reference_per_class, other_per_class, n_disagree=0):
+    ref, other = np.asarray(reference_per_class), np.asarray(other_per_class)
+    backends = [BackendAccuracy("pytorch", float(ref.mean()), ref.tolist(), {}),
+                BackendAccuracy("onnxruntime-int8", float(other.mean()), other.tolist(), {})]
+    classes = tuple(f"c{i}" for i in range(len(ref)))
+    agreements = {"onnxruntime-int8": Agreement(10_000, n_disagree, list(range(n_disagree)), 0.1)}
+    return Evaluation(classes, 10_000, backends, agreements)
+
+
+@pytest.mark.parametrize("shift, passed", [(0.0, True), (0.0049, True), (0.0051, False), (-0.0051, False)])
+def test_int8_overall_tolerance_at_its_boundary(shift, passed):
+    # Half a point overall: every class moves by `shift`.
+    ref = [0.5] * 10
+    verdict = parity(evaluation_with(ref, [v + shift for v in ref], n_disagree=300), "onnxruntime-int8")
+    assert verdict.passed is passed
+
+
+@pytest.mark.parametrize("class_shift, passed", [(0.0199, True), (0.0201, False)])
+def test_int8_per_class_tolerance_at_its_boundary(class_shift, passed):
+    # One class moves, another moves back, so the overall accuracy stays put.
+    ref = [0.5] * 10
+    other = [0.5 + class_shift, 0.5 - class_shift] + [0.5] * 8
+    verdict = parity(evaluation_with(ref, other), "onnxruntime-int8")
+    assert abs(verdict.overall_diff_points) < 1e-9
+    assert verdict.passed is passed and verdict.worst_class in ("c0", "c1")
+
+
+def test_fp32_backends_need_every_class_the_same():
+    ref = [0.5] * 10
+    evaluation = evaluation_with(ref, ref, n_disagree=1)
+    exact = parity(evaluation, "onnxruntime-int8", tolerances={})
+    assert exact.tolerance == ParityTolerance() and exact.passed is False
+    assert parity(evaluation_with(ref, ref, n_disagree=0), "onnxruntime-int8", tolerances={}).passed is True
