@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
+from optcv.data import stratified_subset
 from optcv.errors import ParityFailure
 from optcv.evaluate import evaluate_backends, parity, side_by_side_rows
+from optcv.reference import REFERENCE_MODELS
 from optcv.report import markdown_table, parity_line
 
 OTHER_BACKENDS = [b for b in BACKENDS if b != REFERENCE_BACKEND]
@@ -22,8 +24,9 @@ def test_parity_on_every_test_image(request, plain_predictor, cifar, model):
     computed once): fp32 backends must give PyTorch's class for every image; int8 must keep its accuracy
     within its tolerance, overall and per class (optcv.evaluate.PARITY_TOLERANCES)."""
     predictors = [plain_predictor(model, b) for b in [REFERENCE_BACKEND, *OTHER_BACKENDS]]
-    evaluation = evaluate_backends(predictors, cifar.test)
-    assert evaluation.n_images == 10_000
+    size = REFERENCE_MODELS[model].parity_images  # ResNet-18: 2,000 images, ~1,000x the work per image
+    evaluation = evaluate_backends(predictors, stratified_subset(cifar.test, size, seed=0))
+    assert evaluation.n_images == (size or 10_000)
     verdicts = [parity(evaluation, backend) for backend in OTHER_BACKENDS]
     request.config._optcv_gate_lines.extend(f"{model}: {parity_line(v)}" for v in verdicts)
     failed = [v for v in verdicts if not v.passed]

@@ -40,6 +40,7 @@ class ReferenceModel:
     eval_images: int = 1000  # test images evaluated after each epoch (the accuracy the report states)
     description: str = ""
     batch_sizes: tuple[int, ...] = (64, 256)  # batched throughput cases
+    parity_images: int | None = None  # a stratified test subset for the parity pass; None: all 10,000
 
 
 REFERENCE_MODELS: dict[str, ReferenceModel] = {
@@ -49,10 +50,10 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
                               TrainConfig("RMSprop", lr=6.12e-4, epochs=2, batch_size=64, seed=0),
                               description="the course's best tuned TunableNet (302 units, RMSprop)"),
     "resnet18": ReferenceModel(ResNet18Config(), TrainConfig("Adam", epochs=2, batch_size=128, seed=0),
-                               train_images=2000, eval_images=500, batch_sizes=(64,),
+                               train_images=2000, eval_images=500, batch_sizes=(64,), parity_images=2000,
                                description="torchvision ResNet-18, CIFAR stem; briefly trained on a subset"),
-    "mobilenet_v3_small": ReferenceModel(MobileNetV3SmallConfig(), TrainConfig("Adam", epochs=3, batch_size=128,
-                                                                               seed=0),
+    "mobilenet_v3_small": ReferenceModel(MobileNetV3SmallConfig(bn_momentum=0.1),
+                                         TrainConfig("Adam", epochs=3, batch_size=128, seed=0),
                                          train_images=10_000, eval_images=1000,
                                          description="torchvision MobileNetV3-small; briefly trained on a subset"),
 }

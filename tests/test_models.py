@@ -52,6 +52,9 @@ def test_mobilenet_v3_small_is_torchvisions():
     assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
     with pytest.raises(OptcvError, match="width_mult"):
         MobileNetV3SmallConfig(width_mult=0)
+    norms = [m for m in build_model(MobileNetV3SmallConfig(bn_momentum=0.1)).modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and {(m.momentum, m.eps) for m in norms} == {(0.1, 0.001)}
 
 
 @pytest.mark.parametrize("config", [ResNet18Config(), MobileNetV3SmallConfig(dropout=0.1)])
