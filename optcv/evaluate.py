@@ -117,6 +117,14 @@ class ParityTolerance:
 EXACT = ParityTolerance()
 # int8 changes the numbers on purpose; its bar is accuracy, not identical classes.
 PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityTolerance(0.5, 2.0)}
+# Measured failures kept visible instead of hidden: the suite prints each one's verdict as a KNOWN FAILURE
+# (and says so when it starts passing); any other parity failure fails the suite.
+KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {
+    ("mobilenet_v3_small", "onnxruntime-int8"):
+        "static int8 (MinMax, per-channel, 512 images) moved accuracy -0.54 points overall and +3.5 in one "
+        "class here (hard-swish and squeeze-excitation layers quantised); better calibration or excluding "
+        "those layers is open work",
+}
 
 
 @dataclass(frozen=True)
