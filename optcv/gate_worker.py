@@ -110,8 +110,9 @@ def case_cpus(threads: int) -> set[int]:
     """The CPUs a case runs on: every worker of both sides on the same ones.
 
     Left to the scheduler, a worker tends to stay on the vCPU it last ran on, and on a shared VM one vCPU
-    can be steadily slower than the other (its host core's neighbours): two processes of identical code
-    then differed by up to 14 % here. Pinning every worker to the same `threads` CPUs removes that.
+    can be steadily slower than the other (its host core's neighbours). Pinning every worker to the same
+    `threads` CPUs takes that out of the comparison. (It came in with the malloc setting in ab.MALLOC_ENV,
+    which measurably closed the gap between processes; pinning's own share was not measured apart.)
     """
     return set(_START_CPUS[-threads:]) if len(_START_CPUS) > threads else set(_START_CPUS)
 
