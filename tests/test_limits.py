@@ -43,5 +43,6 @@ def test_identity_model_computes_nothing_and_runs_on_every_backend(tmp_path):
     outputs = [make_predictor(b, source, 1).predict(images[:3]) for b in ("pytorch", "onnxruntime")]
     assert outputs[0].shape == (3, 10)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
-    overheads = runtime_overheads(["pytorch", "onnxruntime"], 1, images, tmp_path, calls=20)
-    assert set(overheads) == {"pytorch", "onnxruntime"} and all(v > 0 for v in overheads.values())
+    backends = ["pytorch", "onnxruntime", "onnxruntime-int8"]  # every backend `optcv bench` can time
+    overheads = runtime_overheads(backends, 1, images, tmp_path, calls=20)
+    assert set(overheads) == set(backends) and all(v > 0 for v in overheads.values())
