@@ -194,7 +194,7 @@ def _gate_files(args: argparse.Namespace) -> int:
 def _gate_config(args: argparse.Namespace) -> GateConfig:
     return GateConfig(models=tuple(args.models), workers_per_side=args.workers, case_seconds=args.case_seconds,
                       max_case_seconds=max(args.case_seconds, args.max_case_seconds), cases=tuple(args.cases or ()),
-                      seed=args.seed)
+                      seed=args.seed, retest_failures=args.retest)
 
 
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
@@ -440,6 +440,8 @@ def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-case-seconds", type=_positive_float, default=default.max_case_seconds,
                       help="a noisy case adds rounds up to this long, until its interval is narrow enough")
     gate.add_argument("--seed", type=int, default=default.seed)
+    gate.add_argument("--no-retest", dest="retest", action="store_false", default=default.retest_failures,
+                      help="fail on the first pass, without re-timing failing cases with fresh workers")
     gate.add_argument("--json", help="write every number to this JSON file")
     gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
     gate.add_argument("--baseline", help="ratio baseline for bench files, or for the fallback without a base revision")

@@ -171,6 +171,9 @@ class GateResult:
     environment: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # The first-pass findings of cases that failed and were timed again with fresh workers; `findings` holds
+    # the re-test's, which decide.
+    retested: list[CaseFinding] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[CaseFinding]:
@@ -183,7 +186,8 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": RESULT_SCHEMA, "base": self.base, "head": self.head, "protocol": self.protocol,
                 "environment": self.environment, "seconds": self.seconds, "notes": self.notes,
-                "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings]}
+                "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings],
+                "first_pass_of_retested": [{**asdict(f), "verdict": f.verdict.value} for f in self.retested]}
 
 
 def failure_kind(exc: BaseException) -> str | None:

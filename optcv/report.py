@@ -316,6 +316,13 @@ def gate_markdown(result: Any) -> str:
     for finding in failed:
         if finding.profile:
             lines += ["", f"### Where the time went: {finding.case}", "", markdown_table(profile_rows(finding.profile))]
+    if result.retested:
+        final = {f.case: f for f in result.findings}
+        lines += ["", "Re-tested with fresh workers (a case fails only if the re-test confirms it):", "",
+                  markdown_table([{"case": f.case, "first pass": f"{_signed(f.change_pct)} ({_signed(f.ci_low_pct)} … "
+                                   f"{_signed(f.ci_high_pct)})", "re-test": f"{_signed(final[f.case].change_pct)} "
+                                   f"({_signed(final[f.case].ci_low_pct)} … {_signed(final[f.case].ci_high_pct)})",
+                                   "verdict": final[f.case].verdict.value} for f in result.retested])]
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
 

@@ -38,8 +38,15 @@ class SelfTestRun:
     target: str | None  # None: unchanged code
     level_pct: float
     seed: int
-    findings: list[CaseFinding]
+    findings: list[CaseFinding]  # the gate's last word per case (the re-test's where there was one)
     seconds: float
+    first_pass: dict[str, CaseFinding] = field(default_factory=dict)  # of the re-tested cases
+
+    def verdict(self, finding: CaseFinding, threshold_pct: float) -> Verdict:
+        """What a gate at `threshold_pct` would have said: a first-pass failure stands only if its re-test
+        (run at the lowest threshold judged, so every case that could fail was re-tested) fails too."""
+        first = _verdict(self.first_pass.get(finding.case, finding), threshold_pct)
+        return _verdict(finding, threshold_pct) if first is Verdict.REGRESSION else first
 
 
 @dataclass
@@ -59,7 +66,7 @@ class SelfTestResult:
             for f in run.findings:
                 if affected(target, f.case):
                     caught, n = out.get(f.case, (0, 0))
-                    out[f.case] = (caught + (_verdict(f, threshold_pct) is Verdict.REGRESSION), n + 1)
+                    out[f.case] = (caught + (run.verdict(f, threshold_pct) is Verdict.REGRESSION), n + 1)
         return out
 
     def false_alarms(self, threshold_pct: float) -> tuple[int, int, int, int]:
@@ -67,7 +74,7 @@ class SelfTestResult:
         failed_runs = runs = failed_cases = cases = 0
         for run in self.runs:
             unaffected = [f for f in run.findings if not affected(run.target, f.case)]
-            flagged = [f for f in unaffected if _verdict(f, threshold_pct) is Verdict.REGRESSION]
+            flagged = [f for f in unaffected if run.verdict(f, threshold_pct) is Verdict.REGRESSION]
             failed_cases, cases = failed_cases + len(flagged), cases + len(unaffected)
             if run.target is None:
                 runs += 1
@@ -78,7 +85,8 @@ class SelfTestResult:
         return {"schema": SELF_TEST_SCHEMA, "config": self.config, "environment": self.environment,
                 "thresholds": list(self.thresholds), "notes": self.notes,
                 "runs": [{"target": r.target, "level_pct": r.level_pct, "seed": r.seed, "seconds": r.seconds,
-                          "findings": [{**asdict(f), "verdict": f.verdict.value} for f in r.findings]}
+                          "findings": [{**asdict(f), "verdict": f.verdict.value} for f in r.findings],
+                          "first_pass_of_retested": [asdict(f) for f in r.first_pass.values()]}
                          for r in self.runs]}
 
 
@@ -114,10 +122,11 @@ def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] =
             head = Side("head", sys.executable, tree, extra_path=(write_injection(
                 workdir / f"inject-h-{index:04d}", target or NONE, level / 100),))
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
-            result = measure(base, head, run_config, Thresholds(thresholds[0]), data_dir=root,
+            result = measure(base, head, run_config, Thresholds(min(thresholds)), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
                              artifacts={"base": built, "head": built})
-            runs.append(SelfTestRun(target, level, run_config.seed, result.findings, result.seconds))
+            runs.append(SelfTestRun(target, level, run_config.seed, result.findings, result.seconds,
+                                    {f.case: f for f in result.retested}))
             worst = max(result.findings, key=lambda f: f.change_pct)
             log(f"self-test run {index + 1}/{len(plan)}: {target or 'unchanged'} +{level:g} %: "
                 f"{len(result.regressions)} case(s) failed; largest change {worst.case} {worst.change_pct:+.1f} % "

@@ -1,5 +1,6 @@
 """The A/B gate's statistics, rule, thresholds, cases, injection and reports, on numbers made here (no timing)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -204,3 +205,55 @@ def test_cli_gate_set_up_errors_exit_2_with_one_line(tmp_path, capsys):
     results.write_text("{}")
     assert main(["gate", str(results)]) == 2
     assert "--baseline" in capsys.readouterr().err
+
+
+def _finding(case, change, verdict):
+    return CaseFinding(case, 100.0, 100.0 + change, change, change - 1.0, change + 1.0, 3.0, verdict, 30, 10)
+
+
+def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_fails(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from optcv import ab
+
+    specs = [{"id": c} for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
+    slow, same = Verdict.REGRESSION, Verdict.NO_CHANGE
+    passes = {0: [_finding("a/pytorch/b1/t1", 9.0, slow), _finding("b/pytorch/b1/t1", 9.0, slow),
+                  _finding("c/pytorch/b1/t1", 0.0, same)],
+              1: [_finding("a/pytorch/b1/t1", 8.0, slow), _finding("b/pytorch/b1/t1", 0.5, same)]}
+    calls = []
+
+    def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt):
+        calls.append(([s.label for s in sides], [s["id"] for s in specs_], attempt))
+        return passes[attempt], {"base": {}, "head": {}}
+
+    monkeypatch.setattr(ab, "_time_cases", fake_time_cases)
+    monkeypatch.setattr(ab, "case_specs", lambda config: specs)
+    monkeypatch.setattr(ab, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    side = ab.Side("base", sys.executable, Path(__file__).resolve().parent.parent)
+    built = {"code_hash": "h", "versions": {}}
+    result = ab.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
+                        cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                        artifacts={"base": built, "head": built})
+    assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1)  # fresh pool, head first
+    assert [f.case for f in result.regressions] == ["a/pytorch/b1/t1"]
+    assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
+    assert [f.change_pct for f in result.retested] == [9.0, 9.0]
+    calls.clear()
+    result = ab.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False), Thresholds(),
+                        data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                        artifacts={"base": built, "head": built})
+    assert len(calls) == 1 and len(result.regressions) == 2
+
+
+def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():
+    from optcv.selftest import SelfTestRun
+
+    first = {"x": CaseFinding("x", 100, 104, 4.0, 2.5, 5.5, 2.0, Verdict.REGRESSION, 30, 10)}
+    retest = CaseFinding("x", 100, 102.5, 2.5, 1.0, 4.0, 2.0, Verdict.REGRESSION, 30, 10)
+    run = SelfTestRun("pytorch", 3.0, 0, [retest], 1.0, first)
+    assert run.verdict(retest, 2.0) is Verdict.REGRESSION  # both passes above 2 %
+    assert run.verdict(retest, 3.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # first pass flagged at 3, re-test did not
+    assert run.verdict(retest, 5.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # first pass alone stays under 5
+    plain = SelfTestRun(None, 0.0, 0, [first["x"]], 1.0)
+    assert plain.verdict(first["x"], 3.0) is Verdict.REGRESSION
