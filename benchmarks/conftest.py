@@ -7,6 +7,7 @@ backend the paired ratios use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from optcv.bench import make_baseline, pick_fastest
 from optcv.data import CIFAR10, load_cifar10
 from optcv.env import cpu_model, package_versions
 from optcv.reference import REFERENCE_MODELS, build_reference
-from optcv.runtime import DEFAULT_BACKENDS, ModelSource, Predictor, candidate_predictors, default_threads
+from optcv.runtime import (
+    DEFAULT_BACKENDS,
+    ModelSource,
+    Predictor,
+    backend_unavailable,
+    candidate_predictors,
+    default_threads,
+)
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
@@ -26,7 +34,7 @@ REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
 
 MODEL_NAMES = list(REFERENCE_MODELS)
 BATCHED_CASES = [(name, batch) for name, spec in REFERENCE_MODELS.items() for batch in spec.batch_sizes]
-BACKENDS = [*DEFAULT_BACKENDS, "onnxruntime-int8"]
+BACKENDS = [*DEFAULT_BACKENDS, "onnxruntime-int8", "openvino"]
 # Every backend is timed at the same, explicit thread counts: one, and every core of this machine.
 THREAD_COUNTS = sorted({1, default_threads()})
 
@@ -150,6 +158,15 @@ def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
     return {name: ModelSource(*build_reference(name, cifar, default_cache_dir())) for name in MODEL_NAMES}
 
 
+def require_backend(backend: str) -> None:
+    """Skip a case whose optional runtime is missing, with the reason; in CI, which installs every extra, fail."""
+    reason = backend_unavailable(backend)
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must exercise every backend)")
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarray):
     """At a given thread count, the backend's fastest other setting (oneDNN on or off for PyTorch), chosen
@@ -158,6 +175,7 @@ def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarra
 
     def get(model: str, backend: str, batch_size: int, threads: int) -> Predictor:
         key = (model, backend, batch_size, threads)
+        require_backend(backend)
         if key not in chosen:
             candidates = candidate_predictors(backend, model_sources[model], threads)
             chosen[key] = pick_fastest(candidates, test_images, calls=300, batch_size=batch_size)
@@ -176,6 +194,7 @@ def plain_predictor(model_sources: dict[str, ModelSource]):
     made: list[Predictor] = []
 
     def get(model: str, backend: str) -> Predictor:
+        require_backend(backend)
         made.append(make_predictor(backend, model_sources[model]))
         return made[-1]
 

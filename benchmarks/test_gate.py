@@ -22,7 +22,7 @@ from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import SpeedRegression
 from optcv.gate import GateSetupError, Thresholds, Verdict
 from optcv.reference import COURSE_MODELS
-from optcv.runtime import make_predictor
+from optcv.runtime import backend_unavailable, make_predictor
 
 # The ratio gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when
 # two settings are close (the tutorial speed-up jumped from 4.2x to 5.8x when PyTorch's thread count flipped).
@@ -145,7 +145,9 @@ def gate_config(request: pytest.FixtureRequest) -> BenchConfig:
 
 @pytest.mark.parametrize("model", COURSE_MODELS)  # the committed ratios cover these
 def test_speedup_ratio_gate(request, model_sources, test_images, model):
-    backends = {name: [gate_predictor(model_sources, model, name)] for name in BACKENDS}
+    # A missing optional runtime fails its own latency and parity cases in CI; here it is left out.
+    backends = {name: [gate_predictor(model_sources, model, name)] for name in BACKENDS
+                if backend_unavailable(name) is None}
     result = run_bench(backends, test_images, gate_config(request), model=model, reference=REFERENCE_BACKEND)
     as_dict = result.to_dict()
     request.config._optcv_ratio_results.append(as_dict)

@@ -13,14 +13,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from optcv._io import write_json
 from optcv.env import environment_info
 from optcv.errors import OptcvError
-from optcv.runtime import Predictor
+
+if TYPE_CHECKING:  # the CLI reads BenchConfig's defaults without importing torch
+    from optcv.runtime import Predictor
 
 RESULT_SCHEMA = "optcv-bench/1"
 BASELINE_SCHEMA = "optcv-ratio-baseline/1"

@@ -8,8 +8,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from optcv.ab import GateConfig
+from optcv.bench import BenchConfig
 from optcv.errors import OptcvError
 
 EXIT_REGRESSION = 1
@@ -128,21 +130,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from optcv.bench import BenchConfig, latency_rows, run_bench
+    from optcv.bench import latency_rows, run_bench
     from optcv.data import load_cifar10
     from optcv.env import describe_environment
     from optcv.limits import limits_of_source
     from optcv.report import limits_markdown, markdown_table
-    from optcv.runtime import candidate_predictors, make_predictor, resolve_sources
+    from optcv.runtime import make_predictor, resolve_sources
+    from optcv.search import kept_settings, settings_path, tuned_candidates
 
     source = resolve_sources(args.models)
+    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
+    model = Path(source.checkpoint or source.onnx or "model").stem
+    if args.search:
+        _search(args, source, data.test.images.numpy(), model)
     if args.no_calibrate:
         backends = {b: [make_predictor(b, source, args.threads)] for b in args.backends}
     else:
-        backends = {b: candidate_predictors(b, source, args.threads) for b in args.backends}
+        backends = {b: tuned_candidates(b, source, args.threads) for b in args.backends}
+        if args.threads is None and kept_settings(source):
+            print(f"settings: the fastest per batch size from {settings_path(source)} (optcv bench --search)")
     config = BenchConfig(n_single=args.n, chunk=min(args.chunk, args.n), batch_sizes=tuple(args.batch_sizes))
-    data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
-    model = Path(source.checkpoint or source.onnx or "model").stem
     result = run_bench(backends, data.test.images.numpy(), config, model=model)
     print(markdown_table(latency_rows(result)))
     print()
@@ -160,6 +167,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(args.json, {**result.to_dict(), "limits": limits.to_dict()})
         print(f"wrote {args.json}")
     return 0
+
+
+def _search(args: argparse.Namespace, source: Any, images: Any, model: str) -> None:
+    from optcv.report import markdown_table, search_rows
+    from optcv.search import SearchConfig, run_search, save_search
+
+    config = SearchConfig(batch_sizes=tuple(sorted({1, *args.batch_sizes})))
+    result = run_search(source, args.backends, images, config, model=model, cores=args.threads,
+                        progress=_progress(args))
+    print(markdown_table(search_rows(result)))
+    print(f"{config.rounds} interleaved rounds of ~{config.turn_ms:g} ms per setting; median µs per image, 95% "
+          f"bootstrap CI; kept the fastest per batch size in {save_search(result, source)}\n")
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -397,12 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
                                             "backend, interleaved, then batched throughput; each backend is first "
                                             "calibrated to its fastest thread count and options.")
     _add_model_options(bench)
-    bench.add_argument("-n", type=_positive_int, default=10_000,
-                       help="single-image predictions per backend (default 10,000, the course's)")
-    bench.add_argument("--chunk", type=_positive_int, default=500, help="calls per backend between switches")
-    bench.add_argument("--batch-sizes", nargs="*", type=_positive_int, default=[64, 256])
+    bench_default = BenchConfig()
+    bench.add_argument("-n", type=_positive_int, default=bench_default.n_single,
+                       help=f"single-image predictions per backend (default {bench_default.n_single:,}, the course's)")
+    bench.add_argument("--chunk", type=_positive_int, default=bench_default.chunk,
+                       help="calls per backend between switches")
+    bench.add_argument("--batch-sizes", nargs="*", type=_positive_int, default=list(bench_default.batch_sizes))
     bench.add_argument("--threads", type=_positive_int, help="fix the thread count (default: try 1 and all cores)")
     bench.add_argument("--no-calibrate", action="store_true", help="use the default settings, try no others")
+    bench.add_argument("--search", action="store_true",
+                       help="time every backend's grid of settings (threads, graph level, spinning, oneDNN, "
+                            "channels-last, hints) interleaved, print it, and keep the fastest per batch size "
+                            "beside the model (MODEL.settings.json), which later runs of bench then use")
     bench.add_argument("--json", help="write the results to this JSON file (input of `optcv gate`)")
     bench.add_argument("--quiet", action="store_true")
     _add_data_options(bench)

@@ -279,12 +279,12 @@ def stage_parity(ctx: Context) -> StageResult:
 
 def stage_latency(ctx: Context) -> StageResult:
     from optcv.bench import run_bench
-    from optcv.runtime import candidate_predictors
+    from optcv.search import tuned_candidates
 
     images = ctx.data.test.images.numpy()
     results, outputs = {}, []
     for name, source in _sources(ctx).items():
-        backends = {b: candidate_predictors(b, source) for b in ctx.config.backends}
+        backends = {b: tuned_candidates(b, source) for b in ctx.config.backends}
         result = run_bench(backends, images, ctx.config.bench, model=name)
         outputs.append(result.save(ctx.run_dir / f"bench-{name}.json"))
         results[name] = result.to_dict()

@@ -403,3 +403,23 @@ def parity_line(result: Any) -> str:
     return (f"{status}: {result.backend} vs {result.reference} on {result.n_images:,} images: {result.n_disagree:,} "
             f"classes differ; accuracy {result.overall_diff_points:+.2f} points overall, worst class "
             f"{result.worst_class} {result.worst_class_diff_points:+.1f}; required: {bar}")
+
+
+def search_rows(result: Any) -> list[dict[str, Any]]:
+    """`optcv bench --search`'s grid: per backend and batch size, every setting's µs per image (median over
+    rounds, 95 % interval), relative to that group's fastest, the kept one marked."""
+    best = result.best()
+    rows = []
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for t in result.timings:
+        groups.setdefault((t.backend, t.batch_size), []).append(t)
+    for (backend, batch), timings in groups.items():
+        fastest = min(t.median_us_per_image for t in timings)
+        for t in sorted(timings, key=lambda t: t.median_us_per_image):
+            rows.append({"backend": backend, "batch": batch,
+                         "settings": ", ".join(f"{k}={v}" for k, v in t.settings.items()),
+                         "µs per image": t.median_us_per_image,
+                         "95% CI": f"{t.ci_low_us:,.1f}–{t.ci_high_us:,.1f}",
+                         "vs fastest": f"{t.median_us_per_image / fastest:.2f}×",
+                         "kept": "yes" if best[backend][batch] == t.settings else ""})
+    return rows

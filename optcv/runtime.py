@@ -99,12 +99,15 @@ class TorchPredictor:
     """
 
     def __init__(self, checkpoint: Checkpoint, threads: int | None = None, mkldnn: bool = False,
-                 name: str = "pytorch"):
+                 channels_last: bool = False, name: str = "pytorch"):
         self.name = name
         self.classes = checkpoint.classes
         self.threads = threads or default_threads()
         self.mkldnn = mkldnn
+        self.channels_last = channels_last
         self.model = checkpoint.build_inference()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
 
@@ -112,14 +115,17 @@ class TorchPredictor:
         images = check_images(images)
         use_torch_settings(self, self.threads, self.mkldnn)
         with torch.inference_mode():
-            return self.model(torch.from_numpy(images)).numpy()
+            x = torch.from_numpy(images)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).numpy()
 
     def close(self) -> None:
         release_torch_settings(self)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"torch {torch.__version__}", "threads": self.threads,
-                "mkldnn": self.mkldnn, "mode": "eager, eval, inference_mode"}
+                "mkldnn": self.mkldnn, "channels_last": self.channels_last, "mode": "eager, eval, inference_mode"}
 
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
@@ -129,7 +135,7 @@ class OrtPredictor:
     """ONNX Runtime on the CPU execution provider, with explicit session options."""
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None, graph_optimization: str = "all",
-                 name: str = "onnxruntime"):
+                 spinning: bool = True, name: str = "onnxruntime"):
         import onnxruntime as ort
 
         from optcv.export import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
@@ -153,6 +159,9 @@ class OrtPredictor:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization]
         options.log_severity_level = 3
+        # Worker threads spin between calls by default, which buys latency with a busy core.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -173,26 +182,26 @@ class OrtPredictor:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"onnxruntime {self._version}", "threads": self.threads,
-                "graph_optimization": self.graph_optimization, "execution_mode": "sequential",
-                "provider": "CPUExecutionProvider"}
+                "graph_optimization": self.graph_optimization, "spinning": self.spinning,
+                "execution_mode": "sequential", "provider": "CPUExecutionProvider"}
 
 
 BackendFactory = Callable[[ModelSource, int], Predictor]
 
 
-def _torch_backend(source: ModelSource, threads: int, mkldnn: bool = False) -> Predictor:
+def _torch_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
     if source.checkpoint is None:
         raise OptcvError("the pytorch backend needs the checkpoint (.pt) the ONNX model was exported from")
-    return TorchPredictor(load_checkpoint(source.checkpoint), threads, mkldnn=mkldnn)
+    return TorchPredictor(load_checkpoint(source.checkpoint), threads, **options)
 
 
-def _ort_backend(source: ModelSource, threads: int) -> Predictor:
+def _ort_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
     if source.onnx is None:
         raise OptcvError("the onnxruntime backend needs an ONNX model: run `optcv export CHECKPOINT -o model.onnx`")
-    return OrtPredictor(source.onnx, threads)
+    return OrtPredictor(source.onnx, threads, **options)
 
 
-def _ort_int8_backend(source: ModelSource, threads: int) -> Predictor:
+def _ort_int8_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
     from optcv.quantize import int8_path
 
     if source.onnx is None:
@@ -200,7 +209,7 @@ def _ort_int8_backend(source: ModelSource, threads: int) -> Predictor:
     path = int8_path(source.onnx)
     if not path.is_file():
         raise OptcvError(f"{path} does not exist: quantise the model with `optcv export CHECKPOINT --int8`")
-    return OrtPredictor(path, threads, name="onnxruntime-int8")
+    return OrtPredictor(path, threads, name="onnxruntime-int8", **options)
 
 
 def _torch_compile_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
@@ -211,19 +220,44 @@ def _torch_compile_backend(source: ModelSource, threads: int, **options: Any) ->
     return CompiledTorchPredictor(load_checkpoint(source.checkpoint), threads, **options)
 
 
+def _openvino_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
+    from optcv.openvino_predictor import OpenVinoPredictor
+
+    if source.onnx is None:
+        raise OptcvError("the openvino backend reads the ONNX model: run `optcv export CHECKPOINT -o model.onnx`")
+    return OpenVinoPredictor(source.onnx, threads, **options)
+
+
 BACKENDS: dict[str, Callable[..., Predictor]] = {
     "pytorch": _torch_backend,
     "onnxruntime": _ort_backend,
     "onnxruntime-int8": _ort_int8_backend,
     "torch-compile": _torch_compile_backend,
+    "openvino": _openvino_backend,
 }
 # Settings besides the thread count that `optcv bench` tries for each backend, keeping the fastest.
 BACKEND_OPTIONS: dict[str, list[dict[str, Any]]] = {
     "pytorch": [{"mkldnn": False}, {"mkldnn": True}],
     "onnxruntime": [{}],
     "onnxruntime-int8": [{}],
+    "openvino": [{}],
 }
 DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
+
+
+# Backends whose runtime is an optional extra: the package to import, and how to install it.
+OPTIONAL_BACKENDS: dict[str, tuple[str, str]] = {"openvino": ("openvino", "pip install 'optcv[openvino]'")}
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run here (its optional runtime is not installed), or None."""
+    import importlib.util
+
+    if backend in OPTIONAL_BACKENDS:
+        module, install = OPTIONAL_BACKENDS[backend]
+        if importlib.util.find_spec(module) is None:
+            return f"the {backend} backend needs {module}, which is not installed: {install}"
+    return None
 
 
 def make_predictor(backend: str, source: ModelSource, threads: int | None = None, **options: Any) -> Predictor:
