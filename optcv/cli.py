@@ -13,6 +13,7 @@ from typing import Any
 from optcv.ab import GateConfig
 from optcv.bench import BenchConfig
 from optcv.errors import OptcvError
+from optcv.howfast import HowFastConfig
 
 EXIT_REGRESSION = 1
 EXIT_ERROR = 2
@@ -166,6 +167,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         write_json(args.json, {**result.to_dict(), "limits": limits.to_dict()})
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_how_fast(args: argparse.Namespace) -> int:
+    from optcv._io import write_json, write_text
+    from optcv.howfast import HowFastConfig, run_how_fast
+    from optcv.report import how_fast_markdown, plot_how_fast
+
+    config = HowFastConfig(models=tuple(args.models), backends=tuple(args.backends), batch_size=args.batch_size,
+                           seconds_per_backend=args.seconds)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_how_fast(config, args.data_dir, log=log).to_dict()
+    out = Path(args.out)
+    markdown = how_fast_markdown(result)
+    print(markdown)
+    written = [write_text(out / "how-fast.md", markdown + "\n"), write_json(out / "how-fast.json", result),
+               plot_how_fast(result, out / "how-fast.png")]
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -432,6 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     _add_data_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    how_default = HowFastConfig()
+    how = commands.add_parser("how-fast", help="every backend on every reference model, against this machine's limits",
+                              description="Builds (or loads) the benchmark suite's reference models and times every "
+                                          "backend on each at batch 1 and batched, interleaved, against the fp32 GEMM "
+                                          "peak and each runtime's per-call overhead measured in the same run; writes "
+                                          "how-fast.md, .json and .png (the README's 'How fast, and why').")
+    how.add_argument("--models", nargs="+", default=list(how_default.models), choices=list(how_default.models))
+    how.add_argument("--backends", nargs="+", default=list(how_default.backends), metavar="BACKEND")
+    how.add_argument("--batch-size", type=_positive_int, default=how_default.batch_size)
+    how.add_argument("--seconds", type=_positive_float, default=how_default.seconds_per_backend,
+                     help="timed single-image work per backend and model (calls scale with the model's cost)")
+    how.add_argument("--out", default="how-fast", help="folder for how-fast.md, how-fast.json, how-fast.png")
+    how.add_argument("--quiet", action="store_true")
+    _add_data_options(how)
+    how.set_defaults(func=cmd_how_fast)
 
     _add_gate_parser(commands)
     return parser

@@ -57,14 +57,25 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
 
 
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Any, Any]:
+    """A figure drawn by the Agg canvas directly: pyplot's global backend and figure list stay untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols)
+
+
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)
+
+
 def plot_loss_comparison(losses: dict[str, list[float]], path: str | Path) -> Path:
     """The course's loss_plot_comparison: mean training loss per epoch, one curve per optimizer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = _figure(7, 4.5)
     for name, values in losses.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel("epoch")
@@ -75,20 +86,12 @@ def plot_loss_comparison(losses: dict[str, list[float]], path: str | Path) -> Pa
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return _save_figure(fig, path)
 
 
 def plot_latency_bars(labels: Sequence[str], medians_us: Sequence[float], p95_us: Sequence[float],
                       path: str | Path, title: str = "Per-image latency (batch 1)") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(labels) + 1.5), dpi=120)
+    fig, ax = _figure(7, 0.6 * len(labels) + 1.5)
     positions = range(len(labels))
     ax.barh(list(positions), medians_us, color="tab:blue", label="median")
     ax.errorbar(p95_us, list(positions), fmt="|", color="black", markersize=12, label="p95")
@@ -98,10 +101,7 @@ def plot_latency_bars(labels: Sequence[str], medians_us: Sequence[float], p95_us
     ax.set_title(title)
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -423,3 +423,72 @@ def search_rows(result: Any) -> list[dict[str, Any]]:
                          "vs fastest": f"{t.median_us_per_image / fastest:.2f}×",
                          "kept": "yes" if best[backend][batch] == t.settings else ""})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `optcv how-fast`: backends × reference models against the machine's limits.
+
+
+def how_fast_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model and backend: batch-1 µs per image and speed-up over PyTorch (95 % CI), what bounds batch 1,
+    batched images/s, GMAC/s and % of the measured GEMM peak, and the model's accuracy."""
+    rows = []
+    for m in result["models"]:
+        bench, limits = m["bench"], m["limits"]
+        ratios = {r["backend"]: r for r in bench["ratios"].values()}
+        by_key = {(r["backend"], r["batch_size"]): r for r in limits["rows"]}
+        for backend, b in bench["backends"].items():
+            one = by_key[(backend, 1)]
+            batch, t = next(iter(b["throughput"].items()))
+            batched = by_key[(backend, int(batch))]
+            ratio = ratios.get(backend)
+            rows.append({
+                "model": m["model"], "accuracy": f"{100 * m['accuracy']['test_accuracy']:.1f} %",
+                "backend": backend, "b1 µs/image": b["latency_us"]["median_us"], "b1 threads": one["threads"],
+                "b1 vs pytorch": "1" if ratio is None else
+                f"{ratio['ratio']:.2f}× ({ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})",
+                "b1 bound by": {None: "—", True: "overhead", False: "compute"}[one["overhead_bound"]],
+                f"b{batch} images/s": t["images_per_s"], f"b{batch} threads": batched["threads"],
+                f"b{batch} GMAC/s": batched["achieved_gmac_per_s"],
+                f"b{batch} % of peak": f"{100 * batched['peak_fraction']:.0f} %"})
+    return rows
+
+
+def how_fast_markdown(result: dict[str, Any]) -> str:
+    from optcv.env import describe_environment
+
+    peaks = {t: p for m in result["models"] for t, p in m["limits"]["peaks"].items()}
+    peak_text = "; ".join(f"{p['gmac_per_s']:.0f} GMAC/s at {t} thread(s) ({p['source']})"
+                          for t, p in sorted(peaks.items()))
+    macs = ", ".join(f"{m['model']} {m['limits']['macs_per_image'] / 1e6:,.2f}" for m in result["models"])
+    calls = ", ".join(f"{m['model']} {m['bench']['config']['n_single']:,}" for m in result["models"])
+    return "\n".join([markdown_table(how_fast_rows(result)), "",
+                      f"Machine: {describe_environment(result['environment'])}. GEMM peak measured in the run: "
+                      f"{peak_text}. MMAC per image: {macs}. Single-image calls per backend, interleaved: {calls}; "
+                      "speed-up = median over chunks of the per-chunk median ratio, 95 % bootstrap CI. Each "
+                      "backend at its fastest calibrated setting. Accuracy: the reference model's own test "
+                      "accuracy when it was built (optcv.reference)."])
+
+
+def plot_how_fast(result: dict[str, Any], path: str | Path) -> Path:
+    """Two panels per model group: batch-1 µs per image (log scale) and batched % of the GEMM peak."""
+    rows = how_fast_rows(result)
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, (left, right) = _figure(11, 0.55 * len(models) * len(backends) / 2 + 2.5, 1, 2)
+    width = 0.8 / len(backends)
+    peak_key = next(k for k in rows[0] if k.endswith("% of peak"))
+    for i, backend in enumerate(backends):
+        mine = {r["model"]: r for r in rows if r["backend"] == backend}
+        ys = [m + i * width for m in range(len(models)) if models[m] in mine]
+        left.barh(ys, [mine[m]["b1 µs/image"] for m in models if m in mine], height=width, label=backend)
+        right.barh(ys, [float(mine[m][peak_key].rstrip(" %")) for m in models if m in mine], height=width)
+    for ax in (left, right):
+        ax.set_yticks([m + 0.4 - width / 2 for m in range(len(models))], models)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    left.set_xscale("log")
+    left.set_xlabel("batch 1: µs per image (log scale; lower is faster)")
+    right.set_xlabel(f"{peak_key.split()[0]}: % of the measured fp32 GEMM peak")
+    left.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, path)
