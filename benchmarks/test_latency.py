@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.conftest import BACKENDS, BATCHED_CASES, MODEL_NAMES, THREAD_COUNTS
+from benchmarks.conftest import BACKENDS, BATCHED_BACKENDS, BATCHED_CASES, MODEL_NAMES, THREAD_COUNTS
 from optcv.bench import scaled_rounds, seconds_per_call
 from optcv.env import package_versions
 
@@ -51,7 +51,7 @@ def test_single_image_latency(benchmark, best_predictor, test_images, model, thr
     record(benchmark, predictor, 1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BATCHED_BACKENDS)
 @pytest.mark.parametrize("threads", THREAD_COUNTS)
 @pytest.mark.parametrize("model, batch_size", BATCHED_CASES)
 def test_batched_throughput(benchmark, best_predictor, test_images, model, batch_size, threads, backend):

@@ -21,8 +21,8 @@ def test_training_epoch_throughput(benchmark, request, cifar, batch_size):
         return train(model, train_split, eval_split, config, progress=False)
 
     benchmark.group = "training TutorialNet (one epoch)"
-    benchmark.name = f"train-b{batch_size}"
-    history = benchmark.pedantic(one_epoch, rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.name = f"train-b{batch_size}-{len(train_split) // 1000}k"  # a time per epoch of this many images
+    history = benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=0)
     record = history.epochs[0]
     benchmark.extra_info.update({"batch_size": batch_size, "images": len(train_split),
                                  "images_per_s": record.images_per_s, "optimizer": "SGD"})

@@ -49,12 +49,12 @@ class GateConfig:
     workers_per_side: int = 2
     min_rounds: int = 30
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
-    case_seconds: float = 5.0  # timed work per case, both sides: sets the number of rounds
+    case_seconds: float = 3.0  # timed work per case, both sides: sets the number of rounds
     # A noisy case (a training step on a shared VM) keeps adding rounds, up to max_case_seconds, until its
     # interval's half-width is at most target_half_width_pct. The rule looks at the interval's width only,
     # never at the estimate, so it cannot steer the verdict.
     target_half_width_pct: float = 1.0
-    max_case_seconds: float = 20.0
+    max_case_seconds: float = 12.0
     warmup_ms: float = 200.0
     gap_ms: float = 2.0  # idle time between turns, so the last worker's spinning threads settle first
     batch_sizes: tuple[int, ...] = (64, 256)

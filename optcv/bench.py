@@ -166,7 +166,7 @@ def pick_fastest(candidates: Sequence[Predictor], images: np.ndarray, calls: int
         best = int(np.argmin([float(np.median(s)) for s in samples]))
     else:
         # The higher of two short runs' worse rate: one lucky run does not win.
-        worst_rates = [min(time_batched(c, images, batch_size, batch_size * 4) for _ in range(2)) for c in candidates]
+        worst_rates = [min(time_batched(c, images, batch_size, batch_size * 2) for _ in range(2)) for c in candidates]
         best = int(np.argmax(worst_rates))
     for index, candidate in enumerate(candidates):
         if index != best:
