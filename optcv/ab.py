@@ -47,7 +47,7 @@ def all_cores() -> int:
 class GateConfig:
     models: tuple[str, ...] = MODELS
     workers_per_side: int = 2
-    min_rounds: int = 30
+    min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 3.0  # timed work per case, both sides: sets the number of rounds
     # A noisy case (a training step on a shared VM) keeps adding rounds, up to max_case_seconds, until its
