@@ -54,7 +54,7 @@ class GateConfig:
     # interval's half-width is at most target_half_width_pct. The rule looks at the interval's width only,
     # never at the estimate, so it cannot steer the verdict.
     target_half_width_pct: float = 1.0
-    max_case_seconds: float = 12.0
+    max_case_seconds: float = 9.0
     warmup_ms: float = 200.0
     gap_ms: float = 2.0  # idle time between turns, so the last worker's spinning threads settle first
     batch_sizes: tuple[int, ...] = (64, 256)
@@ -256,39 +256,62 @@ class Worker:
         lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
         return lines[-1] if lines else f"exit code {self.process.poll()}"
 
-    def close(self) -> None:
+    def request_exit(self) -> None:
+        """Ask the worker to exit without waiting, so several workers tear down at once."""
         if self.process.poll() is None:
             try:
                 assert self.process.stdin is not None
                 self.process.stdin.write('{"op": "exit"}\n')
                 self.process.stdin.flush()
-                self.process.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
+            except (BrokenPipeError, OSError):
                 self.process.kill()
-                self.process.wait()
+
+    def close(self) -> None:
+        self.request_exit()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self._log.close()
 
 
 def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: str | Path,
                     cache_dir: Path) -> dict[str, Any]:
     """Each model trained and exported by the side's own code (or taken from its cache)."""
+    return build_all_artifacts([side], workdir, models, data_dir, cache_dir)[side.label]
+
+
+def build_all_artifacts(sides: Sequence[Side], workdir: Path, models: Sequence[str], data_dir: str | Path,
+                        cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
     import json
 
-    worker = Worker(side, "build", workdir)
+    request = json.dumps({"models": list(models), "data_dir": str(data_dir), "cache_dir": str(cache_dir)})
+    builders = [Worker(side, "build", workdir) for side in sides]
+    answers: dict[str, dict[str, Any]] = {}
     try:
-        assert worker.process.stdin is not None and worker.process.stdout is not None
-        worker.process.stdin.write(json.dumps({"models": list(models), "data_dir": str(data_dir),
-                                               "cache_dir": str(cache_dir)}))
-        worker.process.stdin.close()
-        line = worker.process.stdout.readline()
-        worker.process.wait()
-        answer = worker.answer(line, "model build")
+        for worker in builders:
+            assert worker.process.stdin is not None
+            worker.process.stdin.write(request)
+            worker.process.stdin.close()
+        for worker in builders:
+            assert worker.process.stdout is not None
+            line = worker.process.stdout.readline()
+            worker.process.wait()
+            answers[worker.side.label] = worker.answer(line, "model build")
     finally:
-        worker._log.close()
-    expected = (side.tree / "optcv" / "__init__.py").resolve()
-    if Path(answer["optcv_file"]).resolve() != expected:
-        raise GateSetupError(f"the {side.label} side imported optcv from {answer['optcv_file']}, not {expected}")
-    return answer
+        for worker in builders:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+            worker._log.close()
+    for side in sides:
+        expected = (side.tree / "optcv" / "__init__.py").resolve()
+        if Path(answers[side.label]["optcv_file"]).resolve() != expected:
+            raise GateSetupError(f"the {side.label} side imported optcv from {answers[side.label]['optcv_file']}, "
+                                 f"not {expected}")
+    return answers
 
 
 @contextmanager
@@ -317,6 +340,8 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
             worker.settings = info["settings"]  # type: ignore[attr-defined]
         yield workers
     finally:
+        for worker in workers:
+            worker.request_exit()
         for worker in workers:
             worker.close()
 
@@ -414,10 +439,10 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
     inputs, root = prepare_inputs(workdir, data_dir)
     artifacts = dict(artifacts or {})
-    for side in (base, head):
-        if side.label not in artifacts:
-            log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
-            artifacts[side.label] = build_artifacts(side, workdir, config.models, root, cache_dir)
+    missing = [side for side in (base, head) if side.label not in artifacts]
+    for side in missing:
+        log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
+    artifacts.update(build_all_artifacts(missing, workdir, config.models, root, cache_dir))
     specs = case_specs(config)
     setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
              for label in artifacts}
