@@ -40,10 +40,15 @@ def record(benchmark, predictor, batch_size: int) -> None:
 @pytest.mark.parametrize("threads", THREAD_COUNTS)
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_single_image_latency(benchmark, best_predictor, test_images, model, threads, backend):
-    predictor = best_predictor(model, backend, 1, threads)
+    time_single_images(benchmark, best_predictor(model, backend, 1, threads), test_images, model,
+                       f"{model}-{backend}-t{threads}")
+
+
+def time_single_images(benchmark, predictor, test_images, model: str, name: str) -> None:
+    """One image per call, cycling through the test split, rounds scaled to the model's cost."""
     singles = itertools.cycle([test_images[i:i + 1] for i in range(len(test_images))])
     benchmark.group = f"latency {model} (batch 1)"
-    benchmark.name = f"{model}-{backend}-t{threads}"
+    benchmark.name = name
     call = lambda: predictor.predict(next(singles))  # noqa: E731
     rounds, iterations = scaled_rounds(seconds_per_call(call), ROUNDS, ITERATIONS, LATENCY_BUDGET_S)
     logits = benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=WARMUP_ROUNDS)

@@ -8,6 +8,11 @@ class OptcvError(Exception):
     """
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message reduced to its first line, or its type's name when it has no message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class SpeedRegression(AssertionError):
     """Measured code got slower than a gate allows."""
 

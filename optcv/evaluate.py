@@ -33,11 +33,13 @@ class Evaluation:
     backends: list[BackendAccuracy]
     agreements: dict[str, Agreement] = field(default_factory=dict)  # backend → agreement with the first
     near_ties: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    class_counts: list[int] = field(default_factory=list)  # test images per class: the intervals' n
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "classes": list(self.classes),
             "n_images": self.n_images,
+            "class_counts": dict(zip(self.classes, self.class_counts, strict=True)),
             "backends": {b.backend: {"accuracy": b.accuracy,
                                      "per_class": dict(zip(self.classes, b.per_class, strict=True)),
                                      "settings": b.settings} for b in self.backends},
@@ -60,7 +62,8 @@ def evaluate_backends(predictors: list[Predictor], split: Split, batch_size: int
         results.append(BackendAccuracy(predictor.name, accuracy(predictions, labels),
                                        per_class_accuracy(predictions, labels, n_classes).tolist(),
                                        predictor.describe()))
-    evaluation = Evaluation(split.classes, len(split), results)
+    counts = np.bincount(labels, minlength=n_classes).tolist()
+    evaluation = Evaluation(split.classes, len(split), results, class_counts=counts)
     reference = logits_by_backend[predictors[0].name]
     for predictor in predictors[1:]:
         logits = logits_by_backend[predictor.name]
@@ -121,9 +124,11 @@ PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityToler
 # (and says so when it starts passing); any other parity failure fails the suite.
 KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {
     ("mobilenet_v3_small", "onnxruntime-int8"):
-        "static int8 (MinMax, per-channel, 512 images) moved accuracy -0.54 points overall and +3.5 in one "
-        "class here; quantising only Conv/Gemm/MatMul (-0.69, +5.6), Percentile calibration (-0.47, -4.0) "
-        "and both (-0.27, +3.4) did not pass either: the briefly trained net's margins are small",
+        "borderline: ~9 % of its predictions change under int8 whatever the setting (the briefly trained net, "
+        "41 % accurate, has small margins), so per-class differences of about 2 points arise by chance. Of nine "
+        "variants compared on 10,000 unseen training images, Percentile calibration (512 images, used here) "
+        "passed there and measured -0.07 overall, -2.0 worst class on the test split (tolerance 2.0); MinMax "
+        "measured -0.54 / +3.5, and keeping depthwise, first or last layers in fp32 did not pass",
 }
 
 

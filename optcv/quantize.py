@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from optcv._io import atomic_path, sha256_file
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, first_line
 
 INT8_SUFFIX = ".int8.onnx"
 
@@ -43,9 +43,34 @@ class QuantizeSettings:
     calibrate_method: str = "MinMax"  # or "Entropy", "Percentile"
     batch_size: int = 32
     reduce_range: bool | None = None  # None: only where the CPU lacks VNNI
+    # Nodes left in fp32, by kind: "depthwise" (grouped convolutions, whose per-tensor activation ranges
+    # differ most between channels), "first" (the first convolution), "last" (the classifier's last layer).
+    keep_fp32: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.keep_fp32) - set(KEEP_FP32_KINDS))
+        if unknown:
+            raise OptcvError(f"unknown node kind {unknown[0]!r} to keep in fp32: choose from "
+                             f"{', '.join(KEEP_FP32_KINDS)}")
 
     def resolved_reduce_range(self) -> bool:
         return (not has_vnni()) if self.reduce_range is None else self.reduce_range
+
+
+KEEP_FP32_KINDS = ("depthwise", "first", "last")
+
+
+def nodes_kept_fp32(model: Any, kinds: tuple[str, ...]) -> list[str]:
+    """The names of `model`'s nodes (an onnx.ModelProto) of the given kinds."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    names: list[str] = []
+    if "depthwise" in kinds:
+        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    if "first" in kinds and convs:
+        names.append(convs[0].name)
+    if "last" in kinds:
+        names += [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+    return sorted(set(names))
 
 
 def _batches(images: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -92,13 +117,15 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_pat
         prepared = Path(tmp) / "prepared.onnx"
         try:
             quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            kept = nodes_kept_fp32(onnx.load(str(prepared)), settings.keep_fp32)
+            record["nodes_kept_fp32"] = len(kept)
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=settings.per_channel, reduce_range=record["reduce_range"],
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod[settings.calibrate_method])
+                            calibrate_method=CalibrationMethod[settings.calibrate_method],
+                            nodes_to_exclude=kept)
         except Exception as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OptcvError(f"ONNX Runtime could not quantise {onnx_path}: {detail}") from exc
+            raise OptcvError(f"ONNX Runtime could not quantise {onnx_path}: {first_line(exc)}") from exc
         proto = onnx.load(str(target))
         del proto.metadata_props[:]
         extra = {"quantization": json.dumps(record), "source_onnx_sha256": sha256_file(onnx_path)}

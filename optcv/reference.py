@@ -29,6 +29,7 @@ from optcv.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from optcv.quantize import QuantizeSettings
 from optcv.train import TrainConfig
 
 
@@ -41,6 +42,7 @@ class ReferenceModel:
     description: str = ""
     batch_sizes: tuple[int, ...] = (64, 256)  # batched throughput cases
     parity_images: int | None = None  # a stratified test subset for the parity pass; None: all 10,000
+    quantize: QuantizeSettings = QuantizeSettings()  # how its int8 twin is made
 
 
 REFERENCE_MODELS: dict[str, ReferenceModel] = {
@@ -52,9 +54,13 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
     "resnet18": ReferenceModel(ResNet18Config(), TrainConfig("Adam", epochs=2, batch_size=128, seed=0),
                                train_images=2000, eval_images=500, batch_sizes=(64,), parity_images=2000,
                                description="torchvision ResNet-18, CIFAR stem; briefly trained on a subset"),
+    # Its int8 twin is calibrated with Percentile: of nine variants (calibration, images, nodes kept in fp32)
+    # compared on 10,000 training images the net never saw, the two Percentile ones alone kept accuracy
+    # within the tolerance there; the one with the higher agreement is used (see KNOWN_PARITY_FAILURES).
     "mobilenet_v3_small": ReferenceModel(MobileNetV3SmallConfig(bn_momentum=0.1),
                                          TrainConfig("Adam", epochs=3, batch_size=128, seed=0),
                                          train_images=10_000, eval_images=1000,
+                                         quantize=QuantizeSettings(calibrate_method="Percentile"),
                                          description="torchvision MobileNetV3-small; briefly trained on a subset"),
 }
 COURSE_MODELS = ("tutorial", "tunable")
@@ -73,7 +79,8 @@ def cache_key(name: str, data_source: str) -> tuple[str, str]:
     spec = REFERENCE_MODELS[name]
     material = json.dumps({"arch": arch_name(spec.model), "model": dataclasses.asdict(spec.model),
                            "train": dataclasses.asdict(spec.train), "train_images": spec.train_images,
-                           "eval_images": spec.eval_images, "data": data_source, "code": _code_version(),
+                           "eval_images": spec.eval_images, "quantize": dataclasses.asdict(spec.quantize),
+                           "data": data_source, "code": _code_version(),
                            "versions": package_versions()}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16], material
 
@@ -82,7 +89,7 @@ def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, P
     """(checkpoint, ONNX file) of reference model `name`, trained, exported and quantised (the int8 twin
     beside the ONNX file, optcv.quantize), or taken from the cache."""
     from optcv.export import export_onnx
-    from optcv.quantize import QuantizeSettings, int8_path, quantize_onnx
+    from optcv.quantize import int8_path, quantize_onnx
     from optcv.train import train
 
     if name not in REFERENCE_MODELS:
@@ -101,9 +108,8 @@ def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, P
         "trained_for": "optcv benchmarks", "train_images": len(train_split), "eval_images": len(test),
         "history": history.to_dict()}))
     export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:64].numpy())
-    settings = QuantizeSettings()
-    calibration = stratified_subset(cifar.train, settings.calibration_images, seed=1).images.numpy()
-    quantize_onnx(onnx_path, calibration, settings=settings)
+    calibration = stratified_subset(cifar.train, spec.quantize.calibration_images, seed=1).images.numpy()
+    quantize_onnx(onnx_path, calibration, settings=spec.quantize)
     (folder / "key.json").write_text(material)
     return checkpoint, onnx_path
 

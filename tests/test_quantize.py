@@ -47,6 +47,28 @@ def test_int8_model_beside_its_source_with_metadata(fp32_model):
     assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.95
 
 
+def _quantised_weight_nodes(path):
+    """Names of the Conv/Gemm/MatMul nodes whose weight arrives through a DequantizeLinear (quantised ones)."""
+    proto = onnx.load(str(path))
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dequantized]
+
+
+def test_nodes_kept_in_fp32_are_left_unquantised(fp32_model, tmp_path):
+    _, onnx_path = fp32_model
+    settings = dict(calibration_images=16, reduce_range=True)
+    every = _quantised_weight_nodes(quantize_onnx(onnx_path, images(16), tmp_path / "all.onnx",
+                                                  QuantizeSettings(**settings)))
+    kept = quantize_onnx(onnx_path, images(16), tmp_path / "kept.onnx",
+                         QuantizeSettings(**settings, keep_fp32=("first", "last")))
+    fewer = _quantised_weight_nodes(kept)
+    assert len(every) >= 3 and len(fewer) == len(every) - 2  # TutorialNet: 2 convolutions, 3 linear layers
+    assert fewer == every[1:-1]
+    assert json.loads(read_onnx_metadata(kept)["quantization"])["nodes_kept_fp32"] == 2
+    with pytest.raises(OptcvError, match="unknown node kind 'softmax'"):
+        QuantizeSettings(keep_fp32=("softmax",))
+
+
 def test_int8_backend_without_its_model_says_how_to_make_it(tmp_path, fp32_model):
     checkpoint, onnx_path = fp32_model
     lonely = tmp_path / "other.onnx"
