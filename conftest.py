@@ -10,7 +10,6 @@ import pytest
 
 from optcv.data import CLASSES
 
-ROOT = Path(__file__).resolve().parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from optcv.bench import make_baseline, pick_fastest
+from optcv.bench import DEFAULT_MARGIN, make_baseline, pick_fastest
 from optcv.data import CIFAR10, load_cifar10
 from optcv.env import cpu_model, package_versions
 from optcv.reference import REFERENCE_MODELS, build_reference
@@ -48,8 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail when a backend's speed-up falls below the committed ratio baseline")
     group.addoption("--ratio-save", action="store_true", help=f"write this run's speed-ups to {RATIO_BASELINE}")
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
-    group.addoption("--ratio-margin", type=float, default=0.10,
-                    help="allowed fall of a speed-up below its baseline (fraction, default 0.10)")
+    group.addoption("--ratio-margin", type=float, default=DEFAULT_MARGIN,
+                    help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
     group.addoption("--gate-against", metavar="REV",
                     help="run the A/B gate: this tree against REV ('default': merge-base with main, else HEAD~1)")
     group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")

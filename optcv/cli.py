@@ -12,7 +12,7 @@ from typing import Any
 
 from optcv.ab import GateConfig
 from optcv.bench import BenchConfig
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, first_line
 from optcv.howfast import HowFastConfig
 
 EXIT_REGRESSION = 1
@@ -60,10 +60,12 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from optcv.compare import CompareConfig, compare_optimizers, summary_rows
+    from dataclasses import asdict
+
+    from optcv.compare import CompareConfig, compare_best_two, compare_optimizers, summarize
     from optcv.data import load_cifar10
     from optcv.env import describe_environment
-    from optcv.report import markdown_table
+    from optcv.report import compare_conclusions, compare_rows, markdown_table
 
     lrs = {}
     for item in args.lr or []:
@@ -72,12 +74,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise OptcvError(f"--lr takes OPTIMIZER=VALUE pairs (e.g. --lr SGD=0.01), got {item!r}")
         lrs[name] = _positive_float(value)
     config = CompareConfig(optimizers=tuple(args.optimizers), epochs=args.epochs, batch_size=args.batch_size,
-                           lrs=lrs, seed=args.seed, train_size=args.train_size, test_size=args.test_size)
+                           lrs=lrs, seed=args.seed, seeds=args.seeds, train_size=args.train_size,
+                           test_size=args.test_size)
     data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
     result = compare_optimizers(data, config, args.out, progress=_progress(args))
-    print(markdown_table(summary_rows(result)))
+    print(markdown_table(compare_rows([asdict(s) for s in summarize(result)])))
+    print()
+    for line in compare_conclusions([asdict(d) for d in compare_best_two(result)]):
+        print(line)
     print(f"\nloss plot: {result.out_dir / 'loss_comparison.png'}")
-    print(f"checkpoints: {', '.join(str(result.checkpoint_path(o)) for o in config.optimizers)}")
+    print(f"checkpoints: {result.out_dir}/<optimizer>/seed-<seed>/model.pt, e.g. "
+          f"{result.checkpoint_path(config.optimizers[0])}")
     print(f"machine: {describe_environment()}")
     return 0
 
@@ -92,7 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         from optcv.quantize import QuantizeSettings, quantize_from_data
 
-        settings = QuantizeSettings(calibration_images=args.calibration_images)
+        settings = QuantizeSettings(calibration_images=args.calibration_images, keep_fp32=tuple(args.keep_fp32))
         path = quantize_from_data(out, args.data_dir, settings, progress=_progress(args))
         print(f"wrote {path} (int8 QDQ, per-channel, calibrated on {settings.calibration_images:,} training images, "
               f"reduce_range {settings.resolved_reduce_range()}); check it with `optcv evaluate {args.checkpoint} "
@@ -102,8 +109,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from optcv.data import load_cifar10, stratified_subset
-    from optcv.evaluate import course_table, evaluate_backends, side_by_side_rows
-    from optcv.report import markdown_table
+    from optcv.evaluate import course_table, evaluate_backends, parity, side_by_side_rows
+    from optcv.report import markdown_table, parity_line
     from optcv.runtime import make_predictor, resolve_sources
 
     source = resolve_sources(args.models)
@@ -122,11 +129,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for detail in evaluation.near_ties[name][:10]:
             print(f"  image {detail['image']}: {detail['reference_class']} vs {detail['other_class']}, "
                   f"top-2 margin {detail['reference_top2_margin']:.2g}")
+    verdicts = [parity(evaluation, p.name) for p in predictors[1:]]
+    print()
+    for verdict in verdicts:
+        print(parity_line(verdict))
     if args.json:
+        from dataclasses import asdict
+
         from optcv._io import write_json
 
-        write_json(args.json, evaluation.to_dict())
+        write_json(args.json, {**evaluation.to_dict(),
+                               "parity": [{**asdict(v), "passed": v.passed} for v in verdicts]})
         print(f"\nwrote {args.json}")
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: "
+              f"{', '.join(v.backend for v in failed)}", file=sys.stderr)
+        return EXIT_REGRESSION
     return 0
 
 
@@ -291,7 +310,10 @@ def _gate_self_test(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from optcv.data import load_cifar10
-    from optcv.tune import SearchSpace, TuneConfig, default_storage, finish, open_study, statistics_text, study_summary
+    from optcv.retrain import finish
+    from optcv.study_report import statistics_text, study_summary
+    from optcv.study_storage import default_storage, open_study
+    from optcv.tune import SearchSpace, TuneConfig
     from optcv.tune import tune as run_tune
 
     if args.show:
@@ -304,7 +326,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         optimizers=tuple(args.optimizers), lr=tuple(args.lr_range))
     config = TuneConfig(trials=args.trials, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
                         batch_size=args.batch_size, pruner=args.pruner, seed=args.seed,
-                        final_epochs=args.final_epochs or args.epochs, space=space)
+                        final_epochs=args.final_epochs or args.epochs, final_seeds=args.final_seeds, space=space)
     data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
     started = time.perf_counter()
     study = run_tune(config, args.out, data_dir=args.data_dir, data=data, storage=args.storage,
@@ -316,8 +338,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"\nsearch wall time this run: {search_seconds:.0f} s with {args.workers} worker(s)")
     if "best_model" in summary:
         best = summary["best_model"]
+        over = best["test_accuracy_over_seeds"]
+        spread_text = (f" (over {over['n']} seeds: {100 * over['mean']:.2f} ± {100 * over['std']:.2f} %)"
+                       if over["n"] > 1 else "")
         print(f"best configuration retrained on all {len(data.train):,} training images for {best['epochs']} "
-              f"epochs: test accuracy {100 * best['test_accuracy']:.2f}% → {best['checkpoint']}")
+              f"epochs: test accuracy {100 * best['test_accuracy']:.2f}%{spread_text} → {best['checkpoint']}")
     print(f"study: {Path(args.out) / 'study.json'}; plots: {Path(args.out)}/*.png")
     return 0
 
@@ -339,45 +364,72 @@ def _settings(settings: dict[str, object]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from optcv.quantize import QuantizeSettings
-    from optcv.train import OPTIMIZERS
-
     parser = argparse.ArgumentParser(
         prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
     parser.add_argument("--version", action="version", version=f"optcv {_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_compare_parser, _add_export_parser, _add_evaluate_parser, _add_run_parser, _add_tune_parser,
+                _add_bench_parser, _add_how_fast_parser, _add_gate_parser):
+        add(commands)
+    return parser
 
+
+# Every default below is read from the dataclass or constant the library uses, never copied.
+
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.compare import CompareConfig
+    from optcv.train import OPTIMIZERS
+
+    default = CompareConfig()
     compare = commands.add_parser("compare", help="train TutorialNet with several optimizers and compare losses",
                                   description="The course's task 2: same initial weights and batches for every "
                                               "optimizer; writes the loss plot, histories and checkpoints.")
-    compare.add_argument("--optimizers", nargs="+", default=["SGD", "Adagrad"], metavar="NAME",
-                         help=f"any of {', '.join(OPTIMIZERS)} (default: SGD Adagrad)")
-    compare.add_argument("--epochs", type=_positive_int, default=2)
-    compare.add_argument("--batch-size", type=_positive_int, default=4, help="default 4, the course's")
+    compare.add_argument("--optimizers", nargs="+", default=list(default.optimizers), metavar="NAME",
+                         help=f"any of {', '.join(OPTIMIZERS)} (default: {' '.join(default.optimizers)})")
+    compare.add_argument("--epochs", type=_positive_int, default=default.epochs)
+    compare.add_argument("--batch-size", type=_positive_int, default=default.batch_size,
+                         help="default %(default)s, the course's")
     compare.add_argument("--lr", nargs="+", metavar="OPT=LR",
                          help="learning rate per optimizer, e.g. SGD=0.01 (defaults: "
                               + ", ".join(f"{k} {v['lr']}" for k, (_, v) in OPTIMIZERS.items()) + ")")
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--train-size", type=_positive_int, help="stratified training subset (default: all 50,000)")
-    compare.add_argument("--test-size", type=_positive_int, help="stratified test subset (default: all 10,000)")
-    compare.add_argument("--out", default="runs/compare", help="run folder (default runs/compare)")
+    compare.add_argument("--seed", type=int, default=default.seed, help="the first seed (default %(default)s)")
+    compare.add_argument("--seeds", type=_positive_int, default=default.seeds,
+                         help="train every optimizer with this many seeds and report mean ± std and a test of the "
+                              "difference (default %(default)s)")
+    compare.add_argument("--train-size", type=_positive_int, default=default.train_size,
+                         help="stratified training subset (default: all 50,000)")
+    compare.add_argument("--test-size", type=_positive_int, default=default.test_size,
+                         help="stratified test subset (default: all 10,000)")
+    compare.add_argument("--out", default="runs/compare", help="run folder (default %(default)s)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_options(compare)
     compare.set_defaults(func=cmd_compare)
 
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.export import DEFAULT_ATOL, DEFAULT_OPSET
+    from optcv.quantize import KEEP_FP32_KINDS, QuantizeSettings
+
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     export.add_argument("checkpoint", help="an optcv checkpoint (.pt)")
     export.add_argument("-o", "--output", help="the .onnx file (default: the checkpoint's name with .onnx)")
-    export.add_argument("--opset", type=_positive_int, default=20)
-    export.add_argument("--atol", type=_positive_float, default=1e-4,
-                        help="largest allowed |ONNX Runtime - PyTorch| logit difference (default 1e-4)")
+    export.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET)
+    export.add_argument("--atol", type=_positive_float, default=DEFAULT_ATOL,
+                        help="largest allowed |ONNX Runtime - PyTorch| logit difference (default %(default)g)")
     export.add_argument("--int8", action="store_true", help="also write the int8 model (NAME.int8.onnx) for the "
                         "onnxruntime-int8 backend, statically quantised and calibrated on training images")
     export.add_argument("--calibration-images", type=_positive_int, default=QuantizeSettings.calibration_images,
                         help="training images the int8 calibration sees (default %(default)s)")
+    export.add_argument("--keep-fp32", nargs="+", default=list(QuantizeSettings.keep_fp32), choices=KEEP_FP32_KINDS,
+                        metavar="KIND", help=f"int8: leave these nodes in fp32 ({', '.join(KEEP_FP32_KINDS)}), "
+                                             "where quantising them costs accuracy")
     _add_data_options(export)
     export.set_defaults(func=cmd_export)
 
+
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="per-class accuracy of each backend and their agreement")
     _add_model_options(evaluate)
     evaluate.add_argument("--threads", type=_positive_int, help="threads per backend (default: all cores)")
@@ -387,60 +439,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_run_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.pipeline import PRESETS
+
     run = commands.add_parser("run", help="the whole study: compare, tune, export, parity, latency, report",
                               description="Runs every stage in order into one run folder and writes report.md and "
                                           "results.json. Re-running the same command resumes where it stopped.")
     run.add_argument("--preset", default="quick", help="quick (minutes), default (full data) or course "
-                                                       "(the course's settings); default quick")
+                                                       f"(the course's settings); one of {', '.join(PRESETS)}; "
+                                                       "default %(default)s")
     run.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
                      help="override any preset value, e.g. tune.trials=20 compare.epochs=3 bench.n_single=5000")
-    run.add_argument("--workers", type=_positive_int, help="Optuna worker processes (default 1)")
-    run.add_argument("--out", default="runs/run", help="run folder (default runs/run)")
+    run.add_argument("--workers", type=_positive_int, help="Optuna worker processes (default: the preset's)")
+    run.add_argument("--out", default="runs/run", help="run folder (default %(default)s)")
     run.add_argument("--quiet", action="store_true", help="no progress display, only the final line")
     _add_data_options(run)
     run.set_defaults(func=cmd_run)
 
+
+def _add_tune_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.tune import PRUNERS, TuneConfig
+
+    default = TuneConfig()
+    space = default.space
     tune = commands.add_parser("tune", help="Optuna search over TunableNet (resumable, parallel)",
                                description="The course's task 3. Re-running the same command resumes the study "
                                            "and runs only the trials still missing to reach --trials.")
-    tune.add_argument("--trials", type=_positive_int, default=100, help="finished trials to reach in total")
-    tune.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial (default 10)")
-    tune.add_argument("--train-size", type=_positive_int, default=3_840,
-                      help="training subset per trial (default 3,840, Optuna's PyTorch example)")
-    tune.add_argument("--val-size", type=_positive_int, default=1_280,
-                      help="validation images held out of the training split (default 1,280)")
-    tune.add_argument("--batch-size", type=_positive_int, default=128)
+    tune.add_argument("--trials", type=_positive_int, default=default.trials, help="finished trials to reach in total")
+    tune.add_argument("--epochs", type=_positive_int, default=default.epochs,
+                      help="epochs per trial (default %(default)s)")
+    tune.add_argument("--train-size", type=_positive_int, default=default.train_size,
+                      help="training subset per trial (default %(default)s, Optuna's PyTorch example)")
+    tune.add_argument("--val-size", type=_positive_int, default=default.val_size,
+                      help="validation images held out of the training split (default %(default)s)")
+    tune.add_argument("--batch-size", type=_positive_int, default=default.batch_size)
     tune.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
-    tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--pruner", default=default.pruner, help=f"{', '.join(PRUNERS)} (default %(default)s)")
+    tune.add_argument("--seed", type=int, default=default.seed)
     tune.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
     tune.add_argument("--storage", help="Optuna storage URL (default: a file in --out); e.g. "
                                         "postgresql+psycopg://user@host/db to spread over machines")
     tune.add_argument("--study-name", default="optcv")
-    tune.add_argument("--out", default="runs/tune", help="run folder (default runs/tune)")
+    tune.add_argument("--out", default="runs/tune", help="run folder (default %(default)s)")
     tune.add_argument("--final-epochs", type=_positive_int, help="epochs to retrain the best (default --epochs)")
+    tune.add_argument("--final-seeds", type=_positive_int, default=default.final_seeds,
+                      help="retrain the best configuration with this many seeds (its test accuracy's spread; "
+                           "default %(default)s)")
     tune.add_argument("--no-retrain", action="store_true", help="skip retraining the best configuration")
     tune.add_argument("--show", action="store_true", help="print an existing study's statistics and stop")
-    tune.add_argument("--n-layers", nargs=2, type=_positive_int, default=[1, 5], metavar=("LOW", "HIGH"))
-    tune.add_argument("--n-units", nargs=2, type=_positive_int, default=[4, 512], metavar=("LOW", "HIGH"))
-    tune.add_argument("--dropout", nargs=2, type=float, default=[0.2, 0.5], metavar=("LOW", "HIGH"))
-    tune.add_argument("--lr-range", nargs=2, type=_positive_float, default=[1e-5, 1e-1], metavar=("LOW", "HIGH"))
-    tune.add_argument("--optimizers", nargs="+", default=["Adam", "RMSprop", "SGD"], metavar="NAME")
+    tune.add_argument("--n-layers", nargs=2, type=_positive_int, default=list(space.n_layers), metavar=("LOW", "HIGH"))
+    tune.add_argument("--n-units", nargs=2, type=_positive_int, default=list(space.n_units), metavar=("LOW", "HIGH"))
+    tune.add_argument("--dropout", nargs=2, type=float, default=list(space.dropout), metavar=("LOW", "HIGH"))
+    tune.add_argument("--lr-range", nargs=2, type=_positive_float, default=list(space.lr), metavar=("LOW", "HIGH"))
+    tune.add_argument("--optimizers", nargs="+", default=list(space.optimizers), metavar="NAME")
     tune.add_argument("--quiet", action="store_true")
     _add_data_options(tune)
     tune.set_defaults(func=cmd_tune)
 
+
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    default = BenchConfig()
     bench = commands.add_parser("bench", help="per-image latency (the course's way) and batched throughput",
                                 description="Times single-image predictions over the test images for every "
                                             "backend, interleaved, then batched throughput; each backend is first "
                                             "calibrated to its fastest thread count and options.")
     _add_model_options(bench)
-    bench_default = BenchConfig()
-    bench.add_argument("-n", type=_positive_int, default=bench_default.n_single,
-                       help=f"single-image predictions per backend (default {bench_default.n_single:,}, the course's)")
-    bench.add_argument("--chunk", type=_positive_int, default=bench_default.chunk,
+    bench.add_argument("-n", type=_positive_int, default=default.n_single,
+                       help=f"single-image predictions per backend (default {default.n_single:,}, the course's)")
+    bench.add_argument("--chunk", type=_positive_int, default=default.chunk,
                        help="calls per backend between switches")
-    bench.add_argument("--batch-sizes", nargs="*", type=_positive_int, default=list(bench_default.batch_sizes))
+    bench.add_argument("--batch-sizes", nargs="*", type=_positive_int, default=list(default.batch_sizes))
     bench.add_argument("--threads", type=_positive_int, help="fix the thread count (default: try 1 and all cores)")
     bench.add_argument("--no-calibrate", action="store_true", help="use the default settings, try no others")
     bench.add_argument("--search", action="store_true",
@@ -452,28 +521,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(bench)
     bench.set_defaults(func=cmd_bench)
 
-    how_default = HowFastConfig()
+
+def _add_how_fast_parser(commands: argparse._SubParsersAction) -> None:
+    default = HowFastConfig()
     how = commands.add_parser("how-fast", help="every backend on every reference model, against this machine's limits",
                               description="Builds (or loads) the benchmark suite's reference models and times every "
                                           "backend on each at batch 1 and batched, interleaved, against the fp32 GEMM "
                                           "peak and each runtime's per-call overhead measured in the same run; writes "
                                           "how-fast.md, .json and .png (the README's 'How fast, and why').")
-    how.add_argument("--models", nargs="+", default=list(how_default.models), choices=list(how_default.models))
-    how.add_argument("--backends", nargs="+", default=list(how_default.backends), metavar="BACKEND")
-    how.add_argument("--batch-size", type=_positive_int, default=how_default.batch_size)
-    how.add_argument("--seconds", type=_positive_float, default=how_default.seconds_per_backend,
+    how.add_argument("--models", nargs="+", default=list(default.models), choices=list(default.models))
+    how.add_argument("--backends", nargs="+", default=list(default.backends), metavar="BACKEND")
+    how.add_argument("--batch-size", type=_positive_int, default=default.batch_size)
+    how.add_argument("--seconds", type=_positive_float, default=default.seconds_per_backend,
                      help="timed single-image work per backend and model (calls scale with the model's cost)")
     how.add_argument("--out", default="how-fast", help="folder for how-fast.md, how-fast.json, how-fast.png")
     how.add_argument("--quiet", action="store_true")
     _add_data_options(how)
     how.set_defaults(func=cmd_how_fast)
 
-    _add_gate_parser(commands)
-    return parser
-
 
 def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv import selftest
     from optcv.ab import MODELS
+    from optcv.bench import DEFAULT_MARGIN
     from optcv.gate import DEFAULT_THRESHOLD_PCT
     from optcv.inject import TARGETS
 
@@ -505,13 +575,17 @@ def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--json", help="write every number to this JSON file")
     gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
     gate.add_argument("--baseline", help="ratio baseline for bench files, or for the fallback without a base revision")
-    gate.add_argument("--margin", type=float, help="ratio gate only: allowed fall below the baseline (default 0.10)")
+    gate.add_argument("--margin", type=float,
+                      help=f"ratio gate only: allowed fall below the baseline (default {DEFAULT_MARGIN:g})")
     gate.add_argument("--self-test", action="store_true", help="inject real slowdowns and report the detection rates")
     gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
-    gate.add_argument("--levels", nargs="+", type=_positive_float, default=[3.0, 5.0, 10.0], help="self-test %%")
-    gate.add_argument("--repeat", type=_positive_int, default=10, help="self-test runs per target and level")
-    gate.add_argument("--unchanged", type=_positive_int, default=20, help="self-test runs of unchanged code")
-    gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=[DEFAULT_THRESHOLD_PCT, 2.0],
+    gate.add_argument("--levels", nargs="+", type=_positive_float, default=list(selftest.LEVELS_PCT),
+                      help="self-test %%")
+    gate.add_argument("--repeat", type=_positive_int, default=selftest.REPEATS,
+                      help="self-test runs per target and level")
+    gate.add_argument("--unchanged", type=_positive_int, default=selftest.UNCHANGED_REPEATS,
+                      help="self-test runs of unchanged code")
+    gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=list(selftest.THRESHOLDS_PCT),
                       metavar="PCT", help="thresholds the self-test judges at")
     gate.add_argument("--quiet", action="store_true")
     _add_data_options(gate)
@@ -530,16 +604,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OptcvError as exc:
+        if args.debug:
+            raise
         message = " ".join(str(exc).split())
         print(f"optcv {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a path that cannot be made, read or written: the user's to fix
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"optcv {args.command}: error: cannot use{where}: {exc.strerror or first_line(exc)}; choose another "
+              "path (or check its permissions and free space); --debug shows the traceback", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"\noptcv {args.command}: interrupted; finished work is saved, re-run the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from optcv._io import atomic_path, sha256_file
 from optcv.env import package_versions
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, first_line
 from optcv.models import load_checkpoint
 
 DEFAULT_OPSET = 20  # torch 2.14's dynamo exporter default; ONNX Runtime >= 1.16 runs it
@@ -71,7 +71,7 @@ def export_onnx(
         try:
             _torch_export(model, example, tmp, opset)
         except Exception as exc:
-            raise OptcvError(f"torch.onnx.export failed for {checkpoint_path}: {str(exc).splitlines()[0]}") from exc
+            raise OptcvError(f"torch.onnx.export failed for {checkpoint_path}: {first_line(exc)}") from exc
         proto = onnx.load(str(tmp))
         for key, value in metadata.items():
             entry = proto.metadata_props.add()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, first_line
 from optcv.runtime import check_images
 
 
@@ -41,7 +41,7 @@ class OpenVinoPredictor:
         try:
             self._model = self._core.read_model(str(onnx_path))
         except Exception as exc:
-            raise OptcvError(f"OpenVINO cannot read {onnx_path}: {str(exc).splitlines()[0]}") from exc
+            raise OptcvError(f"OpenVINO cannot read {onnx_path}: {first_line(exc)}") from exc
         self._input = INPUT_NAME
         self._config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint, "NUM_STREAMS": 1,
                         "INFERENCE_PRECISION_HINT": "f32"}

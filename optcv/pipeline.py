@@ -55,7 +55,7 @@ PRESETS: dict[str, RunConfig] = {
     # Under 3 minutes on a 2-core machine: subsets everywhere, a handful of trials.
     "quick": RunConfig(
         preset="quick",
-        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=32,
+        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=32, seeds=2,
                               train_size=5_000, test_size=1_000),
         tune=TuneConfig(trials=6, epochs=3, train_size=3_000, val_size=1_000, batch_size=128, final_epochs=2),
         bench=BenchConfig(n_single=2_000, chunk=200, batch_sizes=(64, 256), batched_images=1_024,
@@ -64,15 +64,15 @@ PRESETS: dict[str, RunConfig] = {
     # Full data, a study a laptop finishes in well under an hour.
     "default": RunConfig(
         preset="default",
-        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=4),
-        tune=TuneConfig(trials=30),
+        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=4, seeds=3),
+        tune=TuneConfig(trials=30, final_seeds=2),
         bench=BenchConfig(),
     ),
     # The course's settings: full data, batch 4, 100 trials, 10,000 single-image predictions.
     "course": RunConfig(
         preset="course",
-        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=4),
-        tune=TuneConfig(trials=100),
+        compare=CompareConfig(optimizers=("SGD", "Adagrad", "Adam"), epochs=2, batch_size=4, seeds=3),
+        tune=TuneConfig(trials=100, final_seeds=2),
         bench=BenchConfig(n_single=10_000),
     ),
 }
@@ -199,19 +199,23 @@ StageResult = tuple[list[Path], dict[str, Any]]
 
 
 def stage_compare(ctx: Context) -> StageResult:
-    from optcv.compare import compare_optimizers, summary_rows
+    from optcv.compare import compare_best_two, compare_optimizers, summarize
 
     result = compare_optimizers(ctx.data, ctx.config.compare, ctx.run_dir / "compare", progress=ctx.progress)
-    histories = {name: h.to_dict() for name, h in result.histories.items()}
+    histories = {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()}
     outputs = [result.out_dir / "loss_comparison.png", result.out_dir / "histories.json",
-               *(result.checkpoint_path(o) for o in result.histories)]
-    return outputs, {"rows": summary_rows(result), "histories": histories,
+               *(result.checkpoint_path(o, s) for o in result.histories for s in ctx.config.compare.seed_values)]
+    return outputs, {"summary": [dataclasses.asdict(s) for s in summarize(result)],
+                     "differences": [dataclasses.asdict(d) for d in compare_best_two(result)],
+                     "histories": histories,
                      "checkpoints": {o: str(result.checkpoint_path(o).relative_to(ctx.run_dir))
                                      for o in result.histories}}
 
 
 def stage_tune(ctx: Context) -> StageResult:
-    from optcv.tune import finish, statistics_text, tune
+    from optcv.retrain import finish
+    from optcv.study_report import statistics_text
+    from optcv.tune import tune
 
     out = ctx.run_dir / "tune"
     started = time.perf_counter()
@@ -234,10 +238,11 @@ def stage_export(ctx: Context) -> StageResult:
 
     models = ctx.run_dir / "models"
     models.mkdir(exist_ok=True)
-    rows = ctx.result("compare")["rows"]
-    best_optimizer = max(rows, key=lambda r: r["test accuracy %"])["optimizer"]
+    summary = ctx.result("compare")["summary"]
+    best_optimizer = max(summary, key=lambda s: s["test_accuracy"]["mean"])["optimizer"]
     sources = {"tutorial": (ctx.run_dir / ctx.result("compare")["checkpoints"][best_optimizer],
-                            f"TutorialNet trained with {best_optimizer} (best test accuracy of the comparison)")}
+                            f"TutorialNet trained with {best_optimizer} (best mean test accuracy of the "
+                            "comparison; its first seed)")}
     tuned = ctx.result("tune").get("best_model")
     if tuned:
         trial = ctx.result("tune")["best_trial"]

@@ -53,10 +53,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
-
-
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Any, Any]:
     """A figure drawn by the Agg canvas directly: pyplot's global backend and figure list stay untouched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,20 +69,71 @@ def _save_figure(fig: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_loss_comparison(losses: dict[str, list[float]], path: str | Path) -> Path:
-    """The course's loss_plot_comparison: mean training loss per epoch, one curve per optimizer."""
+def plot_loss_comparison(losses: dict[str, list[list[float]]], path: str | Path) -> Path:
+    """The course's loss_plot_comparison: mean training loss per epoch, one curve per optimizer; with several
+    seeds the curve is their mean and the band their min–max."""
     fig, ax = _figure(7, 4.5)
-    for name, values in losses.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    seeds = max(len(runs) for runs in losses.values())
+    for name, runs in losses.items():
+        epochs = range(1, len(runs[0]) + 1)
+        per_epoch = list(zip(*runs, strict=True))
+        line, = ax.plot(epochs, [sum(v) / len(v) for v in per_epoch], marker="o", label=name)
+        if len(runs) > 1:
+            ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
+                            color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean training loss")
-    ax.set_title("Optimizer comparison")
+    ax.set_title("Optimizer comparison" + (f" (mean of {seeds} seeds; band: min–max)" if seeds > 1 else ""))
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save_figure(fig, path)
+
+
+def _pm(spread: dict[str, Any], scale: float = 1.0, digits: int = 4) -> str:
+    """mean ± std of an optcv.stats.Spread (as a dict), or the value alone for one seed."""
+    if spread["n"] == 1:
+        return f"{scale * spread['mean']:.{digits}f}"
+    return f"{scale * spread['mean']:.{digits}f} ± {scale * spread['std']:.{digits}f}"
+
+
+def compare_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparison table from optcv.compare.OptimizerSummary records: mean ± std over n seeds."""
+    return [{"optimizer": s["optimizer"], "lr": f"{s['lr']:g}", "seeds": s["final_train_loss"]["n"],
+             "final train loss": _pm(s["final_train_loss"]), "test loss": _pm(s["test_loss"]),
+             "test accuracy %": _pm(s["test_accuracy"], 100, 2), "s/epoch": s["seconds_per_epoch"],
+             "images/s": s["images_per_s"]} for s in summary]
+
+
+_MEASURES = {"final_train_loss": ("final training loss", "lower", 1.0, 4, ""),
+             "test_accuracy": ("test accuracy", "higher", 100.0, 2, " points")}
+
+
+def compare_conclusions(differences: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per optcv.compare.OptimizerDifference, claiming a difference only where its test does."""
+    lines = []
+    for d in differences:
+        label, direction, scale, digits, unit = _MEASURES[d["measure"]]
+        diff = d["difference"]
+        n = (f"n = {diff['n_a']} and {diff['n_b']} seeds" if diff["n_a"] != diff["n_b"]
+             else f"n = {diff['n_a']} seeds each")
+        gap = abs(scale * diff["difference"])
+        if diff["p_value"] is None:
+            lines.append(f"{d['better']} had the {direction} {label} ({gap:.{digits}f}{unit} beyond "
+                         f"{d['other']}), from one seed each: no test is possible, so no difference is claimed "
+                         "(run with more seeds).")
+        elif diff["p_value"] < 0.05:
+            low, high = sorted((abs(scale * diff["ci_low"]), abs(scale * diff["ci_high"])))
+            lines.append(f"**{d['better']}** ended with a {direction} {label} than {d['other']} by "
+                         f"{gap:.{digits}f}{unit} (95 % CI {low:.{digits}f}–{high:.{digits}f}; {diff['test']}, {n}, "
+                         f"p = {diff['p_value']:.2g}).")
+        else:
+            lines.append(f"{label.capitalize()}: no difference between {d['better']} and {d['other']} beyond "
+                         f"seed-to-seed spread ({gap:.{digits}f}{unit} apart; {diff['test']}, {n}, "
+                         f"p = {diff['p_value']:.2g}).")
+    return lines
 
 
 def plot_latency_bars(labels: Sequence[str], medians_us: Sequence[float], p95_us: Sequence[float],
@@ -108,7 +155,6 @@ def plot_latency_bars(labels: Sequence[str], medians_us: Sequence[float], p95_us
 # The report of `optcv run`: every number comes from `results` (also written as results.json), and every
 # sentence of conclusion is computed from those numbers.
 
-COURSE_BEST_ACCURACY = 0.50  # the course's best Optuna trial
 COURSE_SPEEDUP = 1185.95 / 63.68  # the course's PyTorch µs ÷ ONNX µs per prediction (≈ 18.6×)
 
 
@@ -159,23 +205,16 @@ def render_report(results: dict[str, Any], latency_chart: str | None) -> str:
 
 
 def _compare_section(compare: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-    rows = compare["rows"]
-    by_loss = sorted(rows, key=lambda r: r["final train loss"])
-    best_acc = max(rows, key=lambda r: r["test accuracy %"])
+    seeds = settings["seeds"]
     lines = ["## 1. Optimizer comparison (TutorialNet)", "",
              f"{settings['epochs']} epochs, batch {settings['batch_size']}, "
-             f"{'all' if settings['train_size'] is None else settings['train_size']} training images, the same "
-             "initial weights and batches for every optimizer.", "",
-             "![loss comparison](compare/loss_comparison.png)", "", markdown_table(rows), ""]
-    if len(by_loss) > 1:
-        first, second = by_loss[0], by_loss[1]
-        gap = second["final train loss"] - first["final train loss"]
-        lines.append(f"**{first['optimizer']}** reached the lowest final training loss, "
-                     f"{first['final train loss']:.4f}, {gap:.4f} below {second['optimizer']} "
-                     f"({second['final train loss']:.4f}). The highest test accuracy was {best_acc['optimizer']}'s, "
-                     f"{best_acc['test accuracy %']:.2f} %.")
-    else:
-        lines.append(f"{rows[0]['optimizer']} reached a final training loss of {rows[0]['final train loss']:.4f}.")
+             f"{'all' if settings['train_size'] is None else settings['train_size']} training images, "
+             f"{seeds} seed{'s' if seeds > 1 else ''} (for each seed the same initial weights and batches for every "
+             "optimizer); the last epoch's numbers, mean ± sample std over the seeds.", "",
+             "![loss comparison](compare/loss_comparison.png)", "",
+             markdown_table(compare_rows(compare["summary"])), ""]
+    lines += compare_conclusions(compare["differences"]) or [
+        f"{compare['summary'][0]['optimizer']} was the only optimizer trained."]
     return [*lines, ""]
 
 
@@ -188,13 +227,25 @@ def _tune_section(tune: dict[str, Any]) -> list[str]:
     if finished:
         lines.append(f"{tune['pruned']} of {finished} finished trials were pruned "
                      f"({100 * tune['pruned'] / finished:.0f} %).")
+    if "best_value" in tune:
+        course = tune["course_best_value"]
+        needed = tune["trials_to_exceed_course"]
+        lines.append(f"Objective: {tune['objective']} (the value Optuna ranks trials by and the report quotes). "
+                     + (f"The first trial above the course's best of {_pct(course)} was trial "
+                        f"{needed - 1}: {needed} trials were needed." if needed is not None else
+                        f"No trial exceeded the course's best of {_pct(course)}."))
     best = tune.get("best_model")
     if best:
-        verdict = "above" if best["test_accuracy"] > COURSE_BEST_ACCURACY else "not above"
+        course = tune["course_best_value"]
+        verdict = "above" if best["test_accuracy"] > course else "not above"
+        over = best["test_accuracy_over_seeds"]
+        seeds = (f" (the first of {over['n']} seeds, the model exported; over all {over['n']}: "
+                 f"{100 * over['mean']:.2f} ± {100 * over['std']:.2f} %, lowest {100 * over['low']:.2f} %)"
+                 if over["n"] > 1 else " (one seed: its spread over seeds is not measured)")
         lines.append(f"The best trial ({tune['best_trial']}) reached {_pct(tune['best_value'])} validation accuracy; "
                      f"retrained on the full training split for {best['epochs']} epochs it scores "
-                     f"**{_pct(best['test_accuracy'])}** on the test split, {verdict} the course's best of "
-                     f"{_pct(COURSE_BEST_ACCURACY)} on the same search space.")
+                     f"**{_pct(best['test_accuracy'])}** on the test split{seeds}, {verdict} the course's best of "
+                     f"{_pct(course)} on the same search space.")
     return [*lines, ""]
 
 
@@ -203,14 +254,20 @@ def _parity_section(parity: dict[str, Any], export: dict[str, Any]) -> list[str]
     for model, evaluation in parity["models"].items():
         info = export["models"][model]
         backends = list(evaluation["backends"])
+        counts = evaluation["class_counts"]
         rows = []
-        for i, name in enumerate(evaluation["classes"]):
-            rows.append({"class": name, **{b: f"{100 * list(evaluation['backends'][b]['per_class'].values())[i]:.1f} %"
-                                           for b in backends}})
-        rows.append({"class": "overall", **{b: _pct(evaluation["backends"][b]["accuracy"]) for b in backends}})
+        for name in evaluation["classes"]:
+            rows.append({"class": name, "images": counts[name],
+                         **{b: _with_interval(evaluation["backends"][b]["per_class"][name], counts[name])
+                            for b in backends}})
+        rows.append({"class": "overall", "images": evaluation["n_images"],
+                     **{b: _with_interval(evaluation["backends"][b]["accuracy"], evaluation["n_images"])
+                        for b in backends}})
         lines += [f"### {model}: {info['description']}", "",
                   f"Exported to `{info['onnx']}` (opset {info['opset']}; max |ONNX Runtime − PyTorch| logit "
-                  f"difference at export {info['max_abs_diff']:.3g}).", "", markdown_table(rows), ""]
+                  f"difference at export {info['max_abs_diff']:.3g}). Accuracy with its 95 % Wilson interval "
+                  "over the class's test images (how far another test set of that size could move it).", "",
+                  markdown_table(rows), ""]
         for backend, agreement in evaluation["agreement"].items():
             n, total = agreement["n_disagree"], evaluation["n_images"]
             if n == 0:
@@ -221,6 +278,13 @@ def _parity_section(parity: dict[str, Any], export: dict[str, Any]) -> list[str]
                              f"{total:,} test images (max |logit difference| {agreement['max_abs_logit_diff']:.3g}).")
         lines.append("")
     return lines
+
+
+def _with_interval(accuracy: float, n: int) -> str:
+    from optcv.stats import wilson
+
+    low, high = wilson(round(accuracy * n), n)
+    return f"{100 * accuracy:.2f} % ({100 * low:.1f}–{100 * high:.1f})"
 
 
 def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
@@ -354,11 +418,13 @@ def self_test_markdown(result: Any) -> str:
 
 
 def ratio_fallback_markdown(fallback: Any) -> str:
+    from optcv.bench import DEFAULT_MARGIN
+
     lines = ["## optcv gate: RATIO FALLBACK (no base revision to time against)", "",
              f"- why: {fallback.reason}",
              f"- gated instead: PyTorch ÷ ONNX Runtime speed-ups measured interleaved in this run against "
-             f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than 10 % below "
-             "the baseline's. This sees a slower ONNX Runtime, not a slower PyTorch or shared path."]
+             f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than "
+             f"{100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, not a slower PyTorch or shared path."]
     if not fallback.comparable:
         lines.append("- **NOT COMPARED: the baseline was recorded on another machine**: "
                      + "; ".join(fallback.machine_differences) + ". Its ratios are shown, never enforced; refresh "
@@ -469,7 +535,20 @@ def how_fast_markdown(result: dict[str, Any]) -> str:
                       "backend at its fastest calibrated setting. Accuracy: the reference model's own test "
                       "accuracy when it was built (optcv.reference). int8 rows count their MACs against the fp32 "
                       "peak, so they can pass 100 %: int8 kernels (VNNI, AMX) do more MACs per cycle. Batched "
-                      "images/s is one measurement per backend (no interval)."])
+                      "images/s is one measurement per backend (no interval).", *_compile_notes(result)])
+
+
+def _compile_notes(result: dict[str, Any]) -> list[str]:
+    """Compile times of the compiling backends, which no timing above includes."""
+    notes = []
+    for m in result["models"]:
+        for backend, b in m["bench"]["backends"].items():
+            settings = [b.get("settings", {}), *(t.get("settings", {}) for t in b["throughput"].values())]
+            seconds = {batch: s for one in settings for batch, s in one.get("compile_seconds", {}).items()}
+            if seconds:
+                each = ", ".join(f"batch {b} {seconds[b]:.1f} s" for b in sorted(seconds, key=int))
+                notes.append(f"{m['model']} / {backend}: compiled in {each} (outside every timing).")
+    return ["", *notes] if notes else []
 
 
 def plot_how_fast(result: dict[str, Any], path: str | Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from optcv.data import IMAGE_SHAPE
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, first_line
 from optcv.models import Checkpoint, load_checkpoint
 
 
@@ -165,7 +165,7 @@ class OrtPredictor:
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise OptcvError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from exc
+            raise OptcvError(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from exc
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != [INPUT_NAME]:
             raise OptcvError(f"{onnx_path} takes inputs {inputs}, not optcv's single {INPUT_NAME!r}; "
@@ -184,9 +184,6 @@ class OrtPredictor:
         return {"backend": self.name, "runtime": f"onnxruntime {self._version}", "threads": self.threads,
                 "graph_optimization": self.graph_optimization, "spinning": self.spinning,
                 "execution_mode": "sequential", "provider": "CPUExecutionProvider"}
-
-
-BackendFactory = Callable[[ModelSource, int], Predictor]
 
 
 def _torch_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
@@ -278,7 +275,8 @@ def resolve_sources(paths: list[str | Path]) -> ModelSource:
     """Sort the model files a user named into a checkpoint and an ONNX model.
 
     Given only a checkpoint, its ONNX export beside it (same name, .onnx) is used when present;
-    given only an ONNX model, the checkpoint named in its metadata's neighbour (same name, .pt) likewise.
+    given only an ONNX model, the checkpoint beside it (same name, .pt) likewise. A pair whose ONNX metadata
+    names another checkpoint (export records its SHA-256) is refused: its outputs would differ by design.
     """
     checkpoint = onnx = None
     for raw in paths:
@@ -297,4 +295,17 @@ def resolve_sources(paths: list[str | Path]) -> ModelSource:
         checkpoint = onnx.with_suffix(".pt")
     if checkpoint is None and onnx is None:
         raise OptcvError("name a checkpoint (.pt), an ONNX model (.onnx), or both")
+    if checkpoint is not None and onnx is not None:
+        check_pair(checkpoint, onnx)
     return ModelSource(checkpoint, onnx)
+
+
+def check_pair(checkpoint: Path, onnx: Path) -> None:
+    """Refuse an ONNX model that is not the export of `checkpoint` (by the hash export wrote into it)."""
+    from optcv._io import sha256_file
+    from optcv.export import read_onnx_metadata
+
+    recorded = read_onnx_metadata(onnx).get("source_checkpoint_sha256")
+    if recorded is not None and recorded != sha256_file(checkpoint):
+        raise OptcvError(f"{onnx} is not the export of {checkpoint} (its metadata names another checkpoint); "
+                         f"export it again with `optcv export {checkpoint} -o {onnx}`")

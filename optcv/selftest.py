@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from optcv.ab import GateConfig, Log, Side, build_artifacts, case_specs, measure, prepare_inputs
-from optcv.gate import CaseFinding, Thresholds, Verdict, verdict_of
+from optcv.gate import DEFAULT_THRESHOLD_PCT, CaseFinding, Thresholds, Verdict, verdict_of
 from optcv.inject import NONE, TARGETS, write_injection
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/1"
+LEVELS_PCT = (3.0, 5.0, 10.0)  # injected slowdowns
+REPEATS = 10  # gate runs per target and level
+UNCHANGED_REPEATS = 20  # gate runs of unchanged code
+THRESHOLDS_PCT = (DEFAULT_THRESHOLD_PCT, 2.0)  # each run judged at each
 
 
 def affected(target: str | None, case: str) -> bool:
@@ -98,8 +102,9 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
 
 
 def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] = TARGETS,
-                  levels_pct: Sequence[float] = (3.0, 5.0, 10.0), repeats: int = 10, unchanged_repeats: int = 20,
-                  thresholds: Sequence[float] = (3.0, 2.0), data_dir: str | Path | None = None,
+                  levels_pct: Sequence[float] = LEVELS_PCT, repeats: int = REPEATS,
+                  unchanged_repeats: int = UNCHANGED_REPEATS, thresholds: Sequence[float] = THRESHOLDS_PCT,
+                  data_dir: str | Path | None = None,
                   log: Log = lambda _m: None, progress: bool = False) -> SelfTestResult:
     from optcv.data import default_cache_dir
     from optcv.env import environment_info

@@ -147,6 +147,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def _load_state(path: Path) -> dict[str, Any]:
+    """A resume state written by `train`, or a clear error: a damaged one (a full disk, a copy cut short) must
+    not pass for an empty run or crash with a traceback."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise OptcvError(f"the resume state {path} is damaged ({type(exc).__name__}); delete it to restart "
+                         "this training run from its first epoch") from exc
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "history"} <= set(state):
+        raise OptcvError(f"{path} is not an optcv resume state; delete it to restart this training run")
+    return state
+
+
 def train(
     model: nn.Module,
     train_split: Split,
@@ -169,7 +182,7 @@ def train(
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     history = History(config)
     if state_path is not None and Path(state_path).is_file():
-        state = torch.load(state_path, weights_only=True)
+        state = _load_state(Path(state_path))
         if state["config"] != dataclasses.asdict(config):
             raise OptcvError(f"{state_path} was written by a different training configuration; remove it or "
                              "re-run with the original settings")

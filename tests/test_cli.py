@@ -24,10 +24,10 @@ def compared(tiny_data_dir, tmp_path_factory):
 
 def test_compare_writes_plot_histories_checkpoints_and_config(compared, capsys):
     for name in ("SGD", "Adagrad", "Adam"):
-        assert (compared / name / "model.pt").is_file()
-        history = json.loads((compared / name / "history.json").read_text())
+        assert (compared / name / "seed-0" / "model.pt").is_file()
+        history = json.loads((compared / name / "seed-0" / "history.json").read_text())
         assert len(history["epochs"]) == 2
-        assert not (compared / name / "train_state.pt").exists()
+        assert not (compared / name / "seed-0" / "train_state.pt").exists()
     png = (compared / "loss_comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     config = json.loads((compared / "config.json").read_text())
@@ -41,20 +41,24 @@ def test_compare_starts_every_optimizer_from_the_same_weights(tiny_data_dir, tmp
 
     from optcv.models import TutorialNetConfig, build_model
 
-    # With a vanishing learning rate the trained weights are the initial ones: all equal, and seeded.
+    # With a vanishing learning rate the trained weights are the initial ones: per seed all equal, and seeded.
     assert main(["compare", "--data-dir", str(tiny_data_dir), "--optimizers", "SGD", "Adam", "--epochs", "1",
-                 "--lr", "SGD=1e-12", "Adam=1e-12", "--out", str(tmp_path / "c"), "--quiet"]) == 0
-    initial = build_model(TutorialNetConfig(), seed=0).state_dict()
-    for name in ("SGD", "Adam"):
-        trained = torch.load(tmp_path / "c" / name / "model.pt", weights_only=True)["state_dict"]
-        assert all(torch.allclose(trained[k], initial[k], atol=1e-8) for k in initial)
+                 "--lr", "SGD=1e-12", "Adam=1e-12", "--seed", "5", "--seeds", "2", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    for seed in (5, 6):
+        initial = build_model(TutorialNetConfig(), seed=seed).state_dict()
+        for name in ("SGD", "Adam"):
+            trained = torch.load(tmp_path / "c" / name / f"seed-{seed}" / "model.pt", weights_only=True)["state_dict"]
+            assert all(torch.allclose(trained[k], initial[k], atol=1e-8) for k in initial)
+    other = build_model(TutorialNetConfig(), seed=6).state_dict()
+    assert not all(torch.equal(other[k], build_model(TutorialNetConfig(), seed=5).state_dict()[k]) for k in other)
 
 
 def test_compare_rerun_skips_finished_work(compared, tiny_data_dir, capsys):
-    stamp = (compared / "SGD" / "model.pt").stat().st_mtime_ns
+    stamp = (compared / "SGD" / "seed-0" / "model.pt").stat().st_mtime_ns
     assert main(["compare", "--data-dir", str(tiny_data_dir), "--optimizers", "SGD", "Adagrad", "Adam",
                  "--epochs", "2", "--batch-size", "8", "--out", str(compared), "--quiet"]) == 0
-    assert (compared / "SGD" / "model.pt").stat().st_mtime_ns == stamp
+    assert (compared / "SGD" / "seed-0" / "model.pt").stat().st_mtime_ns == stamp
     assert "| SGD" in capsys.readouterr().out
 
 
@@ -91,3 +95,45 @@ def test_argument_errors_exit_non_zero():
 def test_console_script_and_module_agree():
     result = optcv("--version")
     assert result.returncode == 0 and result.stdout.startswith("optcv ")
+
+
+def test_evaluate_exits_1_when_a_backend_leaves_its_parity_tolerance(compared, tiny_data_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A script or CI relies on the exit code: 0 when every backend is within tolerance, 1 when one drifted."""
+    import numpy as np
+
+    from optcv.runtime import OrtPredictor
+
+    checkpoint = compared / "SGD" / "seed-0" / "model.pt"
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx")]) == 0
+    args = ["evaluate", str(checkpoint), str(tmp_path / "m.onnx"), "--data-dir", str(tiny_data_dir), "--quiet",
+            "--json", str(tmp_path / "eval.json")]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "PASS: onnxruntime vs pytorch" in capsys.readouterr().out
+    exact = OrtPredictor.predict
+    monkeypatch.setattr(OrtPredictor, "predict", lambda self, x: np.roll(exact(self, x), 1, axis=1))  # drifted
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "PARITY FAILURE: onnxruntime vs pytorch" in captured.out
+    assert captured.err.strip().splitlines() == [
+        "optcv evaluate: 1 backend(s) outside their parity tolerance: onnxruntime"]
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert [v["passed"] for v in saved["parity"]] == [False]
+
+
+def test_an_output_path_that_cannot_be_written_is_a_one_line_error(compared, tiny_data_dir, tmp_path):
+    """A folder that cannot be made and an output folder that is a file: one line, exit 2, nothing written;
+    --debug shows the traceback. (As root chmod does not stop a write, so /proc stands for read-only.)"""
+    unwritable = optcv("export", str(compared / "SGD" / "seed-0" / "model.pt"), "-o", "/proc/optcv-test/x.onnx")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    into_file = ["compare", "--data-dir", str(tiny_data_dir), "--epochs", "1", "--out", str(blocker), "--quiet"]
+    as_file = optcv(*into_file)
+    for result, path in ((unwritable, "/proc/optcv-test"), (as_file, str(blocker))):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert path in result.stderr and "choose another path" in result.stderr
+    assert blocker.read_text() == "not a folder"
+    debug = optcv("--debug", *into_file)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

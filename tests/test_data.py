@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import optcv.data
 from conftest import make_image_folder
 from optcv.data import (
     CLASSES,
@@ -91,6 +92,22 @@ def test_second_load_reads_cache_not_images(tmp_path, monkeypatch):
     monkeypatch.setattr("optcv.data.decode_image", no_decoding)
     second = load_cifar10(root, cache_dir=tmp_path / "cache", progress=False)
     assert torch.equal(first.train.images, second.train.images)
+
+
+def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", 2, 1)
+    cache = tmp_path / "cache"
+    first = load_cifar10(root, cache_dir=cache, progress=False)
+    entries = sorted(cache.iterdir())
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:100])  # cut short, as by a full disk
+    decoded = []
+    real_decode = optcv.data.decode_image
+    monkeypatch.setattr("optcv.data.decode_image", lambda path: decoded.append(path) or real_decode(path))
+    second = load_cifar10(root, cache_dir=cache, progress=False)
+    assert len(decoded) == 30  # every image decoded again (2 train + 1 test per class)
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
+    assert sorted(cache.iterdir()) == entries and all(e.stat().st_size > 1000 for e in entries)  # rewritten
 
 
 def test_nothing_is_written_into_the_data_folder(tmp_path):

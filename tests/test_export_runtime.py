@@ -152,3 +152,21 @@ def test_sources_and_backends(exported, tmp_path):
     settings = [p.describe() for p in candidate_predictors("pytorch", source)]
     assert {s["mkldnn"] for s in settings} == {True, False}
     assert all(p.describe()["threads"] == 1 for p in candidate_predictors("onnxruntime", source, threads=1))
+
+
+def test_an_onnx_model_of_another_checkpoint_is_refused(exported, tmp_path):
+    """The pair is matched by the checkpoint hash export wrote into the ONNX file, not by the file name."""
+    import shutil
+
+    from optcv.models import load_checkpoint
+
+    checkpoint, path, _ = exported
+    other = tmp_path / "model.pt"
+    retrained = load_checkpoint(checkpoint)
+    first = next(k for k, v in retrained.state_dict.items() if v.is_floating_point())
+    retrained.state_dict[first] = retrained.state_dict[first] + 1e-3  # other weights, same file name
+    save_checkpoint(other, retrained)
+    shutil.copy(path, tmp_path / "model.onnx")
+    with pytest.raises(OptcvError, match="is not the export of .*model.pt.* export it again"):
+        resolve_sources([other])
+    assert resolve_sources([checkpoint]) == ModelSource(checkpoint, path)  # the true pair still resolves

@@ -24,7 +24,7 @@ def test_compare_on_real_data(compared, capsys):
     config = json.loads((compared / "config.json").read_text())
     assert config["data"] == {**config["data"], "train_images": 5000, "test_images": 1000}
     for name in ("SGD", "Adagrad"):
-        history = json.loads((compared / name / "history.json").read_text())
+        history = json.loads((compared / name / "seed-0" / "history.json").read_text())
         losses = [e["train_loss"] for e in history["epochs"]]
         assert len(losses) == 2 and losses[1] < losses[0]
         assert history["epochs"][-1]["test_accuracy"] > 0.15  # well above chance (0.10) after 2 epochs
@@ -33,9 +33,10 @@ def test_compare_on_real_data(compared, capsys):
 
 def test_export_and_evaluate_on_real_data(compared, real_data_dir, tmp_path, capsys):
     onnx_path = tmp_path / "sgd.onnx"
-    assert main(["export", str(compared / "SGD" / "model.pt"), "-o", str(onnx_path)]) == 0
+    checkpoint = compared / "SGD" / "seed-0" / "model.pt"
+    assert main(["export", str(checkpoint), "-o", str(onnx_path)]) == 0
     result_file = tmp_path / "eval.json"
-    assert main(["evaluate", str(compared / "SGD" / "model.pt"), str(onnx_path), "--data-dir", str(real_data_dir),
+    assert main(["evaluate", str(checkpoint), str(onnx_path), "--data-dir", str(real_data_dir),
                  "--json", str(result_file), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "Accuracy for class plane:" in out and "0 of 10,000 predicted classes differ" in out
@@ -59,6 +60,6 @@ def test_run_quick_preset_on_real_data(real_data_dir, tmp_path):
         assert evaluation["agreement"]["onnxruntime"]["n_disagree"] == 0
         speedup = results["latency"]["models"][model]["ratios"]["pytorch/onnxruntime"]["ratio"]
         assert speedup > 1, f"ONNX Runtime slower than PyTorch on {model}?"
-    accuracy = max(r["test accuracy %"] for r in results["compare"]["rows"])
+    accuracy = 100 * max(s["test_accuracy"]["mean"] for s in results["compare"]["summary"])
     assert accuracy > 25, "TutorialNet should beat chance clearly even on the quick preset"
     print(f"optcv run --preset quick: {seconds:.0f} s")

@@ -50,21 +50,32 @@ def test_every_stage_runs_and_writes_report_and_json(finished_run):
 def test_report_numbers_equal_the_json(finished_run):
     report = (finished_run / "report.md").read_text()
     results = json.loads((finished_run / "results.json").read_text())
-    for row in results["compare"]["rows"]:
-        assert re.search(rf"\| {row['optimizer']}\s+\|.*\|\s+{row['test accuracy %']:.1f} \|", report)
-    best = min(results["compare"]["rows"], key=lambda r: r["final train loss"])
-    assert f"**{best['optimizer']}** reached the lowest final training loss, {best['final train loss']:.4f}" in report
+    for s in results["compare"]["summary"]:
+        accuracy = f"{100 * s['test_accuracy']['mean']:.2f} ± {100 * s['test_accuracy']['std']:.2f}"
+        assert re.search(rf"\| {s['optimizer']}\s+\|.*\|\s+{re.escape(accuracy)}\s+\|", report)
+    differences = results["compare"]["differences"]
+    assert [d["measure"] for d in differences] == ["final_train_loss", "test_accuracy"]
+    for d in differences:  # every comparative sentence carries its n and its test's p-value
+        n, p = d["difference"]["n_a"], d["difference"]["p_value"]
+        assert n == 2 and f"n = 2 seeds each, p = {p:.2g})" in report
     tune = results["tune"]
     assert f"Number of finished trials:  {tune['finished']}" in report
     assert f"{100 * tune['best_model']['test_accuracy']:.2f} %" in report
+    assert f"Objective: {tune['objective']}" in report
+    needed = tune["trials_to_exceed_course"]
+    assert (f"{needed} trials were needed" if needed else "No trial exceeded the course's best") in report
     for bench in results["latency"]["models"].values():
         for values in bench["backends"].values():
             assert f"{values['latency_us']['median_us']:.1f}" in report
         for ratio in bench["ratios"].values():
             assert f"{ratio['ratio']:.2f}× ({ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})" in report
+    from optcv.stats import wilson
+
     for evaluation in results["parity"]["models"].values():
+        n = evaluation["n_images"]
         for values in evaluation["backends"].values():
-            assert f"{100 * values['accuracy']:.2f} %" in report
+            low, high = wilson(round(values["accuracy"] * n), n)
+            assert f"{100 * values['accuracy']:.2f} % ({100 * low:.1f}–{100 * high:.1f})" in report
 
 
 def test_rerun_skips_finished_stages(finished_run, tiny_data_dir):

@@ -76,6 +76,26 @@ def test_resume_from_state_continues_exactly(tiny, tmp_path):
         run(tiny, TrainConfig("Adam", epochs=4, batch_size=8), state_path=state)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not a state"])
+def test_a_damaged_resume_state_is_a_clear_error_and_is_left_for_the_user(tiny, tmp_path, damage):
+    config = TrainConfig("Adam", epochs=2, batch_size=8)
+    state = tmp_path / "state.pt"
+
+    def stop(history):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, config, state_path=state, on_epoch=stop)
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a copy cut short
+    else:
+        torch.save({"weights": torch.zeros(1)}, state)
+    damaged = state.read_bytes()
+    with pytest.raises(OptcvError, match=f"{state.name}.*delete it to restart"):
+        run(tiny, config, state_path=state)
+    assert state.read_bytes() == damaged  # evidence kept: deleting it is the user's choice
+
+
 def test_divergence_is_reported(tiny):
     with pytest.raises(TrainingDiverged, match="diverged in epoch 1 .*lower the learning rate"):
         run(tiny, TrainConfig("SGD", lr=1e6, epochs=1, batch_size=4))

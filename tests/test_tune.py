@@ -17,16 +17,10 @@ from optuna.trial import TrialState
 from conftest import IN_CI
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
-from optcv.tune import (
-    Objective,
-    SearchSpace,
-    TuneConfig,
-    count_trials,
-    finish,
-    open_study,
-    tune,
-    tuning_splits,
-)
+from optcv.retrain import finish
+from optcv.study_report import trials_to_exceed
+from optcv.study_storage import count_trials, open_study
+from optcv.tune import Objective, SearchSpace, TuneConfig, tune, tuning_splits
 
 SMALL = dict(epochs=2, train_size=60, val_size=20, batch_size=16, final_epochs=1)
 SMALL_SPACE = SearchSpace(n_layers=(1, 2), n_units=(4, 16), lr=(1e-4, 1e-2))
@@ -70,6 +64,39 @@ def test_objective_prunes_when_the_pruner_says_so(tiny):
     study.optimize(Objective(config, *tuning_splits(tiny, config)), n_trials=3)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
     assert all(list(t.intermediate_values) == [1] for t in study.trials)  # stopped after the first epoch
+
+
+def test_the_objective_is_the_last_epochs_accuracy_not_the_best(tiny, monkeypatch):
+    """The trial's value must belong to the weights it ends with (the ones retrained), so a trial whose
+    accuracy fell in its last epoch is worth that last value."""
+    import optcv.tune as tune_module
+    from optcv.train import EpochRecord, History
+
+    def falling(model, train_split, val_split, config, *, on_epoch, **_):
+        history = History(config)
+        for epoch, accuracy in enumerate((0.6, 0.4), start=1):
+            history.epochs.append(EpochRecord(epoch, 1.0, 1.0, accuracy, [accuracy] * 10, 0.1, 1.0))
+            on_epoch(history)
+        return history
+
+    monkeypatch.setattr(tune_module, "train", falling)
+    config = small_config(pruner="none")
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(config, *tuning_splits(tiny, config)), n_trials=1)
+    assert study.trials[0].value == 0.4
+    assert study.trials[0].intermediate_values == {1: 0.6, 2: 0.4}
+
+
+def test_trials_to_exceed_counts_every_trial_up_to_the_first_complete_one_above():
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+    for state, value in [(TrialState.COMPLETE, 0.45), (TrialState.PRUNED, None), (TrialState.COMPLETE, 0.50),
+                         (TrialState.COMPLETE, 0.52), (TrialState.COMPLETE, 0.60)]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={"x": 0.5}, distributions=dist))
+    assert trials_to_exceed(study, 0.50) == 4  # 0.50 itself does not exceed; pruned trials count
+    assert trials_to_exceed(study, 0.60) is None
 
 
 def test_validation_never_touches_the_test_split(tiny):
@@ -249,3 +276,35 @@ def test_two_tune_commands_on_one_folder_are_refused(tiny_data_dir, tmp_path):
     with folder_lock(tmp_path / ".lock", "optcv tune"):
         result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "1", timeout=120)
     assert result.returncode == 2 and "in use by another optcv tune" in result.stderr
+
+
+def test_the_best_configuration_is_retrained_with_every_seed(tiny, tmp_path):
+    config = small_config(trials=2, pruner="none", final_seeds=2, seed=3)
+    study = tune(config, tmp_path, data=tiny, progress=False)
+    summary = finish(study, config, tiny, tmp_path, progress=False)
+    first = json.loads((tmp_path / "best" / "history.json").read_text())
+    second = json.loads((tmp_path / "best" / "seed-4" / "history.json").read_text())
+    assert (first["config"]["seed"], second["config"]["seed"]) == (3, 4)
+    over = summary["best_model"]["test_accuracy_over_seeds"]
+    accuracies = [first["epochs"][-1]["test_accuracy"], second["epochs"][-1]["test_accuracy"]]
+    assert over["n"] == 2 and over["mean"] == sum(accuracies) / 2
+    assert summary["best_model"]["test_accuracy"] == accuracies[0]  # the exported model is the first seed's
+
+
+def test_a_one_worker_study_leaves_the_callers_settings_alone(tiny, tmp_path):
+    """One worker runs in the caller's process: its thread count, Optuna's log level and the warning
+    filters must be as they were."""
+    import warnings
+
+    import torch
+
+    threads, verbosity, filters = torch.get_num_threads(), optuna.logging.get_verbosity(), list(warnings.filters)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    torch.set_num_threads(3)  # not what the worker sets (the machine's cores per worker)
+    try:
+        tune(small_config(trials=1, pruner="none"), tmp_path, data=tiny, progress=False)
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG and torch.get_num_threads() == 3
+        assert warnings.filters == filters
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        torch.set_num_threads(threads)

@@ -1,0 +1,101 @@
+"""Where an Optuna study lives: the storage URL, opening it, and cleaning up after killed workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from optcv.errors import OptcvError, first_line
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def default_storage(run_dir: Path, workers: int) -> str:
+    """A file in the run folder: SQLite for one worker, Optuna's journal file for several (Optuna's FAQ
+    advises against SQLite for parallel workers). An existing one is always reused, so resume works."""
+    if (run_dir / "study.db").is_file():
+        return f"sqlite:///{run_dir / 'study.db'}"
+    if (run_dir / "study.journal").is_file() or workers > 1:
+        return f"journal:{run_dir / 'study.journal'}"
+    return f"sqlite:///{run_dir / 'study.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL: any SQLAlchemy URL, or journal:PATH for a journal file."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        # Heartbeats let any worker mark a killed worker's trial as failed after the grace period.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                              engine_kwargs=_engine_kwargs(url))
+    except ImportError as exc:
+        raise OptcvError(f"storage {url!r} needs a driver that is not installed ({exc}); for PostgreSQL "
+                         "install optcv[postgres]") from exc
+    except Exception as exc:
+        raise OptcvError(f"cannot open storage {url!r}: {first_line(exc)}") from exc
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
+
+
+def fail_dead_local_trials(study: optuna.Study, exclusive: bool = False) -> list[int]:
+    """Mark RUNNING trials whose worker process on this machine is gone as FAILED (a killed run).
+
+    Heartbeats do the same for database storages after their grace period; this handles the journal file
+    and makes a restart on the same machine immediate. With `exclusive` (the study lives in a file of a
+    run folder this process has locked) no other worker can be alive, so a RUNNING trial killed before it
+    recorded its worker is failed too.
+    """
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        worker_host, _, pid = str(worker or "").rpartition(":")
+        local_and_dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
+        if local_and_dead or (exclusive and worker is None):
+            # Optuna has no public call to annotate another process's trial; the state change is public.
+            reason = f"worker {worker} died" if worker else "its worker died before it started training"
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_study(url: str, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError as exc:
+        raise OptcvError(f"no study named {name!r} in {url!r}; run `optcv tune` first") from exc
+
+
+def count_trials(study: optuna.Study) -> dict[str, int]:
+    counts = {state.name.lower(): 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] += 1
+    counts["finished"] = counts["complete"] + counts["pruned"]
+    return counts
