@@ -62,10 +62,10 @@ def _progress(args: argparse.Namespace) -> bool:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from optcv.compare import CompareConfig, compare_best_two, compare_optimizers, summarize
+    from optcv.compare import CompareConfig, compare_best_two, compare_optimizers, summarize, training_losses
     from optcv.data import load_cifar10
     from optcv.env import describe_environment
-    from optcv.report import compare_conclusions, compare_rows, markdown_table
+    from optcv.report import compare_conclusions, compare_rows, markdown_table, plot_loss_comparison
 
     lrs = {}
     for item in args.lr or []:
@@ -78,6 +78,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            test_size=args.test_size)
     data = load_cifar10(args.data_dir, download=args.download, progress=_progress(args))
     result = compare_optimizers(data, config, args.out, progress=_progress(args))
+    plot_loss_comparison(training_losses(result), result.out_dir / "loss_comparison.png")
     print(markdown_table(compare_rows([asdict(s) for s in summarize(result)])))
     print()
     for line in compare_conclusions([asdict(d) for d in compare_best_two(result)]):

@@ -73,11 +73,10 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
     initial weights and sees the same batch order.
 
     Writes into `out_dir`: config.json (settings, data source, versions), <optimizer>/seed-<s>/history.json
-    and model.pt, histories.json and loss_comparison.png. Re-running with the same settings skips finished
+    and model.pt, and histories.json (the caller draws the plot: optcv.report.plot_loss_comparison).
+    Re-running with the same settings skips finished
     runs and resumes an interrupted one from its last finished epoch.
     """
-    from optcv.report import plot_loss_comparison
-
     out_dir = Path(out_dir)
     train_split = stratified_subset(data.train, config.train_size, config.seed)
     test_split = stratified_subset(data.test, config.test_size, config.seed)
@@ -98,9 +97,12 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
             result.histories[name].append(_train_one(data, config, name, seed, initial, train_split, test_split,
                                                      result.checkpoint_path(name, seed), progress))
     write_json(out_dir / "histories.json", {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()})
-    plot_loss_comparison({name: [h.train_losses for h in hs] for name, hs in result.histories.items()},
-                         out_dir / "loss_comparison.png")
     return result
+
+
+def training_losses(result: CompareResult) -> dict[str, list[list[float]]]:
+    """Per optimizer, per seed, the mean training loss of every epoch: what the loss plot draws."""
+    return {name: [h.train_losses for h in hs] for name, hs in result.histories.items()}
 
 
 def _train_one(data: CIFAR10, config: CompareConfig, name: str, seed: int, initial: dict[str, Any],

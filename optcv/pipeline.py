@@ -199,9 +199,11 @@ StageResult = tuple[list[Path], dict[str, Any]]
 
 
 def stage_compare(ctx: Context) -> StageResult:
-    from optcv.compare import compare_best_two, compare_optimizers, summarize
+    from optcv.compare import compare_best_two, compare_optimizers, summarize, training_losses
+    from optcv.report import plot_loss_comparison
 
     result = compare_optimizers(ctx.data, ctx.config.compare, ctx.run_dir / "compare", progress=ctx.progress)
+    plot_loss_comparison(training_losses(result), result.out_dir / "loss_comparison.png")
     histories = {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()}
     outputs = [result.out_dir / "loss_comparison.png", result.out_dir / "histories.json",
                *(result.checkpoint_path(o, s) for o in result.histories for s in ctx.config.compare.seed_values)]

@@ -424,7 +424,8 @@ def ratio_fallback_markdown(fallback: Any) -> str:
              f"- why: {fallback.reason}",
              f"- gated instead: PyTorch ÷ ONNX Runtime speed-ups measured interleaved in this run against "
              f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than "
-             f"{100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, not a slower PyTorch or shared path."]
+             f"{100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, not a slower "
+             "PyTorch or shared path."]
     if not fallback.comparable:
         lines.append("- **NOT COMPARED: the baseline was recorded on another machine**: "
                      + "; ".join(fallback.machine_differences) + ". Its ratios are shown, never enforced; refresh "
