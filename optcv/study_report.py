@@ -76,6 +76,8 @@ def write_plots(study: optuna.Study, run_dir: Path) -> list[Path]:
     """optuna.visualization.matplotlib plots as PNG: history, intermediate values, importances."""
     import matplotlib
 
+    # Optuna draws through pyplot, and its importances plot asserts an Agg canvas (it failed under "svg"):
+    # the one place optcv selects pyplot's backend.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
