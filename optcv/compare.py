@@ -74,8 +74,8 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
 
     Writes into `out_dir`: config.json (settings, data source, versions), <optimizer>/seed-<s>/history.json
     and model.pt, and histories.json (the caller draws the plot: optcv.report.plot_loss_comparison).
-    Re-running with the same settings skips finished
-    runs and resumes an interrupted one from its last finished epoch.
+    Re-running with the same settings skips finished runs and resumes an interrupted one from its last
+    finished epoch.
     """
     out_dir = Path(out_dir)
     train_split = stratified_subset(data.train, config.train_size, config.seed)

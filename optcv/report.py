@@ -113,6 +113,8 @@ _MEASURES = {"final_train_loss": ("final training loss", "lower", 1.0, 4, ""),
 
 def compare_conclusions(differences: Sequence[dict[str, Any]]) -> list[str]:
     """One sentence per optcv.compare.OptimizerDifference, claiming a difference only where its test does."""
+    from optcv.stats import ALPHA
+
     lines = []
     for d in differences:
         label, direction, scale, digits, unit = _MEASURES[d["measure"]]
@@ -124,7 +126,7 @@ def compare_conclusions(differences: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"{d['better']} had the {direction} {label} ({gap:.{digits}f}{unit} beyond "
                          f"{d['other']}), from one seed each: no test is possible, so no difference is claimed "
                          "(run with more seeds).")
-        elif diff["p_value"] < 0.05:
+        elif diff["p_value"] < ALPHA:
             low, high = sorted((abs(scale * diff["ci_low"]), abs(scale * diff["ci_high"])))
             lines.append(f"**{d['better']}** ended with a {direction} {label} than {d['other']} by "
                          f"{gap:.{digits}f}{unit} (95 % CI {low:.{digits}f}–{high:.{digits}f}; {diff['test']}, {n}, "
@@ -547,7 +549,7 @@ def _compile_notes(result: dict[str, Any]) -> list[str]:
             settings = [b.get("settings", {}), *(t.get("settings", {}) for t in b["throughput"].values())]
             seconds = {batch: s for one in settings for batch, s in one.get("compile_seconds", {}).items()}
             if seconds:
-                each = ", ".join(f"batch {b} {seconds[b]:.1f} s" for b in sorted(seconds, key=int))
+                each = ", ".join(f"batch {size} {seconds[size]:.1f} s" for size in sorted(seconds, key=int))
                 notes.append(f"{m['model']} / {backend}: compiled in {each} (outside every timing).")
     return ["", *notes] if notes else []
 
