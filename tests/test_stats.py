@@ -43,3 +43,22 @@ def test_wilson_interval_matches_published_values():
     assert low == 0.0 and round(high, 4) == 0.2775
     with pytest.raises(ValueError):
         wilson(0, 0)
+
+
+def _difference(p_value, n=3, diff=-0.02):
+    return {"measure": "final_train_loss", "better": "SGD", "other": "Adagrad",
+            "difference": {"difference": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.01, "p_value": p_value,
+                           "n_a": n, "n_b": n, "test": "Welch's t-test", "tested": p_value is not None}}
+
+
+def test_a_difference_is_claimed_only_below_alpha_and_never_from_one_seed():
+    from optcv.report import compare_conclusions
+    from optcv.stats import ALPHA
+
+    below, at, untested = compare_conclusions([_difference(ALPHA * 0.99), _difference(ALPHA), _difference(None, 1)])
+    assert below.startswith("**SGD** ended with a lower final training loss than Adagrad by 0.0200")
+    assert "n = 3 seeds each, p = 0.05)" in below
+    assert at.startswith("Final training loss: no difference between SGD and Adagrad beyond seed-to-seed spread")
+    assert "no test is possible, so no difference is claimed" in untested
+    same = welch([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # no change at all
+    assert same.difference == 0 and same.p_value == 1.0 and not same.significant
