@@ -1,5 +1,3 @@
-import sys
+from optcv.cli import run_cli
 
-from optcv.cli import main
-
-sys.exit(main())
+run_cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -17,7 +18,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphaned_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -25,6 +27,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete the temporary files a killed writer of `path` left behind (their process is gone)."""
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        _remove_if_orphaned(orphan, orphan.name[len(path.name) + 2:])
+
+
+def remove_orphaned_temporaries(folder: Path) -> None:
+    """Delete every temporary file under `folder` whose writer process is gone."""
+    for candidate in folder.rglob(".*.tmp"):
+        parts = candidate.name.split(".")  # "", name…, pid, random, "tmp"
+        if len(parts) >= 5:
+            _remove_if_orphaned(candidate, parts[-3] + ".")
+
+
+def _remove_if_orphaned(path: Path, pid_and_rest: str) -> None:
+    pid = pid_and_rest.split(".", 1)[0]
+    if pid.isdigit() and not _process_alive(int(pid)):
+        path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -40,6 +72,19 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object optcv wrote earlier, or a one-line error naming the file and `fix` (e.g. "delete it")."""
+    from optcv.errors import OptcvError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OptcvError(f"{what} {path} cannot be read ({type(exc).__name__}); {fix}") from exc
+    if not isinstance(data, dict):
+        raise OptcvError(f"{what} {path} is not a JSON object; {fix}")
+    return data
 
 
 def _json_default(obj: Any) -> Any:
@@ -67,6 +112,7 @@ def folder_lock(path: Path, what: str) -> Iterator[None]:
         handle.close()
         raise OptcvError(f"{path.parent} is in use by another {what} ({owner} holds the lock {path}); "
                          "wait for it to finish or use another --out") from None
+    remove_orphaned_temporaries(path.parent)  # the folder is ours now: a writer's leftovers are orphans
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")

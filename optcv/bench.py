@@ -19,7 +19,7 @@ import numpy as np
 
 from optcv._io import write_json
 from optcv.env import environment_info
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, require_at_least_one
 
 if TYPE_CHECKING:  # the CLI reads BenchConfig's defaults without importing torch
     from optcv.runtime import Predictor
@@ -38,6 +38,11 @@ class BenchConfig:
     calibration_calls: int = 300
     bootstrap: int = 2000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, "n_single", "chunk", "batched_images", "calibration_calls", "bootstrap")
+        if any(b < 1 for b in self.batch_sizes):
+            raise OptcvError(f"batch sizes must be at least 1, got {', '.join(map(str, self.batch_sizes))}")
 
 
 @dataclass(frozen=True)

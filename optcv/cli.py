@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,13 @@ from optcv.howfast import HowFastConfig
 EXIT_REGRESSION = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong, where help is) and exit 2, as every other error."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +63,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _optimizer_lr(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if not name or not value:
+        raise argparse.ArgumentTypeError(f"takes OPTIMIZER=VALUE pairs (e.g. --lr SGD=0.01), got {text!r}")
+    return name, _positive_float(value)
+
+
 def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
 
@@ -67,12 +82,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from optcv.env import describe_environment
     from optcv.report import compare_conclusions, compare_rows, markdown_table, plot_loss_comparison
 
-    lrs = {}
-    for item in args.lr or []:
-        name, _, value = item.partition("=")
-        if not value:
-            raise OptcvError(f"--lr takes OPTIMIZER=VALUE pairs (e.g. --lr SGD=0.01), got {item!r}")
-        lrs[name] = _positive_float(value)
+    lrs = dict(args.lr or [])
     config = CompareConfig(optimizers=tuple(args.optimizers), epochs=args.epochs, batch_size=args.batch_size,
                            lrs=lrs, seed=args.seed, seeds=args.seeds, train_size=args.train_size,
                            test_size=args.test_size)
@@ -360,18 +370,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from optcv.cache import cache_info, clear_cache
+    from optcv.report import cache_markdown, cache_removed_line
+
+    if args.action == "info":
+        print(cache_markdown(cache_info()))
+        return 0
+    removed = clear_cache(stale_only=args.stale, areas=tuple(args.areas))
+    print(cache_removed_line(removed, stale_only=args.stale))
+    return 0
+
+
 def _settings(settings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "backend")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
     parser.add_argument("--version", action="version", version=f"optcv {_version()}")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_compare_parser, _add_export_parser, _add_evaluate_parser, _add_run_parser, _add_tune_parser,
-                _add_bench_parser, _add_how_fast_parser, _add_gate_parser):
+                _add_bench_parser, _add_how_fast_parser, _add_gate_parser, _add_cache_parser):
         add(commands)
     return parser
 
@@ -392,7 +414,7 @@ def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--epochs", type=_positive_int, default=default.epochs)
     compare.add_argument("--batch-size", type=_positive_int, default=default.batch_size,
                          help="default %(default)s, the course's")
-    compare.add_argument("--lr", nargs="+", metavar="OPT=LR",
+    compare.add_argument("--lr", nargs="+", type=_optimizer_lr, metavar="OPT=LR",
                          help="learning rate per optimizer, e.g. SGD=0.01 (defaults: "
                               + ", ".join(f"{k} {v['lr']}" for k, (_, v) in OPTIMIZERS.items()) + ")")
     compare.add_argument("--seed", type=int, default=default.seed, help="the first seed (default %(default)s)")
@@ -593,6 +615,21 @@ def _add_gate_parser(commands: argparse._SubParsersAction) -> None:
     gate.set_defaults(func=cmd_gate)
 
 
+def _add_cache_parser(commands: argparse._SubParsersAction) -> None:
+    from optcv.cache import AREAS, UNUSED_DAYS
+
+    cache = commands.add_parser(
+        "cache", help="what optcv's cache folder holds; clear it, or only its stale entries",
+        description="The cache ($OPTCV_CACHE_DIR, else ~/.cache/optcv) holds decoded image folders, the benchmark "
+                    "suite's and the gate's models, and torch.compile's kernels. Stale: a decode whose source "
+                    f"folder is gone or changed, a model no run used for {UNUSED_DAYS} days or whose build died.")
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("--stale", action="store_true", help="clear: only the stale entries")
+    cache.add_argument("--areas", nargs="+", default=list(AREAS), choices=list(AREAS), metavar="AREA",
+                       help=f"clear: only these areas ({', '.join(AREAS)}; default all)")
+    cache.set_defaults(func=cmd_cache)
+
+
 def _version() -> str:
     from optcv import __version__
 
@@ -609,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = " ".join(str(exc).split())
         print(f"optcv {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.exit_code
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -626,5 +663,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run_cli(argv: Sequence[str] | None = None) -> None:
+    """The console script: `main`, then exit. Once the work is done, Ctrl-C is ignored while the interpreter
+    shuts down: there is nothing left to interrupt, and Python would print a finaliser's traceback."""
+    code = main(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli()

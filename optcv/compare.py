@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optcv._io import write_json
+from optcv._io import folder_lock, read_json_object, write_json
 from optcv.data import CIFAR10, Normalization, stratified_subset
 from optcv.env import environment_info
-from optcv.errors import OptcvError
+from optcv.errors import OptcvError, require_at_least_one
 from optcv.models import Checkpoint, ModelConfig, TutorialNetConfig, arch_name, build_model, save_checkpoint
 from optcv.stats import Difference, Spread, spread, welch
 from optcv.train import History, TrainConfig, optimizer_name, train
@@ -36,8 +35,10 @@ class CompareConfig:
             raise OptcvError("give at least one optimizer to compare")
         if len(set(names)) != len(names):
             raise OptcvError(f"optimizer listed twice in {', '.join(self.optimizers)}")
-        if self.seeds < 1:
-            raise OptcvError(f"seeds must be at least 1, got {self.seeds}")
+        require_at_least_one(self, "epochs", "batch_size", "seeds", "train_size", "test_size")
+        bad_lr = [f"{k}={v}" for k, v in self.lrs.items() if not v > 0]
+        if bad_lr:
+            raise OptcvError(f"learning rate {bad_lr[0]} must be positive")
         object.__setattr__(self, "optimizers", names)
         object.__setattr__(self, "lrs", {optimizer_name(k): v for k, v in self.lrs.items()})
 
@@ -84,19 +85,21 @@ def compare_optimizers(data: CIFAR10, config: CompareConfig, out_dir: str | Path
                                                       "test_images": len(test_split)}}
     config_file = out_dir / "config.json"
     if config_file.is_file():
-        previous = json.loads(config_file.read_text(encoding="utf-8"))
+        previous = read_json_object(config_file, "the comparison's settings",
+                                    "delete the folder's config.json or choose a new --out folder")
         if {k: previous.get(k) for k in settings} != settings:
             raise OptcvError(f"{out_dir} holds a comparison with other settings; choose a new --out folder "
                              "or repeat the original settings to resume it")
-    write_json(config_file, {**settings, "environment": environment_info()})
-
-    result = CompareResult(out_dir, config, {name: [] for name in config.optimizers})
-    for seed in config.seed_values:
-        initial = build_model(config.model, seed=seed).state_dict()
-        for name in config.optimizers:
-            result.histories[name].append(_train_one(data, config, name, seed, initial, train_split, test_split,
-                                                     result.checkpoint_path(name, seed), progress))
-    write_json(out_dir / "histories.json", {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()})
+    with folder_lock(out_dir / ".lock", "optcv compare"):
+        write_json(config_file, {**settings, "environment": environment_info()})
+        result = CompareResult(out_dir, config, {name: [] for name in config.optimizers})
+        for seed in config.seed_values:
+            initial = build_model(config.model, seed=seed).state_dict()
+            for name in config.optimizers:
+                result.histories[name].append(_train_one(data, config, name, seed, initial, train_split,
+                                                         test_split, result.checkpoint_path(name, seed), progress))
+        write_json(out_dir / "histories.json",
+                   {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()})
     return result
 
 

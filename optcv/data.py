@@ -6,15 +6,20 @@ Two layouts are understood under a data root:
 * image folders: ``ROOT/{train,test}/<class>/*.{png,jpg,jpeg}`` (Kaggle's CIFAR-10, cifar2png).
 
 Image folders are decoded once and cached as tensors in the user's cache folder, keyed by the
-folder's file list, sizes and modification times, so a changed source is decoded again. Nothing is
-ever written into the data root itself (except a download the user asked for).
+resolved folder and its file list, sizes and modification times, so a changed source is decoded again
+and replaces its old entry; entries whose source folder is gone are evicted on the next write (and by
+`optcv cache clear --stale`, optcv.cache). Nothing is ever written into the data root itself (except a
+download the user asked for).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import pickle
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optcv._io import atomic_path
-from optcv.errors import OptcvError
+from optcv._io import atomic_path, write_json
+from optcv.errors import OptcvError, first_line
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -34,7 +39,7 @@ IMAGE_SHAPE = (3, 32, 32)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 TORCHVISION_FOLDER = "cifar-10-batches-py"
-CACHE_FORMAT = 1  # bump when the cached tensor layout changes
+CACHE_FORMAT = 2  # bump when the cached tensor layout changes (2: a JSON sidecar names the source folder)
 
 
 @dataclass(frozen=True)
@@ -177,15 +182,20 @@ def list_image_folder(split_dir: Path) -> list[ImageFile]:
     files: list[ImageFile] = []
     for label, name in enumerate(CLASSES):
         with os.scandir(split_dir / name) as entries:
-            class_files = [
-                ImageFile(entry.path, label, (st := entry.stat()).st_size, st.st_mtime_ns)
-                for entry in entries
-                if entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.startswith(".")
-            ]
+            class_files = [_image_file(entry, label) for entry in entries
+                           if entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.startswith(".")]
         if not class_files:
             raise OptcvError(f"class folder {split_dir / name} holds no .png/.jpg/.jpeg images")
         files.extend(sorted(class_files, key=lambda f: f.path))
     return files
+
+
+def _image_file(entry: os.DirEntry[str], label: int) -> ImageFile:
+    try:
+        st = entry.stat()
+    except OSError as exc:  # a dangling link or a symlink loop
+        raise OptcvError(f"cannot read image {entry.path} ({exc.strerror}); remove or replace it") from exc
+    return ImageFile(entry.path, label, st.st_size, st.st_mtime_ns)
 
 
 def folder_fingerprint(files: list[ImageFile]) -> str:
@@ -201,12 +211,13 @@ def decode_image(path: str) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.size != (IMAGE_SHAPE[2], IMAGE_SHAPE[1]):
-                raise OptcvError(f"{path} is {image.size[0]}x{image.size[1]}, CIFAR-10 images must be 32x32")
+                raise OptcvError(f"{path} is {image.size[0]}x{image.size[1]}, CIFAR-10 images must be 32x32; "
+                                 "resize or remove it")
             if image.mode != "RGB":
-                raise OptcvError(f"{path} has mode {image.mode}, CIFAR-10 images must be RGB")
+                raise OptcvError(f"{path} has mode {image.mode}, CIFAR-10 images must be RGB; convert or remove it")
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OptcvError(f"cannot read image {path}: {exc}") from exc
+        raise OptcvError(f"cannot read image {path} ({first_line(exc)}); remove or replace it") from exc
 
 
 def load_image_folder_split(split_dir: Path, *, cache_dir: Path, progress: bool = True) -> Split:
@@ -240,12 +251,67 @@ def load_image_folder_split(split_dir: Path, *, cache_dir: Path, progress: bool 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"{split_dir.name}-{location}-*.pt"):
-            stale.unlink(missing_ok=True)
+            remove_decode_entry(stale)
+        # The sidecar first: a tensor file without one counts as of unknown origin, which eviction removes.
+        write_json(cache_file.with_suffix(".json"), {"source": str(split_dir.resolve()), "fingerprint": fingerprint,
+                                                     "images": len(files), "format": CACHE_FORMAT})
         with atomic_path(cache_file) as tmp:
             torch.save({"fingerprint": fingerprint, "images": split.images, "labels": split.labels}, tmp)
-    except OSError:
-        pass  # a read-only cache folder costs speed, not correctness
+        evict_decode_entries(cache_dir, lambda entry: entry.source_gone or entry.source is None)
+    except OSError as exc:  # a read-only or full cache folder costs speed, not correctness
+        logging.getLogger(__name__).warning(
+            "optcv: could not write the decode cache %s (%s); the next load decodes again", cache_file,
+            exc.strerror or type(exc).__name__)
     return split
+
+
+@dataclass(frozen=True)
+class DecodeEntry:
+    """One cached decode: its tensor file, size, and the source folder it was decoded from (None: unknown)."""
+
+    path: Path
+    bytes: int
+    source: str | None
+    fingerprint: str | None
+
+    @property
+    def source_gone(self) -> bool:
+        return self.source is not None and not Path(self.source).is_dir()
+
+    def source_changed(self) -> bool:
+        """The source folder exists but its files differ from the decode (a listing of the folder)."""
+        if self.source is None or self.source_gone:
+            return False
+        try:
+            return folder_fingerprint(list_image_folder(Path(self.source))) != self.fingerprint
+        except OptcvError:
+            return True
+
+
+def decode_entries(cache_dir: Path) -> list[DecodeEntry]:
+    entries = []
+    for path in sorted(cache_dir.glob("*.pt")):
+        source: str | None = None
+        fingerprint: str | None = None
+        try:
+            sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            source, fingerprint = str(sidecar["source"]), str(sidecar["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an older format or a damaged sidecar: its origin is unknown
+        entries.append(DecodeEntry(path, path.stat().st_size, source, fingerprint))
+    return entries
+
+
+def evict_decode_entries(cache_dir: Path, stale: Callable[[DecodeEntry], bool]) -> list[DecodeEntry]:
+    evicted = [entry for entry in decode_entries(cache_dir) if stale(entry)]
+    for entry in evicted:
+        remove_decode_entry(entry.path)
+    return evicted
+
+
+def remove_decode_entry(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def stratified_indices(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:

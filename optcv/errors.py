@@ -4,8 +4,19 @@
 class OptcvError(Exception):
     """A problem the user can fix: bad input, missing data, a corrupt file.
 
-    The message is one line that says what was wrong and how to fix it.
+    The message is one line that says what was wrong and how to fix it. The CLI exits with `exit_code`:
+    2 when the input was refused, 1 when the work ran and failed.
     """
+
+    exit_code = 2
+
+
+def require_at_least_one(settings: object, *names: str) -> None:
+    """Refuse a config whose named whole-number fields (None allowed: "all") are below 1, naming the field."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise OptcvError(f"{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def first_line(exc: BaseException) -> str:

@@ -90,15 +90,17 @@ def export_onnx(
 def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=65536)
     # The dynamo exporter reports progress on stdout and via warnings; keep the CLI's output clean.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        torch.onnx.export(
-            model, (example,), str(path),
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={INPUT_NAME: {0: batch}},
-            opset_version=opset, external_data=False, verbose=False,
-        )
+        logger.setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes={INPUT_NAME: {0: batch}}, opset_version=opset, external_data=False,
+                              verbose=False)
+        finally:
+            logger.setLevel(level)
 
 
 def _max_abs_diff(model: torch.nn.Module, onnx_path: Path, images: np.ndarray) -> float:
@@ -108,6 +110,11 @@ def _max_abs_diff(model: torch.nn.Module, onnx_path: Path, images: np.ndarray) -
     ort_logits = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
     with torch.inference_mode():
         torch_logits = model(torch.from_numpy(images)).numpy()
+    for runtime, logits in (("PyTorch", torch_logits), ("ONNX Runtime", ort_logits)):
+        if not np.isfinite(logits).all():
+            raise OptcvError(f"the model's {runtime} outputs contain NaN or inf ({int((~np.isfinite(logits)).sum())} "
+                             "values), so its predictions mean nothing: check the checkpoint's weights or retrain; "
+                             "nothing was written")
     return float(np.max(np.abs(ort_logits - torch_logits)))
 
 

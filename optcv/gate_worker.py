@@ -66,6 +66,7 @@ def _model_config(recipe: dict[str, Any]) -> Any:
 
 def build(request: dict[str, Any]) -> dict[str, Any]:
     """Train and export each requested model with this side's code, or reuse its cached copy."""
+    from optcv.cache import mark_used
     from optcv.data import load_cifar10, stratified_subset
     from optcv.export import export_onnx
     from optcv.models import Checkpoint, build_model, save_checkpoint
@@ -93,6 +94,7 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
             save_checkpoint(checkpoint, Checkpoint(model_config, model.state_dict(), info={"trained_for": "gate"}))
             export_onnx(checkpoint, onnx_path, check_images=data.test.images[:64].numpy())
             (folder / "key.json").write_text(material)
+        mark_used(folder)
         built[name] = {"checkpoint": str(checkpoint), "onnx": str(onnx_path)}
     return {"models": built, "code_hash": code, "versions": versions, "optcv_file": _optcv_file()}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optcv._io import folder_lock, sha256_file, write_json
+from optcv._io import folder_lock, read_json_object, sha256_file, write_json
 from optcv.bench import BenchConfig
 from optcv.compare import CompareConfig
 from optcv.data import CIFAR10, load_cifar10, stratified_subset
@@ -87,7 +87,12 @@ def resolve_config(preset: str, overrides: list[str] | None = None, workers: int
         key, sep, text = item.partition("=")
         if not sep:
             raise OptcvError(f"--set takes SECTION.FIELD=VALUE (e.g. tune.trials=20), got {item!r}")
-        config = _override(config, key.strip().split("."), text.strip(), key)
+        try:
+            config = _override(config, key.strip().split("."), text.strip(), key)
+        except OptcvError as exc:
+            if key in str(exc):
+                raise
+            raise OptcvError(f"--set {item}: {exc}") from exc
     if workers is not None:
         config = dataclasses.replace(config, workers=workers)
     return config
@@ -130,7 +135,9 @@ def _parse(text: str, hint: Any, key: str) -> Any:
         if hint in (int, float, str):
             return hint(text)
     except ValueError:
-        raise OptcvError(f"setting {key!r}: {text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+        kind = {"int": "whole number", "float": "number", "bool": "true or false"}.get(
+            getattr(hint, "__name__", str(hint)), str(hint))
+        raise OptcvError(f"setting {key!r}: {text!r} is not a {kind}; give {key}=VALUE with a {kind}") from None
     raise OptcvError(f"setting {key!r} cannot be set from the command line")
 
 
@@ -154,7 +161,7 @@ class RunState:
         wanted = config.to_dict()
         if not path.is_file():
             return cls(path, wanted)
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = read_json_object(path, "run state", "delete it to run every stage again, or use another --out")
         if saved.get("config") != wanted:
             raise OptcvError(f"{run_dir} holds a run with other settings; use another --out, or repeat the "
                              f"original preset and --set values to resume it")

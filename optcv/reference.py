@@ -88,6 +88,7 @@ def cache_key(name: str, data_source: str) -> tuple[str, str]:
 def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, Path]:
     """(checkpoint, ONNX file) of reference model `name`, trained, exported and quantised (the int8 twin
     beside the ONNX file, optcv.quantize), or taken from the cache."""
+    from optcv.cache import KEY_FILE, mark_used
     from optcv.export import export_onnx
     from optcv.quantize import int8_path, quantize_onnx
     from optcv.train import train
@@ -99,6 +100,7 @@ def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, P
     folder = Path(cache_dir) / "bench-models" / f"{name}-{key}"
     checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
     if checkpoint.is_file() and onnx_path.is_file() and int8_path(onnx_path).is_file():
+        mark_used(folder)
         return checkpoint, onnx_path
     model = build_model(spec.model, seed=spec.train.seed)
     train_split = stratified_subset(cifar.train, spec.train_images, seed=0)
@@ -110,7 +112,7 @@ def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, P
     export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:64].numpy())
     calibration = stratified_subset(cifar.train, spec.quantize.calibration_images, seed=1).images.numpy()
     quantize_onnx(onnx_path, calibration, settings=spec.quantize)
-    (folder / "key.json").write_text(material)
+    (folder / KEY_FILE).write_text(material)
     return checkpoint, onnx_path
 
 

@@ -576,3 +576,30 @@ def plot_how_fast(result: dict[str, Any], path: str | Path) -> Path:
     right.set_xlabel(f"{peak_key.split()[0]}: % of the measured fp32 GEMM peak")
     left.legend(loc="lower right", fontsize=8)
     return _save_figure(fig, path)
+
+
+def _size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def cache_markdown(info: Any) -> str:
+    """Per area its entries and size, then every decode with its source and every stale entry with why."""
+    from optcv.cache import AREAS
+
+    rows = [{"area": area, "entries": sum(1 for e in info.entries if e.area == area),
+             "stale": sum(1 for e in info.entries if e.area == area and e.stale), "size": _size_text(info.bytes(area))}
+            for area in AREAS]
+    lines = [f"cache: {info.root} ({_size_text(info.bytes())})", "", markdown_table(rows)]
+    listed = [e for e in info.entries if e.source is not None or e.stale]
+    if listed:
+        lines += ["", markdown_table([{"entry": f"{e.area}/{e.path.name}", "size": _size_text(e.bytes),
+                                       "state": e.state, "source": e.source} for e in listed])]
+    if any(e.stale for e in info.entries):
+        lines += ["", "`optcv cache clear --stale` removes the stale entries; `optcv cache clear` everything."]
+    return "\n".join(lines)
+
+
+def cache_removed_line(removed: Sequence[Any], *, stale_only: bool) -> str:
+    what = "stale " if stale_only else ""
+    return f"removed {len(removed)} {what}cache entr{'y' if len(removed) == 1 else 'ies'}, " \
+           f"{_size_text(sum(e.bytes for e in removed))}"

@@ -53,6 +53,9 @@ class Difference:
         return self.p_value is not None and self.p_value < ALPHA
 
 
+NO_SPREAD_RELATIVE = 1e-9
+
+
 def welch(a: Sequence[float], b: Sequence[float]) -> Difference:
     """Welch's two-sided t-test of mean(a) − mean(b) (unequal variances), with its 95 % interval.
 
@@ -63,13 +66,19 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Difference:
     diff = sa.mean - sb.mean
     if sa.n < 2 or sb.n < 2:
         return Difference(diff, None, None, None, sa.n, sb.n, "none (one seed)", tested=False)
-    if sa.std == 0 and sb.std == 0:
-        p = 1.0 if diff == 0 else 0.0
+    # Spread at rounding level (seeds that met the same float values) is no spread: a t-test on it is noise.
+    resolution = NO_SPREAD_RELATIVE * max(1.0, abs(sa.mean), abs(sb.mean))
+    if sa.std <= resolution and sb.std <= resolution:
+        p = 1.0 if abs(diff) <= resolution else 0.0
         return Difference(diff, diff, diff, p, sa.n, sb.n, "Welch's t-test (no spread)")
+    import warnings
+
     from scipy import stats
 
-    result = stats.ttest_ind(a, b, equal_var=False)
-    interval = result.confidence_interval(0.95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision note for nearly equal values
+        result = stats.ttest_ind(a, b, equal_var=False)
+        interval = result.confidence_interval(0.95)
     return Difference(diff, float(interval.low), float(interval.high), float(result.pvalue), sa.n, sb.n,
                       "Welch's t-test")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optcv._io import atomic_path, write_json
+from optcv._io import atomic_path, read_json_object, write_json
 from optcv.data import Normalization, Split, normalize
 from optcv.errors import OptcvError
 from optcv.metrics import per_class_accuracy
@@ -109,11 +108,18 @@ class History:
 
     @classmethod
     def load(cls, path: str | Path) -> History:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        raw = read_json_object(path, "training history", "delete it (and the model.pt beside it) to train again")
+        try:
+            return cls.from_dict(raw)
+        except (KeyError, TypeError) as exc:
+            raise OptcvError(f"training history {path} lacks {exc}; delete it (and the model.pt beside it) to train "
+                             "again") from exc
 
 
 class TrainingDiverged(OptcvError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: the work ran and failed, it was not refused."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,10 @@ def train(
                           disable=not progress or None):
             index = order[start:start + config.batch_size]
             loss = F.cross_entropy(model(inputs[index]), labels[index])
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"training diverged in epoch {epoch + 1}, batch {start // config.batch_size + 1}"
+                                       f" with {config.optimizer} lr {config.resolved_lr}: the loss is {loss.item()}; "
+                                       "lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import socket
@@ -27,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optcv._io import folder_lock, write_json
 from optcv.data import CIFAR10, Split, load_cifar10, split_train_val, stratified_subset
 from optcv.env import environment_info
-from optcv.errors import OptcvError, first_line
+from optcv.errors import OptcvError, first_line, require_at_least_one
 from optcv.models import TunableNetConfig, build_model
 from optcv.study_storage import FINISHED, count_trials, default_storage, fail_dead_local_trials, open_storage
 from optcv.train import History, TrainConfig, TrainingDiverged, optimizer_name, train
@@ -49,7 +50,8 @@ class SearchSpace:
         for name in ("n_layers", "n_units", "dropout", "lr"):
             low, high = getattr(self, name)
             if not low <= high:
-                raise OptcvError(f"empty search range for {name}: {low} > {high}")
+                raise OptcvError(f"empty search range for {name}: low {low} > high {high}; give LOW HIGH with "
+                                 "LOW at most HIGH")
         if self.n_layers[0] < 1 or self.n_units[0] < 1 or self.lr[0] <= 0:
             raise OptcvError("n_layers and n_units must be at least 1 and lr positive")
         if not 0 <= self.dropout[0] <= self.dropout[1] < 1:
@@ -98,9 +100,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.pruner not in PRUNERS:
             raise OptcvError(f"unknown pruner {self.pruner!r}: choose from {', '.join(PRUNERS)}")
-        for name in ("trials", "epochs", "train_size", "val_size", "batch_size", "final_epochs", "final_seeds"):
-            if getattr(self, name) < 1:
-                raise OptcvError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require_at_least_one(self, "trials", "epochs", "train_size", "val_size", "batch_size", "final_epochs",
+                             "final_seeds")
 
     def search_settings(self) -> dict[str, Any]:
         """What defines the study: a resumed study must have been started with the same."""
@@ -165,13 +166,25 @@ def check_surplus(trial: optuna.Trial, target: int) -> None:
 
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO logging off (optcv reports progress itself), the caller's level restored after."""
+    """Optuna's INFO logging off (optcv reports progress itself), and no traceback of a trial stopped by Ctrl-C
+    (the CLI says it was interrupted); the caller's level and handlers restored after."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handlers = list(logging.getLogger("optuna").handlers)
+    interrupts = _DropInterrupts()  # one per use: a nested use must not remove its caller's filter
+    for handler in handlers:
+        handler.addFilter(interrupts)
     try:
         yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(interrupts)
         optuna.logging.set_verbosity(verbosity)
+
+
+class _DropInterrupts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def load_or_create_study(url: str, name: str, config: TuneConfig, sampler_seed: int) -> optuna.Study:

@@ -68,25 +68,6 @@ def test_compare_refuses_other_settings_in_the_same_folder(compared, tiny_data_d
     assert "holds a comparison with other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["compare", "--optimizers", "Lion"], "unknown optimizer 'Lion'"),
-        (["compare", "--data-dir", "/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
-        (["compare", "--lr", "SGD"], "--lr takes OPTIMIZER=VALUE pairs"),
-        (["export", "/nonexistent.pt"], "checkpoint /nonexistent.pt does not exist"),
-        (["evaluate", "model.txt"], "expected a checkpoint (.pt) or an ONNX model (.onnx)"),
-        (["gate", "/nonexistent.json", "--baseline", "/nonexistent-baseline.json"], "does not exist"),
-    ],
-)
-def test_bad_input_is_one_line_without_traceback(args, message, tmp_path):
-    result = optcv(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
 def test_argument_errors_exit_non_zero():
     result = optcv("compare", "--epochs", "0")
     assert result.returncode == 2 and "must be at least 1" in result.stderr and "Traceback" not in result.stderr

@@ -71,7 +71,7 @@ def test_cache_is_used_and_invalidated_when_a_file_changes(tmp_path):
     root = make_image_folder(tmp_path / "data", 2, 1)
     cache = tmp_path / "cache"
     load_cifar10(root, cache_dir=cache, progress=False)
-    cached = sorted(p.name for p in cache.iterdir())
+    cached = sorted(p.name for p in cache.glob("*.pt"))
     assert len(cached) == 2  # one per split
     # A changed image must be decoded again: the cache key covers size and mtime.
     target = root / "train" / "airplane" / "0000.png"
@@ -79,7 +79,7 @@ def test_cache_is_used_and_invalidated_when_a_file_changes(tmp_path):
     os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
     data = load_cifar10(root, cache_dir=cache, progress=False)
     assert data.train.images[0, :, 0, 0].tolist() == [7, 7, 7]
-    assert len(list(cache.iterdir())) == 2  # the stale entry was replaced, not kept beside
+    assert len(list(cache.glob("*.pt"))) == 2  # the stale entry was replaced, not kept beside
 
 
 def test_second_load_reads_cache_not_images(tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, monkeypat
     root = make_image_folder(tmp_path / "data", 2, 1)
     cache = tmp_path / "cache"
     first = load_cifar10(root, cache_dir=cache, progress=False)
-    entries = sorted(cache.iterdir())
+    entries = sorted(cache.glob("*.pt"))
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:100])  # cut short, as by a full disk
     decoded = []
@@ -107,7 +107,7 @@ def test_a_damaged_cache_entry_is_decoded_again_and_replaced(tmp_path, monkeypat
     second = load_cifar10(root, cache_dir=cache, progress=False)
     assert len(decoded) == 30  # every image decoded again (2 train + 1 test per class)
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
-    assert sorted(cache.iterdir()) == entries and all(e.stat().st_size > 1000 for e in entries)  # rewritten
+    assert sorted(cache.glob("*.pt")) == entries and all(e.stat().st_size > 1000 for e in entries)  # rewritten
 
 
 def test_nothing_is_written_into_the_data_folder(tmp_path):

@@ -1,6 +1,6 @@
 """End to end on the real CIFAR-10 copy ($OPTCV_DATA_DIR): compare → export → evaluate through the CLI.
 
-In CI the copy must be there (a missing copy fails); elsewhere these tests skip with instructions.
+Where nothing may be skipped (CI, .ci/run: OPTCV_NO_SKIP=1) a missing copy fails; elsewhere they skip, saying why.
 """
 
 import json

@@ -153,7 +153,7 @@ def test_presets_and_overrides():
     config = resolve_config("course", ["tune.trials=7", "compare.train_size=none", "bench.batch_sizes=1,8"])
     assert config.tune.trials == 7 and config.compare.train_size is None and config.bench.batch_sizes == (1, 8)
     assert resolve_config("course").tune.trials == 100 and resolve_config("course").bench.n_single == 10_000
-    for bad, message in [("tune.trials=many", "not a valid int"), ("tune.colour=1", "unknown setting"),
+    for bad, message in [("tune.trials=many", "not a whole number"), ("tune.colour=1", "unknown setting"),
                          ("tune=3", "is a section"), ("trials", "SECTION.FIELD=VALUE")]:
         with pytest.raises(OptcvError, match=message):
             resolve_config("quick", [bad])

@@ -97,8 +97,10 @@ def test_a_damaged_resume_state_is_a_clear_error_and_is_left_for_the_user(tiny, 
 
 
 def test_divergence_is_reported(tiny):
-    with pytest.raises(TrainingDiverged, match="diverged in epoch 1 .*lower the learning rate"):
+    """A NaN or inf loss stops the run at once, naming the epoch and the batch where it appeared."""
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1, batch \d+ .*lower the learning rate") as caught:
         run(tiny, TrainConfig("SGD", lr=1e6, epochs=1, batch_size=4))
+    assert caught.value.exit_code == 1  # the work ran and failed: not a refused input (2)
 
 
 def test_history_json_round_trip(tiny, tmp_path):

@@ -1,0 +1,287 @@
+"""Kill points: `compare`, `tune` and `run` killed (SIGKILL) or interrupted (SIGINT) at seeded-random moments —
+some at a random time into the work, some in the middle of a write (tests/faults/pause_at_write.py) — then
+run again. Nothing finished may be lost, no file left corrupt, and where the work is deterministic the final
+results must equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+
+HERE = Path(__file__).resolve().parent
+SEED = 20261129
+TIMED_WORK_FRACTION = (0.05, 0.85)  # a kill at this fraction of an uninterrupted run's work time
+PARALLEL = 2  # kill points exercised at once; each command is given one thread
+SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+
+RUN_SETTINGS = ["compare.train_size=none", "compare.test_size=none", "compare.epochs=1", "compare.seeds=1",
+                "compare.optimizers=SGD,Adam", "tune.train_size=50", "tune.val_size=20", "tune.trials=3",
+                "tune.epochs=2", "tune.final_epochs=1", "bench.n_single=40", "bench.chunk=20", "bench.batch_sizes=8",
+                "bench.batched_images=16", "bench.calibration_calls=10"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    argv: Callable[[Path, Path], list[str]]  # (data, out) → arguments after `optcv`
+    finished: Callable[[Path], dict[str, Any]]  # what a run folder holds as finished: must survive any kill
+    outcome: Callable[[Path], Any] | None  # the deterministic final result, equal to an uninterrupted run's
+
+
+def _without_timing(history: dict[str, Any]) -> dict[str, Any]:
+    return {**history, "epochs": [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")}
+                                  for e in history["epochs"]]}
+
+
+def _compare_finished(out: Path) -> dict[str, Any]:
+    """Every epoch whose history was written, and every finished model's weights."""
+    found: dict[str, Any] = {}
+    for history in sorted(out.glob("*/seed-*/history.json")):
+        run = str(history.parent.relative_to(out))
+        for epoch in json.loads(history.read_text())["epochs"]:
+            found[f"{run}/epoch-{epoch['epoch']}"] = epoch
+        if (history.parent / "model.pt").is_file():
+            found[f"{run}/model"] = _weights(history.parent / "model.pt")
+    return found
+
+
+def _weights(path: Path) -> list[list[float]]:
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return [state[k].flatten().tolist() for k in sorted(state)]
+
+
+def _compare_outcome(out: Path) -> Any:
+    histories = json.loads((out / "histories.json").read_text())
+    weights = {str(p.parent.relative_to(out)): _weights(p) for p in sorted(out.glob("*/seed-*/model.pt"))}
+    return {name: [_without_timing(h) for h in runs] for name, runs in histories.items()}, weights
+
+
+def _tune_finished(out: Path) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from optcv.study_storage import default_storage, open_study
+
+    if not (out / "study.db").is_file():
+        return {}
+    study = open_study(default_storage(out, 1), "optcv")
+    return {f"trial {t.number}": (t.state.name, t.value, t.params) for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+
+
+def _run_finished(out: Path) -> dict[str, Any]:
+    """Each finished stage's output files (the report is rebuilt by every run, by design: not a result)."""
+    state = out / "stages.json"
+    if not state.is_file():
+        return {}
+    return {stage: record["outputs"] for stage, record in json.loads(state.read_text())["stages"].items()
+            if stage != "report"}
+
+
+def _run_outcome(out: Path) -> Any:
+    results = json.loads((out / "results.json").read_text())
+    summary = [{k: v for k, v in s.items() if k not in ("seconds_per_epoch", "images_per_s")}
+               for s in results["compare"]["summary"]]
+    return {"compare": summary, "differences": results["compare"]["differences"],
+            "finished": sorted(_run_finished(out))}
+
+
+COMMANDS = {
+    "compare": Command("compare", lambda d, o: [
+        "compare", "--data-dir", str(d), "--optimizers", "SGD", "Adam", "--epochs", "2", "--seeds", "2",
+        "--out", str(o), "--quiet"], _compare_finished, _compare_outcome),
+    "tune": Command("tune", lambda d, o: [
+        "tune", "--data-dir", str(d), "--trials", "4", "--epochs", "2", "--train-size", "200", "--val-size", "100",
+        "--batch-size", "16", "--pruner", "none", "--final-epochs", "1", "--out", str(o), "--quiet"],
+        _tune_finished, None),  # a restarted sampler draws other parameters: only nothing lost is asserted
+    "run": Command("run", lambda d, o: ["run", "--data-dir", str(d), "--out", str(o), "--set", *RUN_SETTINGS,
+                                        "--quiet"], _run_finished, _run_outcome),
+}
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    command: str
+    signal: signal.Signals
+    at_write: bool  # else at a time into the work
+    draw: float  # which write (a fraction of the uninterrupted run's writes), or when (of its work time)
+
+    @property
+    def id(self) -> str:
+        where = f"write-{self.draw:.2f}" if self.at_write else f"time-{self.draw:.2f}"
+        return f"{self.command}-{self.signal.name}-{where}"
+
+
+def _kill_points() -> list[KillPoint]:
+    rng = random.Random(SEED)
+    plan = {"compare": 14, "tune": 4, "run": 2}
+    points = []
+    for command, n in plan.items():
+        for i in range(n):
+            points.append(KillPoint(command, (signal.SIGKILL, signal.SIGINT)[rng.random() < 0.5], i % 2 == 1,
+                                    rng.uniform(*TIMED_WORK_FRACTION)))
+    return points
+
+
+KILL_POINTS = _kill_points()
+
+
+def _start(command: Command, data: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HERE / "pause_at_write.py"), *command.argv(data, out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **SUBPROCESS_ENV, **env})
+
+
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> bool:
+    """True once `condition` holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return condition()
+        time.sleep(0.005)
+    raise TimeoutError("the command neither reached the kill point nor ended")
+
+
+def _started(out: Path) -> Callable[[], bool]:
+    """The work has begun once the command wrote its first file (the imports and data loading are behind it)."""
+    return lambda: out.is_dir() and any(out.rglob("*.json"))
+
+
+@dataclass(frozen=True)
+class Reference:
+    work_seconds: float  # from the first file written to the last
+    writes: int
+    outcome: Any
+
+
+def _reference(name: str, data: Path, folder: Path) -> Reference:
+    """One uninterrupted run: its work time, its number of atomic writes and its outcome."""
+    command = COMMANDS[name]
+    out, count = folder / "out", folder / "writes"
+    process = _start(command, data, out, {"OPTCV_FAULTS_COUNT": str(count)})
+    _wait_for(_started(out), process)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    writes, last_write = count.read_text().split()
+    return Reference(float(last_write) - started, int(writes), command.outcome(out) if command.outcome else None)
+
+
+@dataclass(frozen=True)
+class KillResult:
+    reached: bool  # the kill landed before the command finished
+    returncode: int | None
+    stderr: str
+    corrupt: list[str]
+    lost: list[str]
+    rerun: subprocess.CompletedProcess | None
+    leftover_temporaries: list[str]
+    outcome: Any
+
+
+def _exercise(point: KillPoint, data: Path, reference: Reference, folder: Path) -> KillResult:
+    command = COMMANDS[point.command]
+    out, marker = folder / "out", folder / "writing"
+    env = {}
+    if point.at_write:
+        env = {"OPTCV_FAULTS_PAUSE_AT": str(max(1, round(point.draw * reference.writes))),
+               "OPTCV_FAULTS_MARKER": str(marker)}
+    process = _start(command, data, out, env)
+    if point.at_write:
+        reached = _wait_for(marker.is_file, process)
+    else:
+        reached = _wait_for(_started(out), process)
+        time.sleep(point.draw * reference.work_seconds)
+        reached = process.poll() is None
+    if not reached:
+        process.communicate()
+        return KillResult(False, process.returncode, "", [], [], None, [], None)
+    process.send_signal(point.signal)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:  # the signal met a finished command (its interpreter shutting down)
+        return KillResult(False, 0, stderr, [], [], None, [], None)
+    before, corrupt = command.finished(out), _unreadable_files(out)
+    rerun = subprocess.run([sys.executable, "-m", "optcv", *command.argv(data, out)], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, **SUBPROCESS_ENV})
+    after = command.finished(out)
+    lost = [key for key, value in before.items() if after.get(key) != value]
+    leftovers = [str(p.relative_to(out)) for p in out.rglob("*.tmp")]
+    outcome = command.outcome(out) if command.outcome and rerun.returncode == 0 else None
+    return KillResult(True, process.returncode, stderr, corrupt, lost, rerun, leftovers, outcome)
+
+
+def _unreadable_files(out: Path) -> list[str]:
+    """Every JSON, checkpoint and resume state in the folder must load; a temporary left by a kill is not data."""
+    bad = []
+    for path in out.rglob("*"):
+        if path.name.endswith(".tmp") or not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".pt":
+                torch.load(path, weights_only=True)
+        except Exception as exc:
+            bad.append(f"{path.relative_to(out)}: {type(exc).__name__}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("kill-data"), train_per_class=20, test_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def kill_results(data: Path, tmp_path_factory: pytest.TempPathFactory, fault_tally) -> dict[str, KillResult]:
+    """Every kill point, two at a time (each command runs on one thread): the results the tests below check."""
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        references = dict(zip(COMMANDS, pool.map(
+            lambda name: _reference(name, data, tmp_path_factory.mktemp(f"reference-{name}")), COMMANDS),
+            strict=True))
+        results = dict(zip([p.id for p in KILL_POINTS], pool.map(
+            lambda p: _exercise(p, data, references[p.command], tmp_path_factory.mktemp("kill")), KILL_POINTS),
+            strict=True))
+    for point in KILL_POINTS:
+        found = results[point.id]
+        fault_tally.kill_points += found.reached
+        for stderr in (found.stderr, found.rerun.stderr if found.rerun else ""):
+            if "Traceback" in stderr:
+                fault_tally.tracebacks.append(f"{point.id}: {stderr.strip().splitlines()[-1]}")
+        if found.lost or found.corrupt or (COMMANDS[point.command].outcome and found.reached
+                                           and found.outcome != references[point.command].outcome):
+            fault_tally.lost_results.append(f"{point.id}: lost {found.lost}, corrupt {found.corrupt}")
+    return {**results, **{f"reference:{k}": v for k, v in references.items()}}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=[p.id for p in KILL_POINTS])
+def test_kill_point(point: KillPoint, kill_results: dict[str, Any]) -> None:
+    found: KillResult = kill_results[point.id]
+    assert found.reached, "the command finished before its kill point"
+    if point.signal is signal.SIGINT:
+        assert found.returncode == 130 and "interrupted" in found.stderr, found.stderr
+        assert "Traceback" not in found.stderr, found.stderr
+    else:
+        assert found.returncode == -signal.SIGKILL
+    assert not found.corrupt
+    assert found.rerun is not None and found.rerun.returncode == 0, found.rerun and found.rerun.stderr
+    assert not found.lost
+    assert not found.leftover_temporaries, "a killed writer's temporary file outlived the next run"
+    reference: Reference = kill_results[f"reference:{point.command}"]
+    if COMMANDS[point.command].outcome is not None:
+        assert found.outcome == reference.outcome
