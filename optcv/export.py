@@ -70,6 +70,8 @@ def export_onnx(
     with atomic_path(out_path) as tmp:
         try:
             _torch_export(model, example, tmp, opset)
+        except OSError:
+            raise  # a full disk or an unwritable folder: the CLI names the path and the fix
         except Exception as exc:
             raise OptcvError(f"torch.onnx.export failed for {checkpoint_path}: {first_line(exc)}") from exc
         proto = onnx.load(str(tmp))
