@@ -16,6 +16,9 @@ from optcv.errors import OptcvError, first_line
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+SURPLUS_REASON = "surplus"
+
+
 def default_storage(run_dir: Path, workers: int) -> str:
     """A file in the run folder: SQLite for one worker, Optuna's journal file for several (Optuna's FAQ
     advises against SQLite for parallel workers). An existing one is always reused, so resume works."""
@@ -53,7 +56,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
 
 
-def fail_dead_local_trials(study: optuna.Study, exclusive: bool = False) -> list[int]:
+def fail_dead_local_trials(study: optuna.Study, url: str, exclusive: bool = False) -> list[int]:
     """Mark RUNNING trials whose worker process on this machine is gone as FAILED (a killed run).
 
     Heartbeats do the same for database storages after their grace period; this handles the journal file
@@ -62,15 +65,19 @@ def fail_dead_local_trials(study: optuna.Study, exclusive: bool = False) -> list
     recorded its worker is failed too.
     """
     host = socket.gethostname()
-    failed = []
+    failed: list[int] = []
+    storage: optuna.storages.BaseStorage | None = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         worker_host, _, pid = str(worker or "").rpartition(":")
         local_and_dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
         if local_and_dead or (exclusive and worker is None):
-            # Optuna has no public call to annotate another process's trial; the state change is public.
+            # A Study annotates only its own running trials; the storage's public API reaches another's.
+            storage = storage or open_storage(url)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), trial.number)
             reason = f"worker {worker} died" if worker else "its worker died before it started training"
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             study.tell(trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
     return failed
@@ -94,8 +101,13 @@ def open_study(url: str, name: str) -> optuna.Study:
 
 
 def count_trials(study: optuna.Study) -> dict[str, int]:
+    """Trials per state; a trial a worker gave up because others had reached the target ("surplus") is
+    counted apart from real failures."""
     counts = {state.name.lower(): 0 for state in TrialState}
+    counts["surplus"] = 0
     for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name.lower()] += 1
+        surplus = trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith(
+            SURPLUS_REASON)
+        counts["surplus" if surplus else trial.state.name.lower()] += 1
     counts["finished"] = counts["complete"] + counts["pruned"]
     return counts

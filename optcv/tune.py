@@ -30,7 +30,14 @@ from optcv.data import CIFAR10, Split, load_cifar10, split_train_val, stratified
 from optcv.env import environment_info
 from optcv.errors import OptcvError, first_line, require_at_least_one
 from optcv.models import TunableNetConfig, build_model
-from optcv.study_storage import FINISHED, count_trials, default_storage, fail_dead_local_trials, open_storage
+from optcv.study_storage import (
+    FINISHED,
+    SURPLUS_REASON,
+    count_trials,
+    default_storage,
+    fail_dead_local_trials,
+    open_storage,
+)
 from optcv.train import History, TrainConfig, TrainingDiverged, optimizer_name, train
 
 PRUNERS = ("median", "hyperband", "none")
@@ -160,7 +167,7 @@ def check_surplus(trial: optuna.Trial, target: int) -> None:
     another worker took the last slot first, and this trial must not run."""
     active = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     if sum(1 for t in active if t.number <= trial.number) > target:
-        trial.set_user_attr("fail_reason", "surplus: the target was reached by other workers")
+        trial.set_user_attr("fail_reason", f"{SURPLUS_REASON}: the target was reached by other workers")
         raise SurplusTrial
 
 
@@ -274,7 +281,7 @@ def _tune_locked(config: TuneConfig, run_dir: Path, data_dir: str | None, data: 
                  study_name: str, workers: int, timeout: float | None, progress: bool) -> optuna.Study:
     url = storage or default_storage(run_dir, workers)
     study = load_or_create_study(url, study_name, config, sampler_seed=config.seed)
-    fail_dead_local_trials(study, exclusive=storage is None)
+    fail_dead_local_trials(study, url, exclusive=storage is None)
     write_json(run_dir / "tune_config.json", {"tune": config.search_settings(), "trials": config.trials,
                                               "final_epochs": config.final_epochs,
                                               "final_seeds": config.final_seeds, "storage": url,

@@ -306,3 +306,18 @@ def test_a_one_worker_study_leaves_the_callers_settings_alone(tiny, tmp_path):
     finally:
         optuna.logging.set_verbosity(verbosity)
         torch.set_num_threads(threads)
+
+
+def test_a_surplus_trial_is_not_counted_as_a_failure():
+    import optuna
+
+    from optcv.study_storage import SURPLUS_REASON, count_trials
+
+    study = optuna.create_study()
+    for reason in (f"{SURPLUS_REASON}: the target was reached by other workers", "diverged"):
+        trial = study.ask()
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), 0.5)
+    counts = count_trials(study)
+    assert (counts["fail"], counts["surplus"], counts["finished"]) == (1, 1, 1)
