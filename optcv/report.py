@@ -131,9 +131,11 @@ def compare_conclusions(differences: Sequence[dict[str, Any]]) -> list[str]:
             lines.append(f"**{d['better']}** ended with a {direction} {label} than {d['other']} by "
                          f"{gap:.{digits}f}{unit} (95 % CI {low:.{digits}f}–{high:.{digits}f}; {diff['test']}, {n}, "
                          f"p = {diff['p_value']:.2g}).")
-        else:
+        else:  # the interval spans no difference: signed, better minus other, so the reader sees both sides
+            low, high = scale * diff["ci_low"], scale * diff["ci_high"]
             lines.append(f"{label.capitalize()}: no difference between {d['better']} and {d['other']} beyond "
-                         f"seed-to-seed spread ({gap:.{digits}f}{unit} apart; {diff['test']}, {n}, "
+                         f"seed-to-seed spread ({gap:.{digits}f}{unit} apart; 95 % CI of {d['better']} − "
+                         f"{d['other']} {low:+.{digits}f} to {high:+.{digits}f}{unit}; {diff['test']}, {n}, "
                          f"p = {diff['p_value']:.2g}).")
     return lines
 

@@ -59,6 +59,7 @@ def test_a_difference_is_claimed_only_below_alpha_and_never_from_one_seed():
     assert below.startswith("**SGD** ended with a lower final training loss than Adagrad by 0.0200")
     assert "n = 3 seeds each, p = 0.05)" in below
     assert at.startswith("Final training loss: no difference between SGD and Adagrad beyond seed-to-seed spread")
+    assert "95 % CI of SGD − Adagrad -0.0300 to -0.0100; Welch's t-test, n = 3 seeds each, p = 0.05)" in at
     assert "no test is possible, so no difference is claimed" in untested
     same = welch([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # no change at all
     assert same.difference == 0 and same.p_value == 1.0 and not same.significant
