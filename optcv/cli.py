@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"--- {result.backend} ({_settings(result.settings)}) ---")
         print(course_table(evaluation, result.backend))
         print()
-    print(markdown_table(side_by_side_rows(evaluation)))
+    print(markdown_table(side_by_side_rows(evaluation), digits=2))
     for name, found in evaluation.agreements.items():
         print(f"\n{name} vs {predictors[0].name}: {found.n_disagree} of {found.n_images:,} predicted classes differ; "
               f"max |logit difference| {found.max_abs_diff:.3g}")

@@ -95,8 +95,8 @@ def side_by_side_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     """One row per class, one column per backend (percent), then the overall row."""
     rows = []
     for i, name in enumerate(evaluation.classes):
-        rows.append({"class": name, **{b.backend: round(100 * b.per_class[i], 1) for b in evaluation.backends}})
-    rows.append({"class": "overall", **{b.backend: round(100 * b.accuracy, 2) for b in evaluation.backends}})
+        rows.append({"class": name, **{b.backend: 100 * b.per_class[i] for b in evaluation.backends}})
+    rows.append({"class": "overall", **{b.backend: 100 * b.accuracy for b in evaluation.backends}})
     return rows
 
 

@@ -31,12 +31,19 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-style table whose columns line up in a terminal too."""
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                   digits: int | None = None) -> str:
+    """A GitHub-style table whose columns line up in a terminal too; `digits` fixes the decimals of every
+    float (a column of percentages must not print 6.500 beside 50.4)."""
     if not rows:
         return ""
     columns = list(columns or rows[0].keys())
-    cells = [[format_value(row.get(c)) for c in columns] for row in rows]
+
+    def cell(value: Any) -> str:
+        fixed = digits is not None and isinstance(value, float)
+        return f"{value:.{digits}f}" if fixed else format_value(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     numeric = [all(_is_number(row.get(c)) for row in rows) for c in columns]
 

@@ -63,3 +63,12 @@ def test_a_difference_is_claimed_only_below_alpha_and_never_from_one_seed():
     assert "no test is possible, so no difference is claimed" in untested
     same = welch([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # no change at all
     assert same.difference == 0 and same.p_value == 1.0 and not same.significant
+
+
+def test_a_column_of_percentages_prints_with_one_precision():
+    """evaluate's side-by-side table once printed 6.500 beside 50.4."""
+    from optcv.report import markdown_table
+
+    table = markdown_table([{"class": "cat", "pytorch": 6.5}, {"class": "overall", "pytorch": 50.4}], digits=2)
+    assert "|    6.50 |" in table and "|   50.40 |" in table
+    assert "6.500" in markdown_table([{"x": 6.5}, {"x": 50.4}])  # without digits: magnitude-based, as before
