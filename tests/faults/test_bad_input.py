@@ -213,6 +213,9 @@ CASES = [
     case("cache/unknown-area", lambda f, t: ["cache", "clear", "--areas", "everything"], "everything",
          "choose from"),
     case("unknown-command", lambda f, t: ["train"], "train", "choose from"),
+    case("export/missing-checkpoint-argument", lambda f, t: ["export"], "checkpoint", "--help"),
+    case("evaluate/missing-model-argument", lambda f, t: ["evaluate", "--quiet"], "models", "--help"),
+    case("cache/missing-action", lambda f, t: ["cache"], "action", "--help"),
     # ---- data folders
     case("data/missing", lambda f, t: _compare_on(str(t / "nowhere"), t), "nowhere", "--data-dir"),
     case("data/empty", lambda f, t: _compare_on(_empty_folder(t / "empty"), t), "empty", "--data-dir"),
@@ -298,8 +301,8 @@ CASES = [
          "choose another path"),
     case("out/run-into-a-file", lambda f, t: ["run", "--data-dir", str(f.data), "--out", _json_file(t, "taken", "x"),
                                               "--quiet"], "taken", "choose another path"),
-    case("out/how-fast-under-proc", lambda f, t: ["how-fast", "--out", "/proc/optcv/hf", "--data-dir",
-                                                  str(t / "nowhere")], "nowhere", "--data-dir"),
+    case("how-fast/data-missing", lambda f, t: ["how-fast", "--out", str(t / "hf"), "--data-dir", str(t / "nowhere")],
+         "nowhere", "--data-dir"),
 ]
 
 
