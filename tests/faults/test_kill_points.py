@@ -143,7 +143,13 @@ KILL_POINTS = _kill_points()
 def _start(command: Command, data: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "pause_at_write.py"), *command.argv(data, out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **SUBPROCESS_ENV, **env})
+                            env={**os.environ, **SUBPROCESS_ENV, **env}, preexec_fn=_as_in_a_terminal)
+
+
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition, as a command started from a terminal has it. A CI job started in the
+    background (`nohup … &`) inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> bool:
