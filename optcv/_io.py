@@ -32,24 +32,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def _remove_orphaned_temporaries(path: Path) -> None:
     """Delete the temporary files a killed writer of `path` left behind (their process is gone)."""
     for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        _remove_if_orphaned(orphan, orphan.name[len(path.name) + 2:])
+        _remove_if_orphaned(orphan)
 
 
 def remove_orphaned_temporaries(folder: Path) -> None:
     """Delete every temporary file under `folder` whose writer process is gone."""
     for candidate in folder.rglob(".*.tmp"):
-        parts = candidate.name.split(".")  # "", name…, pid, random, "tmp"
-        if len(parts) >= 5:
-            _remove_if_orphaned(candidate, parts[-3] + ".")
+        _remove_if_orphaned(candidate)
 
 
-def _remove_if_orphaned(path: Path, pid_and_rest: str) -> None:
-    pid = pid_and_rest.split(".", 1)[0]
-    if pid.isdigit() and not _process_alive(int(pid)):
+def _remove_if_orphaned(path: Path) -> None:
+    parts = path.name.split(".")  # "", name…, pid, random (no dots), "tmp": as atomic_path names them
+    if len(parts) >= 5 and parts[-3].isdigit() and not process_alive(int(parts[-3])):
         path.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from optcv._io import process_alive
 from optcv.errors import OptcvError, first_line
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -70,7 +70,7 @@ def fail_dead_local_trials(study: optuna.Study, url: str, exclusive: bool = Fals
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         worker_host, _, pid = str(worker or "").rpartition(":")
-        local_and_dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
+        local_and_dead = worker_host == host and pid.isdigit() and not process_alive(int(pid))
         if local_and_dead or (exclusive and worker is None):
             # A Study annotates only its own running trials; the storage's public API reaches another's.
             storage = storage or open_storage(url)
@@ -81,16 +81,6 @@ def fail_dead_local_trials(study: optuna.Study, url: str, exclusive: bool = Fals
             study.tell(trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_study(url: str, name: str) -> optuna.Study:
