@@ -23,6 +23,10 @@ from optcv.models import Checkpoint
 from optcv.runtime import check_images, release_torch_settings, use_torch_settings
 
 COMPILE_MODE = "max-autotune-no-cudagraphs"
+# Compiled and every call with oneDNN on (PyTorch's default): a convolution inductor leaves to eager picks its
+# output layout from the flag at call time, while the compiled code checks the layout it was traced with; so
+# another predictor's flag (pytorch turns it off) must not reach this one.
+ONEDNN = True
 
 
 @contextmanager
@@ -67,7 +71,7 @@ class CompiledTorchPredictor:
         self.compile_seconds[batch] = time.perf_counter() - started
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        use_torch_settings(self, self.threads)
+        use_torch_settings(self, self.threads, mkldnn=ONEDNN)
         with torch.inference_mode():
             return self.compiled(torch.from_numpy(images)).numpy()
 
@@ -82,5 +86,5 @@ class CompiledTorchPredictor:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "runtime": f"torch {torch.__version__} inductor", "threads": self.threads,
-                "mode": self.mode, "freezing": True, "dynamic": False,
+                "mode": self.mode, "mkldnn": ONEDNN, "freezing": True, "dynamic": False,
                 "compile_seconds": {str(b): round(s, 2) for b, s in self.compile_seconds.items()}}

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -26,3 +28,30 @@ def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, mo
     assert set(compiled.compile_seconds) == {1, 3}
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert compiled.describe()["compile_seconds"].keys() == {"1", "3"}
+
+
+
+ONEDNN_FLAG_SCRIPT = """
+import sys, numpy as np, torch
+from optcv.compiled import CompiledTorchPredictor
+from optcv.models import Checkpoint, TutorialNetConfig, build_model
+from optcv.runtime import TorchPredictor
+flag_at_compile = sys.argv[1] == "on"
+checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
+images = np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+torch.backends.mkldnn.enabled = flag_at_compile
+compiled = CompiledTorchPredictor(checkpoint, threads=1, batch_sizes=(64,), mode="default", cache_dir=sys.argv[2])
+expected = TorchPredictor(checkpoint, threads=1, mkldnn=not flag_at_compile).predict(images)
+assert torch.backends.mkldnn.enabled is (not flag_at_compile)  # the other predictor's flag, in force
+np.testing.assert_allclose(compiled.predict(images), expected, rtol=1e-4, atol=1e-4)
+"""
+
+
+def test_compiled_predictor_keeps_its_onednn_flag_whatever_another_predictor_left(tmp_path):
+    """Compiled while oneDNN was off, called after a pytorch predictor turned it on: a convolution inductor
+    leaves to eager must see the flag it was traced with, or the compiled code's layout check fails (before
+    the fix: "expected size 6==6, stride 1==784"). In a fresh interpreter: compilations earlier in a process
+    can hide the failure."""
+    done = subprocess.run([sys.executable, "-c", ONEDNN_FLAG_SCRIPT, "off", str(tmp_path / "inductor")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
