@@ -35,12 +35,14 @@ class BenchConfig:
     warmup: int = 200
     batch_sizes: tuple[int, ...] = (64, 256)
     batched_images: int = 2048  # images per throughput measurement and backend
+    batched_rounds: int = 8  # the batched images are timed in this many interleaved rounds: a median and interval
     calibration_calls: int = 300
     bootstrap: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_at_least_one(self, "n_single", "chunk", "batched_images", "calibration_calls", "bootstrap")
+        require_at_least_one(self, "n_single", "chunk", "batched_images", "batched_rounds", "calibration_calls",
+                             "bootstrap")
         if any(b < 1 for b in self.batch_sizes):
             raise OptcvError(f"batch sizes must be at least 1, got {', '.join(map(str, self.batch_sizes))}")
 
@@ -127,15 +129,38 @@ def paired_ratio(samples: dict[str, np.ndarray], reference: str, backend: str, c
     return RatioEstimate(reference, backend, float(np.median(ratios)), low, high, ratios.round(4).tolist())
 
 
-def time_batched(predictor: Predictor, images: np.ndarray, batch_size: int, n_images: int) -> float:
-    """Images per second at `batch_size`, over about `n_images` images after one warm-up batch."""
+def time_batched(predictor: Predictor, images: np.ndarray, batch_size: int, n_images: int,
+                 warmup: bool = True) -> float:
+    """Images per second at `batch_size`, over about `n_images` images (after one warm-up batch)."""
     batches = [images[(i * batch_size) % len(images):][:batch_size] for i in range(max(1, n_images // batch_size))]
     batches = [b for b in batches if len(b) == batch_size] or [np.resize(images, (batch_size, *images.shape[1:]))]
-    predictor.predict(batches[0])
+    if warmup:
+        predictor.predict(batches[0])
     started = time.perf_counter()
     for batch in batches:
         predictor.predict(batch)
     return len(batches) * batch_size / (time.perf_counter() - started)
+
+
+def time_batched_rounds(predictors: Sequence[Predictor], images: np.ndarray, batch_size: int, n_images: int,
+                        rounds: int) -> list[np.ndarray]:
+    """Images per second of each predictor in each of `rounds` rounds (one array per predictor), the
+    predictors taking turns every round in alternating order, so a slow spell of the machine falls on all
+    alike; about `n_images` images per predictor in all."""
+    per_round = max(1, n_images // (batch_size * rounds)) * batch_size
+    rates = [np.empty(rounds) for _ in predictors]
+    order = list(range(len(predictors)))
+    for round_index in range(rounds):
+        for k in order if round_index % 2 == 0 else reversed(order):
+            rates[k][round_index] = time_batched(predictors[k], images, batch_size, per_round,
+                                                 warmup=round_index == 0)
+    return rates
+
+
+def throughput_stats(rates: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Median images/s over rounds with its bootstrap 95 % interval and n."""
+    low, high = bootstrap_median_ci(rates, resamples, seed)
+    return {"images_per_s": float(np.median(rates)), "ci_low": low, "ci_high": high, "rounds": int(rates.size)}
 
 
 def scaled_rounds(seconds_per_call: float, rounds: int, iterations: int, budget_s: float,
@@ -227,38 +252,18 @@ def run_bench(backends: dict[str, list[Predictor]], images: np.ndarray, config: 
     results = {name: BackendResult(p.describe(), LatencyStats.from_samples(samples[name]))
                for name, p in chosen.items()}
     for batch_size in config.batch_sizes:
-        for name, candidates in backends.items():
-            best = pick_fastest(candidates, images, config.calibration_calls, batch_size)
-            rate = time_batched(best, images, batch_size, config.batched_images)
-            results[name].throughput[batch_size] = {"images_per_s": rate, "settings": best.describe()}
+        best = {name: pick_fastest(c, images, config.calibration_calls, batch_size) for name, c in backends.items()}
+        rates = time_batched_rounds(list(best.values()), images, batch_size, config.batched_images,
+                                    config.batched_rounds)
+        for (name, predictor), rate in zip(best.items(), rates, strict=True):
+            results[name].throughput[batch_size] = {**throughput_stats(rate, config.bootstrap, config.seed),
+                                                    "settings": predictor.describe()}
     ratios = [paired_ratio(samples, reference, name, config.chunk, config.bootstrap, config.seed)
               for name in chosen if name != reference]
     for candidates in backends.values():
         for candidate in candidates:
             candidate.close()
     return BenchResult(config, environment_info(), model, results, ratios)
-
-
-def latency_rows(result: BenchResult) -> list[dict[str, Any]]:
-    """The course's latency table, per backend: µs per prediction, speed-up, batched images/s."""
-    reference = next(iter(result.backends))
-    ratios = {r.backend: r for r in result.ratios}
-    rows = []
-    for name, r in result.backends.items():
-        row: dict[str, Any] = {
-            "backend": name,
-            "threads": r.settings.get("threads"),
-            "predictions": r.latency.n,
-            "mean µs": r.latency.mean_us,
-            "median µs": r.latency.median_us,
-            "p95 µs": r.latency.p95_us,
-            f"speed-up vs {reference} (95% CI)": "1 (reference)" if name == reference else
-            f"{ratios[name].ratio:.2f}× ({ratios[name].ci_low:.2f}–{ratios[name].ci_high:.2f})",
-        }
-        for batch, t in r.throughput.items():
-            row[f"images/s @{batch}"] = t["images_per_s"]
-        rows.append(row)
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -161,11 +161,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from optcv.bench import latency_rows, run_bench
+    from optcv.bench import run_bench
     from optcv.data import load_cifar10
     from optcv.env import describe_environment
     from optcv.limits import limits_of_source
-    from optcv.report import limits_markdown, markdown_table
+    from optcv.report import latency_rows, limits_markdown, markdown_table
     from optcv.runtime import make_predictor, resolve_sources
     from optcv.search import kept_settings, settings_path, tuned_candidates
 

@@ -8,9 +8,11 @@ a folder optcv controls (`<optcv cache>/inductor`), not a temporary one, so a se
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Iterator, Sequence
+import types
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from optcv.data import IMAGE_SHAPE
+from optcv.errors import OptcvError
 from optcv.models import Checkpoint
 from optcv.runtime import check_images, release_torch_settings, use_torch_settings
 
@@ -27,6 +30,24 @@ COMPILE_MODE = "max-autotune-no-cudagraphs"
 # output layout from the flag at call time, while the compiled code checks the layout it was traced with; so
 # another predictor's flag (pytorch turns it off) must not reach this one.
 ONEDNN = True
+_predictor_numbers = itertools.count()
+
+
+class CompileFailed(OptcvError):
+    """torch.compile could not compile the model for a batch size: the work ran and failed (exit code 1)."""
+
+    exit_code = 1
+
+
+def own_forward(model: torch.nn.Module) -> Callable[..., Any]:
+    """`model.forward` bound to `model` through a code object of its own. Dynamo keeps compiled variants, and
+    its limit of 8 recompiles, per code object: without this every model of one class in the process would
+    share one list, a predictor would check the others' guards on every call, and the ninth compile (say a
+    fifth model at two batch sizes) fails."""
+    function = type(model).forward
+    code = function.__code__.replace(co_name=f"{function.__name__}_optcv{next(_predictor_numbers)}")
+    fresh = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
+    return fresh.__get__(model)
 
 
 @contextmanager
@@ -59,15 +80,22 @@ class CompiledTorchPredictor:
         model = checkpoint.build_inference()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.compiled = torch.compile(model, mode=mode, dynamic=False, fullgraph=True)
+        self.model = model
+        self.compiled = torch.compile(own_forward(model), mode=mode, dynamic=False, fullgraph=True)
         self.compile_seconds: dict[int, float] = {}
         for batch in batch_sizes:
             self._compile_for(batch)
 
     def _compile_for(self, batch: int) -> None:
         started = time.perf_counter()
-        with inductor_settings(self.cache_dir):
-            self._run(np.zeros((batch, *IMAGE_SHAPE), dtype=np.uint8))
+        try:
+            with inductor_settings(self.cache_dir):
+                self._run(np.zeros((batch, *IMAGE_SHAPE), dtype=np.uint8))
+        except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
+                torch._inductor.exc.InductorError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CompileFailed(f"torch.compile failed for batch size {batch} ({type(error).__name__}: {reason}); "
+                                "leave the torch-compile backend out or report it with the torch version") from error
         self.compile_seconds[batch] = time.perf_counter() - started
 
     def _run(self, images: np.ndarray) -> np.ndarray:

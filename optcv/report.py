@@ -298,6 +298,37 @@ def _with_interval(accuracy: float, n: int) -> str:
     return f"{100 * accuracy:.2f} % ({100 * low:.1f}–{100 * high:.1f})"
 
 
+def throughput_text(throughput: dict[str, Any]) -> str:
+    """Batched images/s with its interval and rounds where measured so (results before they were: the bare
+    figure)."""
+    rate = f"{throughput['images_per_s']:,.0f}"
+    if "ci_low" not in throughput:
+        return rate
+    return f"{rate} ({throughput['ci_low']:,.0f}–{throughput['ci_high']:,.0f}, n={throughput['rounds']})"
+
+
+def latency_rows(result: Any) -> list[dict[str, Any]]:
+    """The course's latency table, per backend: µs per prediction, speed-up, batched images/s."""
+    reference = next(iter(result.backends))
+    ratios = {r.backend: r for r in result.ratios}
+    rows = []
+    for name, r in result.backends.items():
+        row: dict[str, Any] = {
+            "backend": name,
+            "threads": r.settings.get("threads"),
+            "predictions": r.latency.n,
+            "mean µs": r.latency.mean_us,
+            "median µs": r.latency.median_us,
+            "p95 µs": r.latency.p95_us,
+            f"speed-up vs {reference} (95% CI)": "1 (reference)" if name == reference else
+            f"{ratios[name].ratio:.2f}× ({ratios[name].ci_low:.2f}–{ratios[name].ci_high:.2f})",
+        }
+        for batch, t in r.throughput.items():
+            row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
+        rows.append(row)
+    return rows
+
+
 def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
     lines = ["## 4. Per-image latency and batched throughput", ""]
     for model, bench in latency["models"].items():
@@ -313,7 +344,7 @@ def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
                                    f"{ratios[backend]['ratio']:.2f}× ({ratios[backend]['ci_low']:.2f}–"
                                    f"{ratios[backend]['ci_high']:.2f})"}
             for batch, t in values["throughput"].items():
-                row[f"images/s @{batch}"] = f"{t['images_per_s']:,.0f}"
+                row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
             rows.append(row)
         lines += [f"### {model}", "", markdown_table(rows), ""]
         for backend, ratio in ratios.items():
@@ -526,7 +557,7 @@ def how_fast_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "b1 vs pytorch": "1" if ratio is None else
                 f"{ratio['ratio']:.2f}× ({ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})",
                 "b1 bound by": {None: "—", True: "overhead", False: "compute"}[one["overhead_bound"]],
-                f"b{batch} images/s": t["images_per_s"], f"b{batch} threads": batched["threads"],
+                f"b{batch} images/s (95% CI)": throughput_text(t), f"b{batch} threads": batched["threads"],
                 f"b{batch} GMAC/s": batched["achieved_gmac_per_s"],
                 f"b{batch} % of peak": f"{100 * batched['peak_fraction']:.0f} %"})
     return rows
@@ -544,10 +575,11 @@ def how_fast_markdown(result: dict[str, Any]) -> str:
                       f"Machine: {describe_environment(result['environment'])}. GEMM peak measured in the run: "
                       f"{peak_text}. MMAC per image: {macs}. Single-image calls per backend, interleaved: {calls}; "
                       "speed-up = median over chunks of the per-chunk median ratio, 95 % bootstrap CI. Each "
-                      "backend at its fastest calibrated setting. Accuracy: the reference model's own test "
-                      "accuracy when it was built (optcv.reference). int8 rows count their MACs against the fp32 "
-                      "peak, so they can pass 100 %: int8 kernels (VNNI, AMX) do more MACs per cycle. Batched "
-                      "images/s is one measurement per backend (no interval).", *_compile_notes(result)])
+                      "backend at its fastest calibrated setting; batched images/s: the median over interleaved "
+                      "rounds of one backend after another, 95 % bootstrap CI. Accuracy: the reference model's own "
+                      "test accuracy when it was built (optcv.reference). int8 rows count their MACs against the fp32 "
+                      "peak, so they can pass 100 %: int8 kernels (VNNI, AMX) do more MACs per cycle.",
+                      *_compile_notes(result)])
 
 
 def _compile_notes(result: dict[str, Any]) -> list[str]:

@@ -13,6 +13,8 @@ from optcv.bench import (
     paired_ratio,
     ratio_gate,
     ratios_of,
+    throughput_stats,
+    time_batched_rounds,
     time_interleaved,
 )
 from optcv.cli import main
@@ -61,6 +63,29 @@ def test_time_interleaved_alternates_the_order_every_chunk():
     samples = time_interleaved([Counting(log, "A"), Counting(log, "B")], images, n=6, chunk=2, warmup=0)
     assert [len(s) for s in samples] == [6, 6]
     assert "".join(log) == "AABBBBAAAABB"
+
+
+class CountingBatches(Counting):
+    def predict(self, images):
+        self.log.append((self.tag, len(images)))
+        return np.zeros((len(images), 10), np.float32)
+
+
+def test_batched_rounds_take_turns_in_alternating_order_with_one_warm_up_each():
+    log: list[tuple[str, int]] = []
+    images = np.zeros((40, 3, 32, 32), np.uint8)
+    rates = time_batched_rounds([CountingBatches(log, "A"), CountingBatches(log, "B")], images, batch_size=4,
+                                n_images=24, rounds=3)
+    assert [r.shape for r in rates] == [(3,), (3,)] and all((r > 0).all() for r in rates)
+    assert {size for _, size in log} == {4}  # every call a full batch
+    # Round 1: A (warm-up + 2 timed batches), then B; round 2 reversed; no warm-up after the first round.
+    assert "".join(tag for tag, _ in log) == "AAA" + "BBB" + "BB" + "AA" + "AA" + "BB"
+
+
+def test_throughput_stats_give_the_median_of_rounds_with_an_interval_and_n():
+    stats = throughput_stats(np.array([100.0, 90.0, 110.0, 105.0, 95.0]))
+    assert stats["images_per_s"] == 100.0 and stats["rounds"] == 5
+    assert 90.0 <= stats["ci_low"] <= 100.0 <= stats["ci_high"] <= 110.0 and stats["ci_low"] < stats["ci_high"]
 
 
 def bench_result(ratio, low, high, model="tutorial"):

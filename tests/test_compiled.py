@@ -55,3 +55,24 @@ def test_compiled_predictor_keeps_its_onednn_flag_whatever_another_predictor_lef
     done = subprocess.run([sys.executable, "-c", ONEDNN_FLAG_SCRIPT, "off", str(tmp_path / "inductor")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_models_of_one_class_do_not_share_dynamos_compiled_variants(tmp_path):
+    """Dynamo counts recompiles per code object (8 by default): were every TutorialNet in the process one
+    `forward`, a second predictor's compile would count against the first's. With the limit at 1 here, two
+    predictors each compiling once must both work; the third compile of one predictor fails typed."""
+    import pytest
+    import torch._dynamo.config as dynamo_config
+
+    from optcv.compiled import CompiledTorchPredictor, CompileFailed
+
+    checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
+    images = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    with dynamo_config.patch(recompile_limit=1):
+        first = CompiledTorchPredictor(checkpoint, threads=1, batch_sizes=(2,), mode="default",
+                                       cache_dir=tmp_path / "inductor")
+        second = CompiledTorchPredictor(checkpoint, threads=1, batch_sizes=(2,), mode="default",
+                                        cache_dir=tmp_path / "inductor")
+        np.testing.assert_allclose(first.predict(images), second.predict(images), rtol=1e-5, atol=1e-5)
+        with pytest.raises(CompileFailed, match="batch size 3.*leave the torch-compile backend out"):
+            first.predict(np.concatenate([images, images[:1]]))
