@@ -56,6 +56,23 @@ def test_same_seed_same_history_other_seed_other_history(tiny):
     assert a.train_losses != c.train_losses
 
 
+def test_training_runs_with_onednn_whatever_a_predictor_left_and_restores_it(tiny):
+    """The pytorch predictor turns oneDNN off for inference; the same seed must train the same weights
+    whatever ran before in the process (and at oneDNN's training speed), and the flag is given back."""
+    config = TrainConfig("Adam", lr=0.01, epochs=1, batch_size=16, seed=5)
+    found = torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = True
+        model_default, default = run(tiny, config)
+        torch.backends.mkldnn.enabled = False  # as the pytorch predictor leaves it
+        model_after, after = run(tiny, config)
+        assert torch.backends.mkldnn.enabled is False
+    finally:
+        torch.backends.mkldnn.enabled = found
+    assert after.train_losses == default.train_losses
+    assert all(torch.equal(v, model_after.state_dict()[k]) for k, v in model_default.state_dict().items())
+
+
 def test_resume_from_state_continues_exactly(tiny, tmp_path):
     config = TrainConfig("Adam", epochs=3, batch_size=8)
     _, full = run(tiny, config)
