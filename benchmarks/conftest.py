@@ -189,14 +189,14 @@ def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarra
 
 @pytest.fixture(scope="session")
 def plain_predictor(model_sources: dict[str, ModelSource]):
-    """Uncalibrated predictors with default settings, for parity checks."""
+    """Uncalibrated predictors with default settings (or the backend options given), for parity checks."""
     from optcv.runtime import make_predictor
 
     made: list[Predictor] = []
 
-    def get(model: str, backend: str) -> Predictor:
+    def get(model: str, backend: str, **options: Any) -> Predictor:
         require_backend(backend)
-        made.append(make_predictor(backend, model_sources[model]))
+        made.append(make_predictor(backend, model_sources[model], **options))
         return made[-1]
 
     yield get

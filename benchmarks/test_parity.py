@@ -1,6 +1,6 @@
-"""Every backend must agree with PyTorch within its tolerance on the full test split (fp32: the same class
-for every image; int8: accuracy overall and per class), and fp32 logits within rtol 1e-3 / atol 1e-5 at
-several batch sizes. These run under --benchmark-disable too."""
+"""Every backend must agree with PyTorch within its tolerance on the full test split (fp32, torch-compile
+included: the same class for every image; int8: accuracy overall and per class), and fp32 logits within
+rtol 1e-3 / atol 1e-5 at several batch sizes. These run under --benchmark-disable too."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from optcv.evaluate import KNOWN_PARITY_FAILURES, evaluate_backends, parity, sid
 from optcv.reference import REFERENCE_MODELS
 from optcv.report import markdown_table, parity_line
 
-OTHER_BACKENDS = [b for b in BACKENDS if b != REFERENCE_BACKEND]
-FP32_BACKENDS = [b for b in OTHER_BACKENDS if not b.endswith("-int8")]
+PARITY_BATCH = 250  # divides the 10,000 test images and ResNet-18's 2,000: torch-compile compiles one shape
+OTHER_BACKENDS = [*(b for b in BACKENDS if b != REFERENCE_BACKEND), "torch-compile"]
+OPTIONS = {"torch-compile": {"batch_sizes": (PARITY_BATCH,)}}
+# torch-compile's logits are checked against eager in tests/test_compiled.py: three more compiled shapes per
+# model would cost minutes here.
+FP32_BACKENDS = [b for b in OTHER_BACKENDS if not b.endswith("-int8") and b != "torch-compile"]
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -23,10 +27,12 @@ def test_parity_on_every_test_image(request, plain_predictor, cifar, model):
     """Every backend against PyTorch on the full test split, in one pass per model (PyTorch's logits are
     computed once): fp32 backends must give PyTorch's class for every image; int8 must keep its accuracy
     within its tolerance, overall and per class (optcv.evaluate.PARITY_TOLERANCES)."""
-    predictors = [plain_predictor(model, b) for b in [REFERENCE_BACKEND, *OTHER_BACKENDS]]
+    predictors = [plain_predictor(model, b, **OPTIONS.get(b, {})) for b in [REFERENCE_BACKEND, *OTHER_BACKENDS]]
     size = REFERENCE_MODELS[model].parity_images  # ResNet-18: 2,000 images, ~1,000x the work per image
-    evaluation = evaluate_backends(predictors, stratified_subset(cifar.test, size, seed=0))
+    evaluation = evaluate_backends(predictors, stratified_subset(cifar.test, size, seed=0), PARITY_BATCH)
     assert evaluation.n_images == (size or 10_000)
+    compiled = next(p for p in predictors if p.name == "torch-compile")
+    assert set(compiled.describe()["compile_seconds"]) == {str(PARITY_BATCH)}  # no shape compiled in the pass
     verdicts = [parity(evaluation, backend) for backend in OTHER_BACKENDS]
     known = {v.backend: KNOWN_PARITY_FAILURES[(model, v.backend)] for v in verdicts
              if (model, v.backend) in KNOWN_PARITY_FAILURES}

@@ -122,14 +122,10 @@ EXACT = ParityTolerance()
 PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityTolerance(0.5, 2.0)}
 # Measured failures kept visible instead of hidden: the suite prints each one's verdict as a KNOWN FAILURE
 # (and says so when it starts passing); any other parity failure fails the suite.
-KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {
-    ("mobilenet_v3_small", "onnxruntime-int8"):
-        "borderline: ~9 % of its predictions change under int8 whatever the setting (the briefly trained net, "
-        "41 % accurate, has small margins), so per-class differences of about 2 points arise by chance. Of nine "
-        "variants compared on 10,000 unseen training images, Percentile calibration (512 images, used here) "
-        "passed there and measured -0.07 overall, -2.0 worst class on the test split (tolerance 2.0); MinMax "
-        "measured -0.54 / +3.5, and keeping depthwise, first or last layers in fp32 did not pass",
-}
+# (model, backend) → why. Empty: int8 MobileNetV3-small was listed as borderline until it passed in three
+# builds in a row, identical to the image (-0.07 overall, -2.0 worst class against 2.0); it is gated now, so a
+# change that tips it fails the suite, as it should. Its nine calibration variants: optcv.reference.
+KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
                                description="torchvision ResNet-18, CIFAR stem; briefly trained on a subset"),
     # Its int8 twin is calibrated with Percentile: of nine variants (calibration, images, nodes kept in fp32)
     # compared on 10,000 training images the net never saw, the two Percentile ones alone kept accuracy
-    # within the tolerance there; the one with the higher agreement is used (see KNOWN_PARITY_FAILURES).
+    # within the tolerance there; the one with the higher agreement is used. On the test split it passes at
+    # the edge (-0.07 overall, -2.0 worst class against 2.0), the same in every build so far.
     "mobilenet_v3_small": ReferenceModel(MobileNetV3SmallConfig(bn_momentum=0.1),
                                          TrainConfig("Adam", epochs=3, batch_size=128, seed=0),
                                          train_images=10_000, eval_images=1000,

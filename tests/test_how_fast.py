@@ -13,17 +13,18 @@ def limits_row(backend, batch, threads, us, gmacs, fraction, bound):
             "achieved_gmac_per_s": gmacs, "peak_fraction": fraction, "overhead_bound": bound}
 
 
-def model_result(name, macs):
+def model_result(name, macs, peak=80.0):
     return {"model": name, "accuracy": {"test_accuracy": 0.529},
             "bench": {"config": {"n_single": 4000},
                       "backends": {"pytorch": {"latency_us": {"median_us": 100.0},
                                                "throughput": {"64": {"images_per_s": 20_000.0}}},
                                    "onnxruntime": {"latency_us": {"median_us": 25.0},
-                                                   "throughput": {"64": {"images_per_s": 50_000.0}}}},
+                                                   "throughput": {"64": {"images_per_s": 50_000.0, "ci_low": 48_000.0,
+                                                                         "ci_high": 51_000.0, "rounds": 8}}}},
                       "ratios": {"pytorch/onnxruntime": {"backend": "onnxruntime", "ratio": 4.0, "ci_low": 3.9,
                                                          "ci_high": 4.1}}},
             "limits": {"macs_per_image": macs,
-                       "peaks": {"1": {"gmac_per_s": 80.0, "source": "torch.mm"}},
+                       "peaks": {"1": {"gmac_per_s": peak, "source": "torch.mm"}},
                        "rows": [limits_row("pytorch", 1, 1, 100.0, 6.5, 0.08, True),
                                 limits_row("onnxruntime", 1, 1, 25.0, 26.0, 0.33, True),
                                 limits_row("pytorch", 64, 1, 50.0, 13.0, 0.16, None),
@@ -31,7 +32,7 @@ def model_result(name, macs):
 
 
 RESULT = {"environment": {"cpu": "Test CPU", "cpu_count": 2, "python": "3.11", "versions": {}},
-          "models": [model_result("tutorial", 650_000), model_result("resnet18", 555_000_000)]}
+          "models": [model_result("tutorial", 650_000), model_result("resnet18", 555_000_000, peak=70.0)]}
 
 
 def test_rows_pair_each_backend_with_its_own_limits_and_ratio():
@@ -43,7 +44,10 @@ def test_rows_pair_each_backend_with_its_own_limits_and_ratio():
     assert ort["b64 threads"] == 2 and ort["b64 % of peak"] == "41 %" and ort["b64 GMAC/s"] == 32.5
     assert ort["b1 bound by"] == "overhead" and ort["accuracy"] == "52.9 %"
     text = how_fast_markdown(RESULT)
-    assert "80 GMAC/s at 1 thread(s)" in text and "resnet18 555.00" in text
+    assert "tutorial 80 at 1 thread(s); resnet18 70 at 1 thread(s)" in text and "resnet18 555.00" in text
+    # Batched images/s: with its interval and rounds where measured so, the bare figure from older results.
+    assert ort["b64 images/s (95% CI)"] == "50,000 (48,000–51,000, n=8)"
+    assert rows[0]["b64 images/s (95% CI)"] == "20,000"
 
 
 def test_plot_is_written_and_leaves_matplotlibs_backend_alone(tmp_path):
