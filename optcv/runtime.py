@@ -288,7 +288,8 @@ def resolve_sources(paths: list[str | Path]) -> ModelSource:
         else:
             raise OptcvError(f"{path}: expected a checkpoint (.pt) or an ONNX model (.onnx)")
         if not path.is_file():
-            raise OptcvError(f"{path} does not exist")
+            raise OptcvError(f"model file {path} does not exist; check the path (optcv export writes the .onnx "
+                             "beside its checkpoint)")
     if checkpoint is not None and onnx is None and checkpoint.with_suffix(".onnx").is_file():
         onnx = checkpoint.with_suffix(".onnx")
     if onnx is not None and checkpoint is None and onnx.with_suffix(".pt").is_file():

@@ -174,19 +174,29 @@ def check_surplus(trial: optuna.Trial, target: int) -> None:
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's INFO logging off (optcv reports progress itself), and no traceback of a trial stopped by Ctrl-C
-    (the CLI says it was interrupted); the caller's level and handlers restored after."""
+    (the CLI says it was interrupted) from Optuna or from the storage's connection pool, which logs a Ctrl-C
+    that lands while it resets a connection before re-raising it; the caller's level and filters restored."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    handlers = list(logging.getLogger("optuna").handlers)
     interrupts = _DropInterrupts()  # one per use: a nested use must not remove its caller's filter
-    for handler in handlers:
-        handler.addFilter(interrupts)
+    filtered = [*logging.getLogger("optuna").handlers, *_pool_loggers()]
+    for target in filtered:
+        target.addFilter(interrupts)
     try:
         yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(interrupts)
+        for target in filtered:
+            target.removeFilter(interrupts)
         optuna.logging.set_verbosity(verbosity)
+
+
+def _pool_loggers() -> list[logging.Logger]:
+    """SQLAlchemy's per-pool-class loggers (the records have no handler of their own: a logger filter is the
+    one place to drop them)."""
+    import sqlalchemy.pool as pools
+
+    classes = (pools.QueuePool, pools.NullPool, pools.SingletonThreadPool, pools.StaticPool, pools.AssertionPool)
+    return [logging.getLogger(f"{cls.__module__}.{cls.__name__}") for cls in classes]
 
 
 class _DropInterrupts(logging.Filter):

@@ -188,6 +188,7 @@ CASES = [
                                                         "--test-size", "50000", "--quiet"], "50000", "choose 1.."),
     case("evaluate/not-a-model-file", lambda f, t: ["evaluate", _json_file(t, "model.txt", "x")], "model.txt",
          ".onnx"),
+    case("bench/missing-model", lambda f, t: ["bench", str(t / "gone.pt")], "gone.pt", "check the path"),
     case("bench/n-0", lambda f, t: ["bench", str(f.tutorial), "-n", "0"], "-n", "at least 1"),
     case("bench/batch-size-0", lambda f, t: ["bench", str(f.tutorial), "--batch-sizes", "0"], "--batch-sizes",
          "at least 1"),
