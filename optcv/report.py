@@ -298,6 +298,10 @@ def _with_interval(accuracy: float, n: int) -> str:
     return f"{100 * accuracy:.2f} % ({100 * low:.1f}–{100 * high:.1f})"
 
 
+def speedup_text(ratio: float, low: float, high: float) -> str:
+    return f"{ratio:.2f}× ({low:.2f}–{high:.2f})"
+
+
 def throughput_text(throughput: dict[str, Any]) -> str:
     """Batched images/s with its interval and rounds where measured so (results before they were: the bare
     figure)."""
@@ -321,7 +325,7 @@ def latency_rows(result: Any) -> list[dict[str, Any]]:
             "median µs": r.latency.median_us,
             "p95 µs": r.latency.p95_us,
             f"speed-up vs {reference} (95% CI)": "1 (reference)" if name == reference else
-            f"{ratios[name].ratio:.2f}× ({ratios[name].ci_low:.2f}–{ratios[name].ci_high:.2f})",
+            speedup_text(ratios[name].ratio, ratios[name].ci_low, ratios[name].ci_high),
         }
         for batch, t in r.throughput.items():
             row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
@@ -341,8 +345,8 @@ def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
                                    "predictions": lat["n"], "mean µs": f"{lat['mean_us']:.1f}",
                                    "median µs": f"{lat['median_us']:.1f}", "p95 µs": f"{lat['p95_us']:.1f}",
                                    "speed-up (95% CI)": "1 (reference)" if backend == reference else
-                                   f"{ratios[backend]['ratio']:.2f}× ({ratios[backend]['ci_low']:.2f}–"
-                                   f"{ratios[backend]['ci_high']:.2f})"}
+                                   speedup_text(ratios[backend]["ratio"], ratios[backend]["ci_low"],
+                                                ratios[backend]["ci_high"])}
             for batch, t in values["throughput"].items():
                 row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
             rows.append(row)
@@ -555,7 +559,7 @@ def how_fast_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "model": m["model"], "accuracy": f"{100 * m['accuracy']['test_accuracy']:.1f} %",
                 "backend": backend, "b1 µs/image": b["latency_us"]["median_us"], "b1 threads": one["threads"],
                 "b1 vs pytorch": "1" if ratio is None else
-                f"{ratio['ratio']:.2f}× ({ratio['ci_low']:.2f}–{ratio['ci_high']:.2f})",
+                speedup_text(ratio["ratio"], ratio["ci_low"], ratio["ci_high"]),
                 "b1 bound by": {None: "—", True: "overhead", False: "compute"}[one["overhead_bound"]],
                 f"b{batch} images/s (95% CI)": throughput_text(t), f"b{batch} threads": batched["threads"],
                 f"b{batch} GMAC/s": batched["achieved_gmac_per_s"],
