@@ -14,18 +14,14 @@ import numpy as np
 import pytest
 
 from conftest import skip_or_fail
-from optcv.bench import DEFAULT_MARGIN, make_baseline, pick_fastest
+from optcv.backends.base import Predictor
 from optcv.data import CIFAR10, load_cifar10
 from optcv.env import cpu_model, package_versions
-from optcv.reference import REFERENCE_MODELS, build_reference
-from optcv.runtime import (
-    DEFAULT_BACKENDS,
-    ModelSource,
-    Predictor,
-    backend_unavailable,
-    candidate_predictors,
-    default_threads,
-)
+from optcv.env import usable_cores as default_threads
+from optcv.gate.ratio import DEFAULT_MARGIN, make_baseline
+from optcv.measure.latency import pick_fastest
+from optcv.measure.reference import REFERENCE_MODELS, build_reference
+from optcv.runtime import DEFAULT_BACKENDS, ModelSource, backend_unavailable, candidate_predictors
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
@@ -107,7 +103,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """Record each failure's kind from its exception type (optcv.gate.failure_kind), never its message."""
-    from optcv.gate import failure_kind
+    from optcv.gate.verdict import failure_kind
 
     report = yield
     if call.excinfo is not None and report.failed:
@@ -155,7 +151,8 @@ def test_images(cifar: CIFAR10) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
-    """Each reference model (optcv.reference) trained deterministically and exported, or taken from the cache."""
+    """Each reference model (optcv.measure.reference) trained deterministically and exported, or taken from the
+    cache."""
     from optcv.data import default_cache_dir
 
     return {name: ModelSource(*build_reference(name, cifar, default_cache_dir())) for name in MODEL_NAMES}

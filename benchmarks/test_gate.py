@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
-from optcv.ab import GateConfig, run_gate, run_ratio_fallback
-from optcv.bench import BaselineMissing, BenchConfig, load_json, ratio_gate, ratios_of, run_bench
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
-from optcv.errors import SpeedRegression
-from optcv.gate import GateSetupError, Thresholds, Verdict
-from optcv.reference import COURSE_MODELS
+from optcv.errors import BaselineMissing, SpeedRegression
+from optcv.gate.config import GateConfig
+from optcv.gate.ratio import load_json, ratio_gate, ratios_of, run_ratio_fallback
+from optcv.gate.run import run_gate
+from optcv.gate.verdict import GateSetupError, Thresholds, Verdict
+from optcv.measure.latency import BenchConfig, run_bench
+from optcv.measure.reference import COURSE_MODELS
 from optcv.runtime import backend_unavailable, make_predictor
 
 # The ratio gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when
@@ -36,7 +38,7 @@ def test_ab_gate(request, real_data_dir):
     if against is None:
         pytest.skip("the A/B gate runs with --gate-against REV (or 'default')")
     from optcv._io import write_json, write_text
-    from optcv.report import gate_failure_lines, gate_markdown, ratio_fallback_markdown
+    from optcv.report.gate import gate_failure_lines, gate_markdown, ratio_fallback_markdown
 
     option = request.config.getoption
     thresholds = Thresholds.load(option("gate_thresholds"), option("gate_threshold"))
@@ -61,7 +63,7 @@ def test_ab_gate(request, real_data_dir):
 
 def test_gate_self_test_at_its_boundary(real_data_dir):
     """A 5 % slowdown of the shared path is caught at batch 1 in both backends; unchanged code passes."""
-    from optcv.selftest import run_self_test
+    from optcv.gate.selftest import run_self_test
 
     result = run_self_test(GateConfig(models=("tutorial",), cases=BOUNDARY_CASES), targets=("shared",),
                            levels_pct=(5.0,), repeats=3, unchanged_repeats=2, data_dir=real_data_dir)
@@ -100,11 +102,11 @@ SLOW_ORT_PREDICT = '''
 def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
     """A commit that makes ONNX Runtime's predict 10 % slower fails; a comment-only commit after it passes."""
     repo = repository_with_optcv(tmp_path / "repo")
-    runtime = repo / "optcv" / "runtime.py"
+    runtime = repo / "optcv" / "backends" / "onnxruntime.py"
     text = runtime.read_text()
     fast = "        return self.session.run(self._outputs, {self._input: images})[0]\n"
     assert text.count(fast) == 1
-    text = text.replace("import os\n", "import os\nimport time as _time\n", 1)
+    text = text.replace("import numpy as np\n", "import time as _time\n\nimport numpy as np\n", 1)
     runtime.write_text(text.replace(fast, SLOW_ORT_PREDICT))
     _git(repo, "commit", "--quiet", "-am", "slower")
     config = GateConfig(models=("tutorial",), cases=("tutorial/onnxruntime/b1/t1",))

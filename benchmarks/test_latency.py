@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import BACKENDS, BATCHED_BACKENDS, BATCHED_CASES, MODEL_NAMES, THREAD_COUNTS
-from optcv.bench import scaled_rounds, seconds_per_call
 from optcv.env import package_versions
+from optcv.measure.latency import scaled_rounds, seconds_per_call
 
 ROUNDS, ITERATIONS, WARMUP_ROUNDS = 100, 20, 5
 BATCHED_ROUNDS = 10

@@ -10,9 +10,10 @@ import pytest
 from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
 from optcv.data import stratified_subset
 from optcv.errors import ParityFailure
-from optcv.evaluate import KNOWN_PARITY_FAILURES, evaluate_backends, parity, side_by_side_rows
-from optcv.reference import REFERENCE_MODELS
-from optcv.report import markdown_table, parity_line
+from optcv.measure.parity import KNOWN_PARITY_FAILURES, evaluate_backends, parity
+from optcv.measure.reference import REFERENCE_MODELS
+from optcv.report.parity import parity_line, side_by_side_rows
+from optcv.report.tables import markdown_table
 
 PARITY_BATCH = 250  # divides the 10,000 test images and ResNet-18's 2,000: torch-compile compiles one shape
 OTHER_BACKENDS = [*(b for b in BACKENDS if b != REFERENCE_BACKEND), "torch-compile"]
@@ -26,7 +27,7 @@ FP32_BACKENDS = [b for b in OTHER_BACKENDS if not b.endswith("-int8") and b != "
 def test_parity_on_every_test_image(request, plain_predictor, cifar, model):
     """Every backend against PyTorch on the full test split, in one pass per model (PyTorch's logits are
     computed once): fp32 backends must give PyTorch's class for every image; int8 must keep its accuracy
-    within its tolerance, overall and per class (optcv.evaluate.PARITY_TOLERANCES)."""
+    within its tolerance, overall and per class (optcv.measure.parity.PARITY_TOLERANCES)."""
     predictors = [plain_predictor(model, b, **OPTIONS.get(b, {})) for b in [REFERENCE_BACKEND, *OTHER_BACKENDS]]
     size = REFERENCE_MODELS[model].parity_images  # ResNet-18: 2,000 images, ~1,000x the work per image
     evaluation = evaluate_backends(predictors, stratified_subset(cifar.test, size, seed=0), PARITY_BATCH)

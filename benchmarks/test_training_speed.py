@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from optcv.data import stratified_subset
-from optcv.models import TutorialNetConfig, build_model
-from optcv.train import TrainConfig, train
+from optcv.training.models import TutorialNetConfig, build_model
+from optcv.training.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("batch_size", [4, 64, 256])
@@ -32,8 +32,8 @@ def test_training_epoch_throughput(benchmark, request, cifar, batch_size):
 def test_tuning_trial_throughput(benchmark, cifar):
     """One epoch of an Optuna trial at `optcv tune`'s defaults (3,840 training and 1,280 validation images,
     batch 128), for the course's best TunableNet (one hidden layer of 302 units, RMSprop)."""
-    from optcv.models import TunableNetConfig
-    from optcv.tune import TuneConfig, tuning_splits
+    from optcv.training.models import TunableNetConfig
+    from optcv.training.tune import TuneConfig, tuning_splits
 
     config = TuneConfig()
     train_split, val_split = tuning_splits(cifar, config)

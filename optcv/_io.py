@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from optcv.errors import OptcvError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -75,8 +77,6 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def read_json_object(path: str | Path, what: str, fix: str) -> dict[str, Any]:
     """A JSON object optcv wrote earlier, or a one-line error naming the file and `fix` (e.g. "delete it")."""
-    from optcv.errors import OptcvError
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -99,7 +99,6 @@ def folder_lock(path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if absent) or fail at once, naming the holder."""
     import fcntl
 
-    from optcv.errors import OptcvError
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")

@@ -1,7 +1,7 @@
 """optcv's cache folder: what it holds, which entries are stale, and clearing them.
 
-Areas: decoded image folders (optcv.data), the benchmark suite's reference models (optcv.reference), the
-A/B gate's models (optcv.gate_worker) and torch.compile's kernels (optcv.compiled). A decode is stale when
+Areas: decoded image folders (optcv.data), the benchmark suite's reference models (optcv.measure.reference), the
+A/B gate's models (optcv.gate.worker) and torch.compile's kernels (optcv.backends.torch_compile). A decode is stale when
 its source folder is gone or changed, or its origin is unknown (an older optcv); a model entry when no run
 has used it for `UNUSED_DAYS` (each use touches its key.json) or its build never finished.
 """

@@ -95,3 +95,8 @@ def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -
         elif flat[key] != now:
             differences.append(f"{key}: {flat[key]} → {now}")
     return differences
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask; os.cpu_count() counts the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -30,3 +30,15 @@ class SpeedRegression(AssertionError):
 
 class ParityFailure(AssertionError):
     """A backend predicts or computes something other than the reference backend, beyond its tolerance."""
+
+
+class BaselineError(OptcvError):
+    """The baseline is missing, unreadable or does not cover what was measured."""
+
+
+class BaselineMissing(BaselineError):
+    """The baseline file, or the entries this run needs, are not there."""
+
+
+class BaselineInvalid(BaselineError):
+    """The baseline is there but unreadable, of another schema, or malformed."""

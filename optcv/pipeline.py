@@ -21,13 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from optcv._io import folder_lock, read_json_object, sha256_file, write_json
-from optcv.bench import BenchConfig
-from optcv.compare import CompareConfig
+from optcv.backends.base import all_closed
+from optcv.backends.onnx_export import export_onnx
 from optcv.data import CIFAR10, load_cifar10, stratified_subset
 from optcv.env import environment_info
 from optcv.errors import OptcvError
-from optcv.runtime import DEFAULT_BACKENDS
-from optcv.tune import TuneConfig
+from optcv.measure.latency import BenchConfig, run_bench
+from optcv.measure.parity import evaluate_backends
+from optcv.measure.search import tuned_candidates
+from optcv.report.figures import plot_loss_comparison
+from optcv.report.run_report import write_report
+from optcv.report.study import statistics_text, write_plots
+from optcv.runtime import DEFAULT_BACKENDS, ModelSource, make_predictor
+from optcv.training.compare import CompareConfig, compare_best_two, compare_optimizers, summarize, training_losses
+from optcv.training.retrain import finish
+from optcv.training.tune import TuneConfig, tune
 
 STAGES = ("compare", "tune", "export", "parity", "latency", "report")
 STATE_FILE = "stages.json"
@@ -206,9 +214,6 @@ StageResult = tuple[list[Path], dict[str, Any]]
 
 
 def stage_compare(ctx: Context) -> StageResult:
-    from optcv.compare import compare_best_two, compare_optimizers, summarize, training_losses
-    from optcv.report import plot_loss_comparison
-
     result = compare_optimizers(ctx.data, ctx.config.compare, ctx.run_dir / "compare", progress=ctx.progress)
     plot_loss_comparison(training_losses(result), result.out_dir / "loss_comparison.png")
     histories = {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()}
@@ -222,16 +227,13 @@ def stage_compare(ctx: Context) -> StageResult:
 
 
 def stage_tune(ctx: Context) -> StageResult:
-    from optcv.retrain import finish
-    from optcv.study_report import statistics_text
-    from optcv.tune import tune
-
     out = ctx.run_dir / "tune"
     started = time.perf_counter()
     study = tune(ctx.config.tune, out, data=ctx.data, data_dir=ctx.data_dir, workers=ctx.config.workers,
                  progress=ctx.progress)
     seconds = time.perf_counter() - started
     summary = finish(study, ctx.config.tune, ctx.data, out, progress=ctx.progress)
+    write_plots(study, out)
     outputs = [out / "study.json", *sorted(out.glob("*.png"))]
     if "best_model" in summary:
         outputs.append(Path(summary["best_model"]["checkpoint"]))
@@ -243,8 +245,6 @@ def stage_tune(ctx: Context) -> StageResult:
 
 
 def stage_export(ctx: Context) -> StageResult:
-    from optcv.export import export_onnx
-
     models = ctx.run_dir / "models"
     models.mkdir(exist_ok=True)
     summary = ctx.result("compare")["summary"]
@@ -270,31 +270,21 @@ def stage_export(ctx: Context) -> StageResult:
 
 
 def _sources(ctx: Context) -> dict[str, Any]:
-    from optcv.runtime import ModelSource
-
     return {name: ModelSource(ctx.run_dir / m["checkpoint"], ctx.run_dir / m["onnx"])
             for name, m in ctx.result("export")["models"].items()}
 
 
 def stage_parity(ctx: Context) -> StageResult:
-    from optcv.evaluate import evaluate_backends
-    from optcv.runtime import make_predictor
-
     split = stratified_subset(ctx.data.test, ctx.config.parity_test_size, seed=0)
     results = {}
     for name, source in _sources(ctx).items():
-        predictors = [make_predictor(backend, source) for backend in ctx.config.backends]
-        results[name] = evaluate_backends(predictors, split).to_dict()
-        for predictor in predictors:
-            predictor.close()
+        with all_closed([make_predictor(backend, source) for backend in ctx.config.backends]) as predictors:
+            results[name] = evaluate_backends(predictors, split).to_dict()
     path = write_json(ctx.run_dir / "parity.json", results)
     return [path], {"models": results}
 
 
 def stage_latency(ctx: Context) -> StageResult:
-    from optcv.bench import run_bench
-    from optcv.search import tuned_candidates
-
     images = ctx.data.test.images.numpy()
     results, outputs = {}, []
     for name, source in _sources(ctx).items():
@@ -306,8 +296,6 @@ def stage_latency(ctx: Context) -> StageResult:
 
 
 def stage_report(ctx: Context) -> StageResult:
-    from optcv.report import write_report
-
     results = {
         "schema": RESULTS_SCHEMA,
         "preset": ctx.config.preset,

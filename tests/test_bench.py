@@ -5,19 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from optcv.bench import (
-    BaselineError,
+from optcv.cli import main
+from optcv.errors import BaselineError
+from optcv.gate.ratio import make_baseline, ratio_gate, ratios_of
+from optcv.measure.latency import (
     LatencyStats,
     bootstrap_median_ci,
-    make_baseline,
     paired_ratio,
-    ratio_gate,
-    ratios_of,
     throughput_stats,
     time_batched_rounds,
     time_interleaved,
 )
-from optcv.cli import main
 
 
 def test_latency_stats():
@@ -126,7 +124,7 @@ def test_gate_cli_exit_codes(tmp_path, capsys):
 
 
 def test_scaled_rounds_keeps_cheap_cases_and_shrinks_costly_ones():
-    from optcv.bench import scaled_rounds
+    from optcv.measure.latency import scaled_rounds
 
     assert scaled_rounds(100e-6, 100, 20, budget_s=2.0) == (100, 20)  # 0.2 s of calls fits: unchanged
     assert scaled_rounds(1e-3, 100, 20, budget_s=2.0) == (100, 20)  # exactly the budget

@@ -39,7 +39,7 @@ def test_compare_writes_plot_histories_checkpoints_and_config(compared, capsys):
 def test_compare_starts_every_optimizer_from_the_same_weights(tiny_data_dir, tmp_path):
     import torch
 
-    from optcv.models import TutorialNetConfig, build_model
+    from optcv.training.models import TutorialNetConfig, build_model
 
     # With a vanishing learning rate the trained weights are the initial ones: per seed all equal, and seeded.
     assert main(["compare", "--data-dir", str(tiny_data_dir), "--optimizers", "SGD", "Adam", "--epochs", "1",
@@ -83,7 +83,7 @@ def test_evaluate_exits_1_when_a_backend_leaves_its_parity_tolerance(compared, t
     """A script or CI relies on the exit code: 0 when every backend is within tolerance, 1 when one drifted."""
     import numpy as np
 
-    from optcv.runtime import OrtPredictor
+    from optcv.backends.onnxruntime import OrtPredictor
 
     checkpoint = compared / "SGD" / "seed-0" / "model.pt"
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx")]) == 0
@@ -118,3 +118,4 @@ def test_an_output_path_that_cannot_be_written_is_a_one_line_error(compared, tin
     assert blocker.read_text() == "not a folder"
     debug = optcv("--debug", *into_file)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+

@@ -4,14 +4,14 @@ import sys
 
 import numpy as np
 
-from optcv.models import Checkpoint, TutorialNetConfig, build_model
+from optcv.training.models import Checkpoint, TutorialNetConfig, build_model
 
 
 def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, monkeypatch):
     import torch._inductor.config as inductor_config
 
-    from optcv.compiled import CompiledTorchPredictor
-    from optcv.runtime import TorchPredictor
+    from optcv.backends.pytorch import TorchPredictor
+    from optcv.backends.torch_compile import CompiledTorchPredictor
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
@@ -33,9 +33,9 @@ def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, mo
 
 ONEDNN_FLAG_SCRIPT = """
 import sys, numpy as np, torch
-from optcv.compiled import CompiledTorchPredictor
-from optcv.models import Checkpoint, TutorialNetConfig, build_model
-from optcv.runtime import TorchPredictor
+from optcv.backends.torch_compile import CompiledTorchPredictor
+from optcv.training.models import Checkpoint, TutorialNetConfig, build_model
+from optcv.backends.pytorch import TorchPredictor
 flag_at_compile = sys.argv[1] == "on"
 checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
 images = np.random.default_rng(1).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
@@ -64,7 +64,7 @@ def test_models_of_one_class_do_not_share_dynamos_compiled_variants(tmp_path):
     import pytest
     import torch._dynamo.config as dynamo_config
 
-    from optcv.compiled import CompiledTorchPredictor, CompileFailed
+    from optcv.backends.torch_compile import CompiledTorchPredictor, CompileFailed
 
     checkpoint = Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0).state_dict())
     images = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)

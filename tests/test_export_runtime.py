@@ -3,17 +3,19 @@ import onnx
 import pytest
 import torch
 
+from optcv.backends.base import check_images
+from optcv.backends.onnx_export import export_onnx, read_onnx_metadata
+from optcv.backends.onnxruntime import OrtPredictor
+from optcv.backends.pytorch import TorchPredictor
 from optcv.errors import OptcvError
-from optcv.export import export_onnx, read_onnx_metadata
-from optcv.models import Checkpoint, TunableNetConfig, TutorialNet, TutorialNetConfig, build_model, save_checkpoint
-from optcv.runtime import (
-    ModelSource,
-    OrtPredictor,
-    TorchPredictor,
-    candidate_predictors,
-    check_images,
-    make_predictor,
-    resolve_sources,
+from optcv.runtime import ModelSource, candidate_predictors, make_predictor, resolve_sources
+from optcv.training.models import (
+    Checkpoint,
+    TunableNetConfig,
+    TutorialNet,
+    TutorialNetConfig,
+    build_model,
+    save_checkpoint,
 )
 
 
@@ -50,7 +52,7 @@ def test_export_passes_checker_and_carries_metadata(exported):
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_ort_matches_pytorch_at_any_batch_size(exported, batch):
     checkpoint, path, _ = exported
-    from optcv.models import load_checkpoint
+    from optcv.training.models import load_checkpoint
 
     x = images(batch, seed=batch)
     torch_logits = TorchPredictor(load_checkpoint(checkpoint)).predict(x)
@@ -60,7 +62,7 @@ def test_ort_matches_pytorch_at_any_batch_size(exported, batch):
 
 
 def test_mkldnn_setting_does_not_change_results_or_leak(exported):
-    from optcv.models import load_checkpoint
+    from optcv.training.models import load_checkpoint
 
     checkpoint = load_checkpoint(exported[0])
     x = images(16)
@@ -76,7 +78,7 @@ def test_mkldnn_setting_does_not_change_results_or_leak(exported):
 
 
 def test_consecutive_predictions_change_no_process_setting(exported, monkeypatch):
-    from optcv.models import load_checkpoint
+    from optcv.training.models import load_checkpoint
 
     checkpoint = load_checkpoint(exported[0])
     predictor, other = TorchPredictor(checkpoint, 1, mkldnn=True), TorchPredictor(checkpoint, 2)
@@ -158,7 +160,7 @@ def test_an_onnx_model_of_another_checkpoint_is_refused(exported, tmp_path):
     """The pair is matched by the checkpoint hash export wrote into the ONNX file, not by the file name."""
     import shutil
 
-    from optcv.models import load_checkpoint
+    from optcv.training.models import load_checkpoint
 
     checkpoint, path, _ = exported
     other = tmp_path / "model.pt"

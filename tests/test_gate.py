@@ -9,12 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from optcv.ab import GateConfig, case_specs, check_python
-from optcv.bench import BaselineInvalid, BaselineMissing, ratio_gate
 from optcv.cli import main
 from optcv.env import fingerprint_differences, machine_fingerprint
-from optcv.errors import OptcvError, ParityFailure
-from optcv.gate import (
+from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError, ParityFailure
+from optcv.gate.config import GateConfig, case_specs
+from optcv.gate.inject import write_injection
+from optcv.gate.ratio import ratio_gate
+from optcv.gate.sides import check_python
+from optcv.gate.verdict import (
     CaseFinding,
     GateResult,
     GateSetupError,
@@ -27,7 +29,6 @@ from optcv.gate import (
     paired_change,
     verdict_of,
 )
-from optcv.inject import write_injection
 
 
 def noisy_rounds(n=40, level=100.0, noise=0.01, seed=0):
@@ -182,7 +183,7 @@ def test_ratio_gate_needs_only_the_models_measured():
 
 
 def test_gate_markdown_names_the_failing_case_and_its_profile():
-    from optcv.report import gate_failure_lines, gate_markdown
+    from optcv.report.gate import gate_failure_lines, gate_markdown
 
     finding = CaseFinding("tutorial/onnxruntime/b1/t1", 25.0, 27.5, 10.0, 8.0, 12.0, 3.0, Verdict.REGRESSION, 30, 200,
                           profile={"base": {"ops_us_per_call": {"Conv": 10.0}, "wall_us_per_call": 25.0},
@@ -212,9 +213,9 @@ def _finding(case, change, verdict):
 
 
 def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_fails(tmp_path, monkeypatch):
-    from pathlib import Path
 
-    from optcv import ab
+    from optcv.gate import timing
+    from optcv.gate.sides import HEAD_TREE, Side
 
     specs = [{"id": c} for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
     slow, same = Verdict.REGRESSION, Verdict.NO_CHANGE
@@ -227,12 +228,12 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
         calls.append(([s.label for s in sides], [s["id"] for s in specs_], attempt))
         return passes[attempt], {"base": {}, "head": {}}
 
-    monkeypatch.setattr(ab, "_time_cases", fake_time_cases)
-    monkeypatch.setattr(ab, "case_specs", lambda config: specs)
-    monkeypatch.setattr(ab, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
-    side = ab.Side("base", sys.executable, Path(__file__).resolve().parent.parent)
+    monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
+    monkeypatch.setattr(timing, "case_specs", lambda config: specs)
+    monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    side = Side("base", sys.executable, HEAD_TREE)
     built = {"code_hash": "h", "versions": {}}
-    result = ab.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
+    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
                         cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
                         artifacts={"base": built, "head": built})
     assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1)  # fresh pool, head first
@@ -240,14 +241,14 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
     assert [f.change_pct for f in result.retested] == [9.0, 9.0]
     calls.clear()
-    result = ab.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False), Thresholds(),
-                        data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False),
+                            Thresholds(), data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
                         artifacts={"base": built, "head": built})
     assert len(calls) == 1 and len(result.regressions) == 2
 
 
 def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():
-    from optcv.selftest import SelfTestRun
+    from optcv.gate.selftest import SelfTestRun
 
     first = {"x": CaseFinding("x", 100, 104, 4.0, 2.5, 5.5, 2.0, Verdict.REGRESSION, 30, 10)}
     retest = CaseFinding("x", 100, 102.5, 2.5, 1.0, 4.0, 2.0, Verdict.REGRESSION, 30, 10)

@@ -4,8 +4,9 @@ import matplotlib
 import pytest
 
 from optcv.errors import OptcvError
-from optcv.howfast import HowFastConfig, calls_for, run_how_fast
-from optcv.report import how_fast_markdown, how_fast_rows, plot_how_fast
+from optcv.measure.howfast import HowFastConfig, calls_for, run_how_fast
+from optcv.report.figures import plot_how_fast
+from optcv.report.latency import how_fast_markdown, how_fast_rows
 
 
 def limits_row(backend, batch, threads, us, gmacs, fraction, bound):

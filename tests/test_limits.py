@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from optcv.limits import GemmPeak, efficiency, identity_model, measure_gemm_peak, runtime_overheads
-from optcv.models import IdentityNet, count_macs
+from optcv.measure.limits import GemmPeak, efficiency, identity_model, measure_gemm_peak, runtime_overheads
+from optcv.training.models import IdentityNet, count_macs
 
 PEAK = GemmPeak(threads=1, size=1024, gmac_per_s=40.0, gmac_per_s_min=38.0, gmac_per_s_max=41.0, repeats=7)
 

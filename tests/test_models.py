@@ -3,7 +3,7 @@ import torch
 
 from optcv.data import Normalization
 from optcv.errors import OptcvError
-from optcv.models import (
+from optcv.training.models import (
     Checkpoint,
     MobileNetV3SmallConfig,
     ResNet18Config,

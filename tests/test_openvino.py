@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import NO_SKIP
+from optcv.backends.onnx_export import export_onnx
 from optcv.errors import OptcvError
-from optcv.export import export_onnx
-from optcv.models import Checkpoint, TunableNetConfig, build_model, save_checkpoint
 from optcv.runtime import ModelSource, backend_unavailable, make_predictor
+from optcv.training.models import Checkpoint, TunableNetConfig, build_model, save_checkpoint
 
 if importlib.util.find_spec("openvino") is None:
     reason = backend_unavailable("openvino")

@@ -5,13 +5,13 @@ import onnx
 import pytest
 
 from optcv._io import sha256_file
+from optcv.backends.onnx_export import export_onnx, read_onnx_metadata
+from optcv.backends.onnxruntime_int8 import QuantizeSettings, int8_path, quantize_onnx
 from optcv.errors import OptcvError
-from optcv.evaluate import BackendAccuracy, Evaluation, ParityTolerance, parity
-from optcv.export import export_onnx, read_onnx_metadata
+from optcv.measure.parity import BackendAccuracy, Evaluation, ParityTolerance, parity
 from optcv.metrics import Agreement
-from optcv.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
-from optcv.quantize import QuantizeSettings, int8_path, quantize_onnx
 from optcv.runtime import ModelSource, make_predictor
+from optcv.training.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
 
 
 def images(n, seed=0):

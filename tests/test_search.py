@@ -6,12 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from optcv.backends.onnx_export import export_onnx
 from optcv.cli import main
 from optcv.errors import OptcvError
-from optcv.export import export_onnx
-from optcv.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
-from optcv.runtime import ModelSource
-from optcv.search import (
+from optcv.measure.search import (
     SearchConfig,
     SearchResult,
     SettingTiming,
@@ -21,6 +19,8 @@ from optcv.search import (
     search_grid,
     settings_path,
 )
+from optcv.runtime import ModelSource
+from optcv.training.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
 
 
 @pytest.fixture()

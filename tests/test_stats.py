@@ -52,7 +52,7 @@ def _difference(p_value, n=3, diff=-0.02):
 
 
 def test_a_difference_is_claimed_only_below_alpha_and_never_from_one_seed():
-    from optcv.report import compare_conclusions
+    from optcv.report.compare import compare_conclusions
     from optcv.stats import ALPHA
 
     below, at, untested = compare_conclusions([_difference(ALPHA * 0.99), _difference(ALPHA), _difference(None, 1)])
@@ -67,7 +67,7 @@ def test_a_difference_is_claimed_only_below_alpha_and_never_from_one_seed():
 
 def test_a_column_of_percentages_prints_with_one_precision():
     """evaluate's side-by-side table once printed 6.500 beside 50.4."""
-    from optcv.report import markdown_table
+    from optcv.report.tables import markdown_table
 
     table = markdown_table([{"class": "cat", "pytorch": 6.5}, {"class": "overall", "pytorch": 50.4}], digits=2)
     assert "|    6.50 |" in table and "|   50.40 |" in table

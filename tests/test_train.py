@@ -5,8 +5,8 @@ import torch
 
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
-from optcv.models import TutorialNetConfig, build_model
-from optcv.train import OPTIMIZERS, History, TrainConfig, TrainingDiverged, make_optimizer, train
+from optcv.training.models import TutorialNetConfig, build_model
+from optcv.training.train import OPTIMIZERS, History, TrainConfig, TrainingDiverged, make_optimizer, train
 
 
 @pytest.fixture(scope="module")

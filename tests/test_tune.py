@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from conftest import skip_or_fail
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
-from optcv.retrain import finish
-from optcv.study_report import trials_to_exceed
-from optcv.study_storage import count_trials, open_study
-from optcv.tune import Objective, SearchSpace, TuneConfig, tune, tuning_splits
+from optcv.training.retrain import finish
+from optcv.training.study_results import trials_to_exceed
+from optcv.training.study_storage import count_trials, open_study
+from optcv.training.tune import Objective, SearchSpace, TuneConfig, tune, tuning_splits
 
 SMALL = dict(epochs=2, train_size=60, val_size=20, batch_size=16, final_epochs=1)
 SMALL_SPACE = SearchSpace(n_layers=(1, 2), n_units=(4, 16), lr=(1e-4, 1e-2))
@@ -69,8 +69,8 @@ def test_objective_prunes_when_the_pruner_says_so(tiny):
 def test_the_objective_is_the_last_epochs_accuracy_not_the_best(tiny, monkeypatch):
     """The trial's value must belong to the weights it ends with (the ones retrained), so a trial whose
     accuracy fell in its last epoch is worth that last value."""
-    import optcv.tune as tune_module
-    from optcv.train import EpochRecord, History
+    import optcv.training.tune as tune_module
+    from optcv.training.train import EpochRecord, History
 
     def falling(model, train_split, val_split, config, *, on_epoch, **_):
         history = History(config)
@@ -142,7 +142,7 @@ def test_finish_writes_study_json_plots_and_an_exportable_best_model(tiny, tmp_p
     assert summary["best_value"] == max(t["value"] for t in saved["trials"])
     for name in ("optimization_history.png", "intermediate_values.png", "param_importances.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
-    from optcv.export import export_onnx
+    from optcv.backends.onnx_export import export_onnx
 
     assert 0 <= saved["best_model"]["test_accuracy"] <= 1
     export_onnx(tmp_path / "best" / "model.pt", tmp_path / "best.onnx")
@@ -311,7 +311,7 @@ def test_a_one_worker_study_leaves_the_callers_settings_alone(tiny, tmp_path):
 def test_a_surplus_trial_is_not_counted_as_a_failure():
     import optuna
 
-    from optcv.study_storage import SURPLUS_REASON, count_trials
+    from optcv.training.study_storage import SURPLUS_REASON, count_trials
 
     study = optuna.create_study()
     for reason in (f"{SURPLUS_REASON}: the target was reached by other workers", "diverged"):
@@ -326,7 +326,7 @@ def test_a_surplus_trial_is_not_counted_as_a_failure():
 POOL_LOGGING_SCRIPT = """
 import logging
 from sqlalchemy.pool import QueuePool
-from optcv.tune import quiet_optuna
+from optcv.training.tune import quiet_optuna
 
 pool_logger = logging.getLogger(f"{QueuePool.__module__}.{QueuePool.__name__}")
 

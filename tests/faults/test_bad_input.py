@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from optcv.bench import BASELINE_SCHEMA, RESULT_SCHEMA
+from optcv.backends.onnx_export import export_onnx
 from optcv.cli import main
-from optcv.export import export_onnx
-from optcv.models import Checkpoint, TunableNetConfig, TutorialNetConfig, build_model, save_checkpoint
+from optcv.gate.ratio import BASELINE_SCHEMA
+from optcv.measure.latency import RESULT_SCHEMA
+from optcv.training.models import Checkpoint, TunableNetConfig, TutorialNetConfig, build_model, save_checkpoint
 
 
 @dataclass(frozen=True)

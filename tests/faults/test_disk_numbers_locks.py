@@ -15,11 +15,11 @@ import torch
 
 from conftest import make_image_folder
 from optcv._io import folder_lock, write_json, write_text
+from optcv.backends.onnx_export import export_onnx
 from optcv.cli import main
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
-from optcv.export import export_onnx
-from optcv.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
+from optcv.training.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -74,7 +74,7 @@ def _compare_outcome(out: Path) -> Any:
 def _tune_finished(out: Path) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from optcv.study_storage import default_storage, open_study
+    from optcv.training.study_storage import default_storage, open_study
 
     if not (out / "study.db").is_file():
         return {}

@@ -1,0 +1,138 @@
+"""Checkpoint → ONNX: export, check, compare numerically with PyTorch, write atomically with metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optcv._io import atomic_path, sha256_file
+from optcv.env import package_versions
+from optcv.errors import OptcvError, first_line
+from optcv.training.models import load_checkpoint
+
+DEFAULT_OPSET = 20  # torch 2.14's dynamo exporter default; ONNX Runtime >= 1.16 runs it
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_ATOL = 1e-4  # fp32 logits of these nets agree to ~1e-6; 1e-4 leaves room for other CPUs' kernels
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    max_abs_diff: float
+    tolerance: float
+    metadata: dict[str, str]
+
+
+def export_onnx(
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = DEFAULT_ATOL,
+    check_images: np.ndarray | None = None,
+) -> ExportResult:
+    """Export a checkpoint to ONNX with a dynamic batch dimension and uint8 (N, 3, 32, 32) input.
+
+    The graph includes the checkpoint's normalisation, so ONNX Runtime and PyTorch take the same input.
+    After export: onnx.checker, shape inference, and ONNX Runtime's logits compared with PyTorch's on
+    `check_images` (random images when None); a difference above `atol` fails the export and writes nothing.
+    """
+    import onnx
+
+    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.build_inference()
+    example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # batch >= 2 keeps the batch dim dynamic
+    metadata = {
+        "optcv_version": package_versions()["optcv"],
+        "arch": checkpoint.arch,
+        "classes": json.dumps(list(checkpoint.classes)),
+        "normalization": json.dumps({"mean": list(checkpoint.normalization.mean),
+                                     "std": list(checkpoint.normalization.std)}),
+        "input": "uint8 NCHW (N, 3, 32, 32), RGB, 0-255; normalisation is inside the graph",
+        "opset": str(opset),
+        "source_checkpoint_sha256": sha256_file(checkpoint_path),
+    }
+    if check_images is None:
+        check_images = np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+
+    with atomic_path(out_path) as tmp:
+        try:
+            _torch_export(model, example, tmp, opset)
+        except OSError:
+            raise  # a full disk or an unwritable folder: the CLI names the path and the fix
+        except Exception as exc:
+            raise OptcvError(f"torch.onnx.export failed for {checkpoint_path}: {first_line(exc)}") from exc
+        proto = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "optcv"
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        onnx.save(proto, str(tmp))
+        max_abs_diff = _max_abs_diff(model, tmp, check_images)
+        if not max_abs_diff <= atol:
+            raise OptcvError(f"exported model differs from PyTorch by {max_abs_diff:.3g} (> tolerance {atol:g}); "
+                             "nothing was written")
+    return ExportResult(out_path, opset, max_abs_diff, atol, metadata)
+
+
+def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # The dynamo exporter reports progress on stdout and via warnings; keep the CLI's output clean.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes={INPUT_NAME: {0: batch}}, opset_version=opset, external_data=False,
+                              verbose=False)
+        finally:
+            logger.setLevel(level)
+
+
+def _max_abs_diff(model: torch.nn.Module, onnx_path: Path, images: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_logits = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    with torch.inference_mode():
+        torch_logits = model(torch.from_numpy(images)).numpy()
+    for runtime, logits in (("PyTorch", torch_logits), ("ONNX Runtime", ort_logits)):
+        if not np.isfinite(logits).all():
+            raise OptcvError(f"the model's {runtime} outputs contain NaN or inf ({int((~np.isfinite(logits)).sum())} "
+                             "values), so its predictions mean nothing: check the checkpoint's weights or retrain; "
+                             "nothing was written")
+    return float(np.max(np.abs(ort_logits - torch_logits)))
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata optcv wrote into an exported model, with classes and normalisation decoded."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptcvError(f"ONNX model {path} does not exist; create one with `optcv export CHECKPOINT -o {path}`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise OptcvError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
+    metadata: dict[str, Any] = {p.key: p.value for p in proto.metadata_props}
+    for key in ("classes", "normalization"):
+        if key in metadata:
+            metadata[key] = json.loads(metadata[key])
+    return metadata

@@ -1,0 +1,118 @@
+"""The `torch-compile` backend: PyTorch's inductor compiler with frozen weights, static shapes.
+
+Compiling takes seconds per batch size, so it happens when the predictor is made, for the batch sizes it is
+told it will see, and the time is reported (`describe()["compile_seconds"]`), never inside a timing. A batch
+size it was not prepared for compiles on its first call, and that is recorded too. Inductor's cache goes to
+a folder optcv controls (`<optcv cache>/inductor`), not a temporary one, so a second run reuses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optcv.backends.base import Closing, check_images
+from optcv.data import IMAGE_SHAPE, default_cache_dir
+from optcv.errors import OptcvError
+from optcv.torch_settings import SettingsLease
+from optcv.training.models import Checkpoint
+
+COMPILE_MODE = "max-autotune-no-cudagraphs"
+# Compiled and every call with oneDNN on (PyTorch's default): a convolution inductor leaves to eager picks its
+# output layout from the flag at call time, while the compiled code checks the layout it was traced with; so
+# another predictor's flag (pytorch turns it off) must not reach this one.
+ONEDNN = True
+_predictor_numbers = itertools.count()
+
+
+class CompileFailed(OptcvError):
+    """torch.compile could not compile the model for a batch size: the work ran and failed (exit code 1)."""
+
+    exit_code = 1
+
+
+def own_forward(model: torch.nn.Module) -> Callable[..., Any]:
+    """`model.forward` bound to `model` through a code object of its own. Dynamo keeps compiled variants, and
+    its limit of 8 recompiles, per code object: without this every model of one class in the process would
+    share one list, a predictor would check the others' guards on every call, and the ninth compile (say a
+    fifth model at two batch sizes) fails."""
+    function = type(model).forward
+    code = function.__code__.replace(co_name=f"{function.__name__}_optcv{next(_predictor_numbers)}")
+    fresh = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
+    return fresh.__get__(model)
+
+
+@contextmanager
+def inductor_settings(cache_dir: Path) -> Iterator[None]:
+    """Frozen weights and optcv's cache folder while compiling; the process's settings restored after."""
+    import torch._inductor.config as inductor_config
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    try:
+        with inductor_config.patch(freezing=True):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+class CompiledTorchPredictor(Closing):
+    def __init__(self, checkpoint: Checkpoint, threads: int, batch_sizes: Sequence[int] = (1,),
+                 mode: str = COMPILE_MODE, cache_dir: Path | None = None, name: str = "torch-compile"):
+        self.name = name
+        self.classes = checkpoint.classes
+        self.threads = threads
+        self._settings = SettingsLease(threads, ONEDNN)
+        self.mode = mode
+        self.cache_dir = cache_dir or default_cache_dir() / "inductor"
+        model = checkpoint.build_inference()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.model = model
+        self.compiled = torch.compile(own_forward(model), mode=mode, dynamic=False, fullgraph=True)
+        self.compile_seconds: dict[int, float] = {}
+        for batch in batch_sizes:
+            self._compile_for(batch)
+
+    def _compile_for(self, batch: int) -> None:
+        started = time.perf_counter()
+        try:
+            with inductor_settings(self.cache_dir):
+                self._run(np.zeros((batch, *IMAGE_SHAPE), dtype=np.uint8))
+        except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
+                torch._inductor.exc.InductorError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CompileFailed(f"torch.compile failed for batch size {batch} ({type(error).__name__}: {reason}); "
+                                "leave the torch-compile backend out or report it with the torch version") from error
+        self.compile_seconds[batch] = time.perf_counter() - started
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        self._settings.apply()
+        with torch.inference_mode():
+            return self.compiled(torch.from_numpy(images)).numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        if len(images) not in self.compile_seconds:
+            self._compile_for(len(images))
+        return self._run(images)
+
+    def close(self) -> None:
+        self._settings.release()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "runtime": f"torch {torch.__version__} inductor", "threads": self.threads,
+                "mode": self.mode, "mkldnn": ONEDNN, "freezing": True, "dynamic": False,
+                "compile_seconds": {str(b): round(s, 2) for b, s in self.compile_seconds.items()}}

@@ -1,0 +1,150 @@
+"""`optcv gate`: the A/B gate, its self-test, and the ratio gate of bench files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from optcv._io import write_json, write_text
+from optcv.cli.common import (
+    EXIT_REGRESSION,
+    add_data_options,
+    positive_float,
+    positive_int,
+    progress,
+)
+from optcv.errors import OptcvError
+from optcv.gate import selftest
+from optcv.gate.config import MODELS, GateConfig
+from optcv.gate.inject import TARGETS
+from optcv.gate.ratio import DEFAULT_MARGIN, load_json, ratio_gate, ratios_of, run_ratio_fallback
+from optcv.gate.run import run_gate
+from optcv.gate.selftest import run_self_test
+from optcv.gate.sides import HEAD_TREE
+from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
+from optcv.report.gate import gate_failure_lines, gate_markdown, ratio_fallback_markdown, self_test_markdown
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    default = GateConfig()
+    gate = commands.add_parser(
+        "gate", help="fail when the code got slower: this tree timed against a base revision in one run",
+        description="A/B gate: the base revision (git worktree) and this source tree, each with its own models and "
+                    "worker processes, timed case by case in a seeded random interleaved order. Exit 1 on a "
+                    "regression, 2 on a set-up error. Given bench JSON files instead, gates their speed-up ratios "
+                    "on --baseline (the older ratio gate).")
+    gate.add_argument("results", nargs="*", help="optional: `optcv bench --json` files to gate on --baseline")
+    gate.add_argument("--against", metavar="REV", help="base revision (default: the merge-base with main when on "
+                                                       "another branch, else HEAD~1)")
+    gate.add_argument("--base-python", metavar="PATH", help="the base side's interpreter (e.g. a venv with other "
+                                                           "torch/onnxruntime versions); alone, base = this tree")
+    gate.add_argument("--threshold", type=float, metavar="PCT",
+                      help=f"a case fails above this slowdown (%%) when significant; default {DEFAULT_THRESHOLD_PCT:g}")
+    gate.add_argument("--thresholds", metavar="FILE", help="per-case thresholds (benchmarks/gate_thresholds.json)")
+    gate.add_argument("--models", nargs="+", default=list(default.models), choices=list(MODELS))
+    gate.add_argument("--cases", nargs="+", metavar="GLOB", help="only these cases, e.g. '*/b1/*'")
+    gate.add_argument("--workers", type=positive_int, default=default.workers_per_side, help="workers per side")
+    gate.add_argument("--case-seconds", type=positive_float, default=default.case_seconds,
+                      help="timed work per case, both sides together")
+    gate.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds,
+                      help="a noisy case adds rounds up to this long, until its interval is narrow enough")
+    gate.add_argument("--seed", type=int, default=default.seed)
+    gate.add_argument("--no-retest", dest="retest", action="store_false", default=default.retest_failures,
+                      help="fail on the first pass, without re-timing failing cases with fresh workers")
+    gate.add_argument("--json", help="write every number to this JSON file")
+    gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
+    gate.add_argument("--baseline", help="ratio baseline for bench files, or for the fallback without a base revision")
+    gate.add_argument("--margin", type=float,
+                      help=f"ratio gate only: allowed fall below the baseline (default {DEFAULT_MARGIN:g})")
+    gate.add_argument("--self-test", action="store_true", help="inject real slowdowns and report the detection rates")
+    gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
+    gate.add_argument("--levels", nargs="+", type=positive_float, default=list(selftest.LEVELS_PCT),
+                      help="self-test %%")
+    gate.add_argument("--repeat", type=positive_int, default=selftest.REPEATS,
+                      help="self-test runs per target and level")
+    gate.add_argument("--unchanged", type=positive_int, default=selftest.UNCHANGED_REPEATS,
+                      help="self-test runs of unchanged code")
+    gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=list(selftest.THRESHOLDS_PCT),
+                      metavar="PCT", help="thresholds the self-test judges at")
+    gate.add_argument("--quiet", action="store_true")
+    add_data_options(gate)
+    gate.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.results:
+        return _gate_files(args)
+    if args.self_test:
+        return _gate_self_test(args)
+    return _gate_ab(args)
+
+
+def _gate_files(args: argparse.Namespace) -> int:
+    if not args.baseline:
+        raise OptcvError("gating bench result files needs --baseline FILE (e.g. benchmarks/baselines/ratios.json)")
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    measured: dict[str, dict[str, object]] = {}
+    for path in args.results:
+        measured.update(ratios_of(load_json(path, "results file")))
+    findings = ratio_gate(measured, load_json(args.baseline, "baseline"), margin)
+    for finding in findings:
+        print(finding.message())
+    failed = [f for f in findings if not f.passed]
+    if failed:
+        print(f"{len(failed)} of {len(findings)} speed-ups fell more than {margin:.0%} below the baseline",
+              file=sys.stderr)
+        return EXIT_REGRESSION
+    print(f"all {len(findings)} speed-ups within {margin:.0%} of the baseline")
+    return 0
+
+
+def _gate_config(args: argparse.Namespace) -> GateConfig:
+    return GateConfig(models=tuple(args.models), workers_per_side=args.workers, case_seconds=args.case_seconds,
+                      max_case_seconds=max(args.case_seconds, args.max_case_seconds), cases=tuple(args.cases or ()),
+                      seed=args.seed, retest_failures=args.retest)
+
+
+def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
+    if args.json:
+        write_json(args.json, data)
+    if args.summary:
+        write_text(args.summary, markdown)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")
+
+
+def _gate_ab(args: argparse.Namespace) -> int:
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    thresholds = Thresholds.load(args.thresholds, args.threshold)
+    result = run_gate(_gate_config(args), thresholds, against=args.against, base_python=args.base_python,
+                      data_dir=args.data_dir, log=log, progress=progress(args))
+    if isinstance(result, str):
+        print(f"optcv gate: no second side: {result}; falling back to the ratio gate", file=sys.stderr)
+        baseline = args.baseline or str(HEAD_TREE / "benchmarks/baselines/ratios.json")
+        fallback = run_ratio_fallback(result, baseline, models=args.models, data_dir=args.data_dir, log=log)
+        markdown = ratio_fallback_markdown(fallback)
+        print(markdown)
+        _publish(args, markdown, {"schema": "optcv-ratio-fallback/1", "reason": fallback.reason,
+                                  "machine_differences": fallback.machine_differences,
+                                  "findings": [vars(f) for f in fallback.findings]})
+        return EXIT_REGRESSION if fallback.regressions else 0
+    markdown = gate_markdown(result)
+    print(markdown)
+    _publish(args, markdown, result.to_dict())
+    for line in gate_failure_lines(result):
+        print(line, file=sys.stderr)
+    return EXIT_REGRESSION if result.regressions else 0
+
+
+def _gate_self_test(args: argparse.Namespace) -> int:
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    result = run_self_test(_gate_config(args), targets=args.targets, levels_pct=args.levels, repeats=args.repeat,
+                           unchanged_repeats=args.unchanged, thresholds=tuple(args.self_test_thresholds),
+                           data_dir=args.data_dir, log=log, progress=progress(args))
+    markdown = self_test_markdown(result)
+    print(markdown)
+    _publish(args, markdown, result.to_dict())
+    return 0

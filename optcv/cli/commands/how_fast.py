@@ -1,0 +1,49 @@
+"""`optcv how-fast`: every backend on every reference model, against this machine's limits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optcv._io import write_json, write_text
+from optcv.cli.common import (
+    add_data_options,
+    positive_float,
+    positive_int,
+)
+from optcv.measure.howfast import HowFastConfig, run_how_fast
+from optcv.report.figures import plot_how_fast
+from optcv.report.latency import how_fast_markdown
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    default = HowFastConfig()
+    how = commands.add_parser("how-fast", help="every backend on every reference model, against this machine's limits",
+                              description="Builds (or loads) the benchmark suite's reference models and times every "
+                                          "backend on each at batch 1 and batched, interleaved, against the fp32 GEMM "
+                                          "peak and each runtime's per-call overhead measured in the same run; writes "
+                                          "how-fast.md, .json and .png (the README's 'How fast, and why').")
+    how.add_argument("--models", nargs="+", default=list(default.models), choices=list(default.models))
+    how.add_argument("--backends", nargs="+", default=list(default.backends), metavar="BACKEND")
+    how.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    how.add_argument("--seconds", type=positive_float, default=default.seconds_per_backend,
+                     help="timed single-image work per backend and model (calls scale with the model's cost)")
+    how.add_argument("--out", default="how-fast", help="folder for how-fast.md, how-fast.json, how-fast.png")
+    how.add_argument("--quiet", action="store_true")
+    add_data_options(how)
+    how.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = HowFastConfig(models=tuple(args.models), backends=tuple(args.backends), batch_size=args.batch_size,
+                           seconds_per_backend=args.seconds)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_how_fast(config, args.data_dir, log=log).to_dict()
+    out = Path(args.out)
+    markdown = how_fast_markdown(result)
+    print(markdown)
+    written = [write_text(out / "how-fast.md", markdown + "\n"), write_json(out / "how-fast.json", result),
+               plot_how_fast(result, out / "how-fast.png")]
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0

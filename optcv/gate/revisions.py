@@ -1,0 +1,58 @@
+"""The revisions a gate compares: git, the base revision by default, a revision checked out into a worktree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from optcv.gate.verdict import GateSetupError
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GateSetupError(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout.strip()
+
+
+def repo_root(tree: Path) -> Path | None:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    return Path(done.stdout.strip()) if done.returncode == 0 else None
+
+
+def default_base_revision(repo: Path) -> str:
+    """The merge-base with the main branch when on another branch, else HEAD~1."""
+    branch = subprocess.run(["git", "-C", str(repo), "rev-parse", "--abbrev-ref", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    for main in ("main", "master", "origin/main", "origin/master"):
+        exists = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{main}^{{commit}}"],
+                                capture_output=True, text=True).returncode == 0
+        if exists and branch not in ("HEAD", main, main.split("/")[-1]):
+            return git(repo, "merge-base", "HEAD", main)
+    return "HEAD~1"
+
+
+def resolve_revision(repo: Path, revision: str) -> str | None:
+    """The commit `revision` names, or None where the history does not have it (a first commit, a shallow
+    clone)."""
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@contextmanager
+def revision_tree(repo: Path, commit: str) -> Iterator[Path]:
+    """`commit` checked out with `git worktree` into a temporary folder, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="optcv-gate-base-"))
+    git(repo, "worktree", "add", "--detach", "--quiet", str(folder / "tree"), commit)
+    try:
+        yield folder / "tree"
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(folder / "tree")],
+                       capture_output=True)
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""Timing both sides case by case in rounds, judging each case, re-testing the failing ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optcv.data import load_cifar10, resolve_data_dir
+from optcv.env import environment_info
+from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs
+from optcv.gate.sides import Side, same_length_trees
+from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
+from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
+
+
+@dataclass
+class CaseSamples:
+    case: str
+    calls_per_turn: int
+    # Per worker index, per round: the median µs of that worker's calls in its turn.
+    base_us: list[list[float]] = field(default_factory=list)
+    head_us: list[list[float]] = field(default_factory=list)
+
+
+def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.random.Generator) -> CaseSamples:
+    """Warm every worker up alike, then rounds (at least `config.min_rounds`, about `config.case_seconds` of
+    timed work) in which every worker takes one turn of the same number of calls, in a random order."""
+    probe = [np.median(w.ask({"op": "time", "case": case, "calls": 3})["ns"]) for w in workers]
+    per_call_ns = float(np.median(probe))
+    warmup = int(min(2000, max(3, config.warmup_ms * 1e6 / per_call_ns)))
+    for worker in workers:
+        worker.ask({"op": "time", "case": case, "calls": warmup})
+    calls = int(min(1000, max(1, round(config.turn_ms * 1e6 / per_call_ns))))
+    turn_seconds = calls * per_call_ns / 1e9
+    round_seconds = len(workers) * turn_seconds
+    rounds = max(config.min_rounds, int(config.case_seconds / round_seconds))
+    most = max(rounds, int(config.max_case_seconds / round_seconds))
+    per_side = len(workers) // 2
+    samples = CaseSamples(case, calls, [[] for _ in range(per_side)], [[] for _ in range(per_side)])
+    while True:
+        for _ in range(rounds - len(samples.base_us[0])):
+            for index in rng.permutation(len(workers)):
+                worker = workers[int(index)]
+                time.sleep(config.gap_ms / 1000)
+                median_us = float(np.median(worker.ask({"op": "time", "case": case, "calls": calls})["ns"])) / 1000
+                side = samples.base_us if worker.side.label == "base" else samples.head_us
+                side[worker.pair].append(median_us)
+        change = paired_change(samples.base_us, samples.head_us, resamples=500, seed=config.seed)
+        if rounds >= most or (change.ci_high_pct - change.ci_low_pct) / 2 <= config.target_half_width_pct:
+            return samples
+        rounds = min(most, rounds + max(5, rounds // 4))
+
+
+def profile_case(workers: Sequence[Worker], case: str, calls: int) -> dict[str, Any]:
+    """Operator times per call on one worker of each side, for a failing case."""
+    out = {}
+    for label in ("base", "head"):
+        worker = next(w for w in workers if w.side.label == label)
+        out[label] = worker.ask({"op": "profile", "case": case, "calls": calls})
+    return out
+
+
+def prepare_inputs(workdir: Path, data_dir: str | Path | None) -> tuple[dict[str, str], str]:
+    """The identical inputs both sides are timed on: real test images, and training images with labels."""
+    root = resolve_data_dir(data_dir)
+    data = load_cifar10(root, progress=False)
+    arrays = {"predict_images": data.test.images[:PREDICT_IMAGES].numpy(),
+              "train_images": data.train.images[:512].numpy(), "train_labels": data.train.labels[:512].numpy()}
+    paths = {}
+    for name, array in arrays.items():
+        paths[name] = str(workdir / f"{name}.npy")
+        np.save(paths[name], array)
+    return paths, str(root)
+
+
+Log = Callable[[str], None]
+
+
+def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, *, data_dir: str | Path | None,
+            cache_dir: Path, workdir: Path, log: Log, progress: bool = False,
+            artifacts: dict[str, dict[str, Any]] | None = None) -> GateResult:
+    """Build both sides' artifacts (unless given), time every case A/B, judge each, profile the failing ones."""
+    started = time.perf_counter()
+    base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
+    inputs, root = prepare_inputs(workdir, data_dir)
+    artifacts = dict(artifacts or {})
+    missing = [side for side in (base, head) if side.label not in artifacts]
+    for side in missing:
+        log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
+    artifacts.update(build_all_artifacts(missing, workdir, config.models, root, cache_dir))
+    specs = case_specs(config)
+    setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
+             for label in artifacts}
+    findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)
+    flagged = [f.case for f in findings if f.failed]
+    retested: list[CaseFinding] = []
+    if flagged and config.retest_failures:
+        log(f"re-testing {len(flagged)} flagged case(s) with fresh workers: {', '.join(flagged)}")
+        again, _ = _time_cases((head, base), [s for s in specs if s["id"] in flagged], config, thresholds,
+                               workdir, setup, log, progress, 1)
+        confirmed = {f.case: f for f in again}
+        retested = [f for f in findings if f.case in confirmed]
+        findings = [confirmed.get(f.case, f) for f in findings]
+    side_info = {label: {**side.describe(), "code_hash": artifacts[label]["code_hash"],
+                         "versions": artifacts[label]["versions"], "settings": settings[label]}
+                 for label, side in (("base", base), ("head", head))}
+    protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
+                "per worker pair, the median per-round head/base ratio; their mean; 95 % two-level percentile "
+                "bootstrap (pairs, then rounds; 2000)"}
+    return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
+                      time.perf_counter() - started, retested=retested)
+
+
+def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds,
+                workdir: Path, setup: dict[str, dict[str, Any]], log: Log, progress: bool, attempt: int
+                ) -> tuple[list[CaseFinding], dict[str, Any]]:
+    """Every case timed A/B in one pool of fresh workers (attempt 0: the first pass; 1: the re-test, whose
+    workers get other memory layouts and start head first), judged, and profiled where it failed."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng([config.seed, attempt])
+    findings: list[CaseFinding] = []
+    with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt) as workers:
+        for spec in tqdm(specs, desc="gate" if attempt == 0 else "re-test", unit="case",
+                         disable=not progress or None):
+            samples = time_case(workers, spec["id"], config, rng)
+            finding = judge(spec["id"], samples.base_us, samples.head_us,
+                            thresholds.for_case(spec["id"]), samples.calls_per_turn, seed=config.seed)
+            last_word = attempt == 1 or not config.retest_failures
+            if finding.failed and last_word and config.profile_ms > 0:
+                calls = max(5, int(config.profile_ms * 1000 / max(finding.base_median_us, 1.0)))
+                finding = replace(finding, profile=profile_case(workers, spec["id"], min(calls, 5000)))
+            findings.append(finding)
+            log(f"{finding.case}: {finding.change_pct:+.1f} % ({finding.ci_low_pct:+.1f} … "
+                f"{finding.ci_high_pct:+.1f}) → {finding.verdict.value}")
+        settings = {w.side.label: w.settings for w in workers}  # type: ignore[attr-defined]
+    return findings, settings

@@ -1,0 +1,293 @@
+"""The A/B gate's worker: run by each side's interpreter with that side's source tree first on sys.path.
+
+It is the measuring harness, not code under test, so both sides run this same file (the head's) while
+every model, export, predictor and training step comes from the side's own `optcv`. It talks JSON lines:
+`build` trains and exports the reference models with the side's code (cached by a hash of that code and
+its versions); `serve` answers set-up, warm-up, timing and profiling requests one at a time, so the gate
+decides which worker runs when. Only the standard library and NumPy are imported before the side's optcv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # run as a script: this folder must not shadow the side's packages
+
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# The recipes come with the build request (optcv.gate.config.build_recipes, from the reference registry);
+# this version changes when the way a recipe is built here does.
+RECIPE_VERSION = 3
+TRAIN_STEP_IMAGES = 64  # images per timed training call: one step at batch 64
+
+# Where each module lives in the side's optcv: the package layout, then the flat layout of the revisions
+# before it, so that a gate can still time a base revision from before the move.
+SIDE_MODULES: dict[str, tuple[str, ...]] = {
+    "models": ("optcv.training.models", "optcv.models"),
+    "train": ("optcv.training.train", "optcv.train"),
+    "export": ("optcv.backends.onnx_export", "optcv.export"),
+    "runtime": ("optcv.runtime",),
+    "data": ("optcv.data",),
+    "cache": ("optcv.cache",),
+}
+
+
+def side_module(name: str) -> Any:
+    """The side's module for `name`, in whichever layout the side has."""
+    for candidate in SIDE_MODULES[name]:
+        try:
+            return importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if not (exc.name and candidate.startswith(exc.name)):
+                raise  # the module exists and something it imports is missing: the side's own error
+    raise ModuleNotFoundError(f"this side's optcv has none of {', '.join(SIDE_MODULES[name])}")
+
+
+def _side_code_hash() -> str:
+    """A hash of every source file of the side's optcv, by its path inside the package."""
+    import optcv
+
+    root = Path(optcv.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "onnxruntime", "onnx", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _model_config(recipe: dict[str, Any]) -> Any:
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["config"].items()}
+    return side_module("models").config_from_dict(recipe["arch"], config)
+
+
+def build(request: dict[str, Any]) -> dict[str, Any]:
+    """Train and export each requested model with this side's code, or reuse its cached copy."""
+    data_module, models, train = side_module("data"), side_module("models"), side_module("train")
+    code, versions = _side_code_hash(), _versions()
+    data = None
+    built = {}
+    for name, recipe in request["models"].items():
+        material = json.dumps({"recipe": recipe, "recipe_version": RECIPE_VERSION, "code": code,
+                               "versions": versions}, sort_keys=True)
+        key = hashlib.sha256(material.encode()).hexdigest()[:16]
+        folder = Path(request["cache_dir"]) / "gate-artifacts" / f"{name}-{key}"
+        checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
+        if not (checkpoint.is_file() and onnx_path.is_file()):
+            if data is None:
+                data = data_module.load_cifar10(request["data_dir"], progress=False)
+            model_config = _model_config(recipe)
+            config = train.TrainConfig(recipe["optimizer"], lr=recipe["lr"], epochs=recipe["epochs"],
+                                       batch_size=recipe["batch_size"], seed=recipe["seed"])
+            model = models.build_model(model_config, seed=recipe["seed"])
+            subset = data_module.stratified_subset(data.train, recipe["train_images"], seed=0)
+            train.train(model, subset, data_module.stratified_subset(data.test, 500, seed=0), config, progress=False)
+            models.save_checkpoint(checkpoint, models.Checkpoint(model_config, model.state_dict(),
+                                                                 info={"trained_for": "gate"}))
+            side_module("export").export_onnx(checkpoint, onnx_path, check_images=data.test.images[:64].numpy())
+            (folder / "key.json").write_text(material)
+        side_module("cache").mark_used(folder)
+        built[name] = {"checkpoint": str(checkpoint), "onnx": str(onnx_path)}
+    return {"models": built, "code_hash": code, "versions": versions, "optcv_file": _optcv_file()}
+
+
+def _optcv_file() -> str:
+    import optcv
+
+    return str(Path(optcv.__file__).resolve())
+
+
+_START_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def case_cpus(threads: int) -> set[int]:
+    """The CPUs a case runs on: every worker of both sides on the same ones.
+
+    Left to the scheduler, a worker tends to stay on the vCPU it last ran on, and on a shared VM one vCPU
+    can be steadily slower than the other (its host core's neighbours). Pinning every worker to the same
+    `threads` CPUs takes that out of the comparison. (It came in with the malloc setting in ab.MALLOC_ENV,
+    which measurably closed the gap between processes; pinning's own share was not measured apart.)
+    """
+    return set(_START_CPUS[-threads:]) if len(_START_CPUS) > threads else set(_START_CPUS)
+
+
+def pin_threads(cpus: set[int]) -> None:
+    """Every thread of this process (the runtimes' pools included) onto `cpus`."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+class Case:
+    """One timed case inside a worker: a callable of one call's work, and what it needs."""
+
+    def __init__(self, spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str, np.ndarray]):
+        self.spec = spec
+        self.cpus = case_cpus(spec["threads"])
+        model = artifacts["models"][spec["model"]]
+        if spec["kind"] == "predict":
+            self._setup_predict(model, inputs["predict_images"])
+        else:
+            self._setup_train(model, inputs["train_images"], inputs["train_labels"])
+
+    def _setup_predict(self, model: dict[str, str], images: np.ndarray) -> None:
+        runtime = side_module("runtime")
+        source = runtime.ModelSource(Path(model["checkpoint"]), Path(model["onnx"]))
+        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"])
+        batch = self.spec["batch"]
+        self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+        self.position = 0
+        self.settings = self.predictor.describe()
+        self.onnx_path = model["onnx"]
+
+    def _setup_train(self, model: dict[str, str], images: np.ndarray, labels: np.ndarray) -> None:
+        import torch
+
+        Split = side_module("data").Split  # noqa: N806
+        self.model = side_module("models").load_checkpoint(model["checkpoint"]).build()
+        n = TRAIN_STEP_IMAGES
+        self.split = Split(torch.from_numpy(images[:n].copy()), torch.from_numpy(labels[:n].astype(np.int64)))
+        self.eval_split = Split(torch.from_numpy(images[n:n + 10].copy()),
+                                torch.from_numpy(labels[n:n + 10].astype(np.int64)))
+        self.train_config = side_module("train").TrainConfig("SGD", epochs=1, batch_size=self.spec["batch"], seed=0)
+        self.settings = {"backend": "pytorch (training)", "threads": self.spec["threads"],
+                         "optimizer": "SGD", "images_per_call": n, "batch_size": self.spec["batch"]}
+
+    def call(self) -> None:
+        if self.spec["kind"] == "predict":
+            x = self.inputs[self.position]
+            self.position = (self.position + 1) % len(self.inputs)
+            self.predictor.predict(x)
+        else:
+            import torch
+
+            train_module = side_module("train")  # looked up per call: the self-test's injection replaces train
+            if torch.get_num_threads() != self.spec["threads"]:
+                torch.set_num_threads(self.spec["threads"])
+            train_module.train(self.model, self.split, self.eval_split, self.train_config, progress=False)
+
+    def time(self, calls: int) -> list[int]:
+        pin_threads(self.cpus)
+        clock = time.perf_counter_ns
+        out = []
+        for _ in range(calls):
+            t0 = clock()
+            self.call()
+            out.append(clock() - t0)
+        return out
+
+
+def profile(case: Case, calls: int) -> dict[str, Any]:
+    """Per-operator time per call (ONNX Runtime's own profiler, or torch.profiler for PyTorch), and the
+    unprofiled median time of the side's real call, so what lies outside the operators shows."""
+    wall_us = float(np.median(case.time(calls))) / 1000
+    if case.spec["kind"] == "predict" and case.spec["backend"] == "onnxruntime":
+        ops = _ort_profile(case, calls)
+    else:
+        ops = _torch_profile(case, calls)
+    return {"ops_us_per_call": ops, "wall_us_per_call": wall_us}
+
+
+def _torch_profile(case: Case, calls: int) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            case.call()
+    return {e.key: e.self_cpu_time_total / calls for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
+def _ort_profile(case: Case, calls: int) -> dict[str, float]:
+    # A profiling session cannot be switched on in the predictor's own; a twin with the same model file,
+    # threads and optimisation level runs the same kernels.
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(case.settings.get("threads") or 1)
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    session = ort.InferenceSession(case.onnx_path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for i in range(calls):
+        session.run(None, {name: case.inputs[i % len(case.inputs)]})
+    trace = Path(session.end_profiling())
+    totals: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", event["name"])
+            totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0)) / calls
+    trace.unlink(missing_ok=True)
+    return totals
+
+
+def serve(stdin: Any, reply: Any) -> None:
+    cases: dict[str, Case] = {}
+    for line in stdin:
+        request = json.loads(line)
+        op = request["op"]
+        try:
+            if op == "setup":
+                inputs = {name: np.load(path) for name, path in request["inputs"].items()}
+                for spec in request["cases"]:
+                    cases[spec["id"]] = Case(spec, request["artifacts"], inputs)
+                answer: dict[str, Any] = {"optcv_file": _optcv_file(), "versions": _versions(), "pid": os.getpid(),
+                                          "settings": {k: c.settings for k, c in cases.items()}}
+            elif op == "time":
+                answer = {"ns": cases[request["case"]].time(request["calls"])}
+            elif op == "profile":
+                answer = profile(cases[request["case"]], request["calls"])
+            elif op == "exit":
+                return
+            else:
+                answer = {"error": f"unknown request {op!r}"}
+        except Exception as exc:  # reported to the gate as a set-up error of this side
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+
+
+def main() -> None:
+    # Replies go through a private copy of stdout; anything a library prints goes to stderr instead.
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    if sys.argv[1:] == ["build"]:
+        try:
+            answer = build(json.loads(sys.stdin.read()))
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
+    elif sys.argv[1:] == ["serve"]:
+        serve(sys.stdin, reply)
+    else:
+        sys.exit("usage: worker.py build|serve (JSON on standard input)")
+    reply.flush()
+
+
+if __name__ == "__main__":
+    main()

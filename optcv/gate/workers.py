@@ -1,0 +1,166 @@
+"""The gate's worker processes: started per side with the same environment, asked one JSON request at a time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from optcv.gate.config import build_recipes
+from optcv.gate.sides import Side
+from optcv.gate.verdict import GateSetupError
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+
+
+def _fixed_address_layout() -> None:
+    """Turn address-space randomisation off for the worker (Linux `setarch -R`).
+
+    Where each process's memory lands shifts PyTorch's per-call time by up to ±10 % between processes of
+    identical code (measured here: one process's median 15 % above another's), a bias that no number of
+    rounds averages out. With a fixed layout, identical code gets identical placement on both sides.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        current = libc.personality(0xFFFFFFFF)
+        libc.personality(current | 0x0040000)  # ADDR_NO_RANDOMIZE
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    """One worker process of a side, answering one JSON request at a time."""
+
+    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0, pair: int = 0):
+        self.side = side
+        self.pair = pair
+        self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
+        self._log: IO[str] = open(self.log_path, "w")
+        try:
+            self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad),
+                                            cwd=workdir, text=True, preexec_fn=_fixed_address_layout)
+        except OSError as exc:
+            self._log.close()
+            raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        return self.answer(line, "worker")
+
+    def answer(self, line: str, what: str) -> dict[str, Any]:
+        """A reply line as data, or a set-up error naming the side, its revision and what failed."""
+        where = f"the {self.side.label} side's {what} ({self.side.revision or self.side.tree})"
+        if not line:
+            raise GateSetupError(f"{where} stopped: {self._tail()}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise GateSetupError(f"{where} failed: {answer['error']}")
+        return answer
+
+    def _tail(self) -> str:
+        self._log.flush()
+        lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        return lines[-1] if lines else f"exit code {self.process.poll()}"
+
+    def request_exit(self) -> None:
+        """Ask the worker to exit without waiting, so several workers tear down at once."""
+        if self.process.poll() is None:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.write('{"op": "exit"}\n')
+                self.process.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self.process.kill()
+
+    def close(self) -> None:
+        self.request_exit()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: str | Path,
+                    cache_dir: Path) -> dict[str, Any]:
+    """Each model trained and exported by the side's own code (or taken from its cache)."""
+    return build_all_artifacts([side], workdir, models, data_dir, cache_dir)[side.label]
+
+
+def build_all_artifacts(sides: Sequence[Side], workdir: Path, models: Sequence[str], data_dir: str | Path,
+                        cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
+    import json
+
+    request = json.dumps({"models": build_recipes(models), "data_dir": str(data_dir), "cache_dir": str(cache_dir)})
+    builders = [Worker(side, "build", workdir) for side in sides]
+    answers: dict[str, dict[str, Any]] = {}
+    try:
+        for worker in builders:
+            assert worker.process.stdin is not None
+            worker.process.stdin.write(request)
+            worker.process.stdin.close()
+        for worker in builders:
+            assert worker.process.stdout is not None
+            line = worker.process.stdout.readline()
+            worker.process.wait()
+            answers[worker.side.label] = worker.answer(line, "model build")
+    finally:
+        for worker in builders:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+            worker._log.close()
+    for side in sides:
+        expected = (side.tree / "optcv" / "__init__.py").resolve()
+        if Path(answers[side.label]["optcv_file"]).resolve() != expected:
+            raise GateSetupError(f"the {side.label} side imported optcv from {answers[side.label]['optcv_file']}, "
+                                 f"not {expected}")
+    return answers
+
+
+@contextmanager
+def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
+                seed: int = 0) -> Iterator[list[Worker]]:
+    """`per_side` serving workers for each side, set up with that side's artifacts and the cases.
+
+    Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), so
+    worker i of each side gets the same environment padding, a different one per i: identical code gets
+    identical layouts, and several layouts are sampled.
+    """
+    pads = np.random.default_rng([seed, len(sides) * per_side]).integers(0, 4096, per_side)
+    workers: list[Worker] = []
+    try:
+        # Pair by pair, base then head: processes set up at about the same time get memory from about the same
+        # place, and where a worker's memory lies moved its speed by up to 20 % here (workers set up side by
+        # side after each other made identical code read +17 % in CI); this way a pair shares its luck.
+        for i in range(per_side):
+            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in sides]
+        for worker in workers:  # started together, set up one by one: their imports overlap
+            info = worker.ask(setup[worker.side.label])
+            expected = (worker.side.tree / "optcv" / "__init__.py").resolve()
+            if Path(info["optcv_file"]).resolve() != expected:
+                raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, "
+                                     f"not {expected}")
+            worker.settings = info["settings"]  # type: ignore[attr-defined]
+        yield workers
+    finally:
+        for worker in workers:
+            worker.request_exit()
+        for worker in workers:
+            worker.close()

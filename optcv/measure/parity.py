@@ -1,0 +1,144 @@
+"""Per-class accuracy of every backend on a split, and how far the backends agree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from optcv.backends.base import Predictor
+from optcv.data import Split
+from optcv.metrics import Agreement, accuracy, agreement, per_class_accuracy, top2_margin
+
+
+def predict_split(predictor: Predictor, split: Split, batch_size: int = 256) -> np.ndarray:
+    """Logits of `predictor` for every image of `split`, in order."""
+    images = split.images.numpy()
+    return np.concatenate([predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@dataclass
+class BackendAccuracy:
+    backend: str
+    accuracy: float
+    per_class: list[float]
+    settings: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    classes: tuple[str, ...]
+    n_images: int
+    backends: list[BackendAccuracy]
+    agreements: dict[str, Agreement] = field(default_factory=dict)  # backend → agreement with the first
+    near_ties: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    class_counts: list[int] = field(default_factory=list)  # test images per class: the intervals' n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes),
+            "n_images": self.n_images,
+            "class_counts": dict(zip(self.classes, self.class_counts, strict=True)),
+            "backends": {b.backend: {"accuracy": b.accuracy,
+                                     "per_class": dict(zip(self.classes, b.per_class, strict=True)),
+                                     "settings": b.settings} for b in self.backends},
+            "agreement": {name: {"reference": self.backends[0].backend, "n_disagree": a.n_disagree,
+                                 "disagreeing_images": a.disagreeing, "max_abs_logit_diff": a.max_abs_diff}
+                          for name, a in self.agreements.items()},
+            "disagreement_details": self.near_ties,
+        }
+
+
+def evaluate_backends(predictors: Sequence[Predictor], split: Split, batch_size: int = 256) -> Evaluation:
+    """Accuracy overall and per class for each predictor; agreement of each with the first one."""
+    labels = split.labels.numpy()
+    n_classes = len(split.classes)
+    results, logits_by_backend = [], {}
+    for predictor in predictors:
+        logits = predict_split(predictor, split, batch_size)
+        predictions = logits.argmax(axis=1)
+        logits_by_backend[predictor.name] = logits
+        results.append(BackendAccuracy(predictor.name, accuracy(predictions, labels),
+                                       per_class_accuracy(predictions, labels, n_classes).tolist(),
+                                       predictor.describe()))
+    counts = np.bincount(labels, minlength=n_classes).tolist()
+    evaluation = Evaluation(split.classes, len(split), results, class_counts=counts)
+    reference = logits_by_backend[predictors[0].name]
+    for predictor in predictors[1:]:
+        logits = logits_by_backend[predictor.name]
+        found = agreement(reference, logits)
+        evaluation.agreements[predictor.name] = found
+        # For each disagreement, how close to a tie the reference was: near-ties explain fp32 flips.
+        margins = top2_margin(reference)
+        evaluation.near_ties[predictor.name] = [
+            {"image": i, "label": int(labels[i]), "reference_class": int(reference[i].argmax()),
+             "other_class": int(logits[i].argmax()), "reference_top2_margin": float(margins[i]),
+             "max_abs_logit_diff": float(np.max(np.abs(reference[i] - logits[i])))}
+            for i in found.disagreeing[:50]
+        ]
+    return evaluation
+
+
+
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity: how far each backend may stray from the reference (PyTorch).
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """None: every image must get the reference's class (fp32 backends). Otherwise accuracy may differ by
+    at most `overall_points` overall and `per_class_points` in any class (percentage points)."""
+
+    overall_points: float | None = None
+    per_class_points: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.overall_points is None
+
+
+EXACT = ParityTolerance()
+# int8 changes the numbers on purpose; its bar is accuracy, not identical classes.
+PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityTolerance(0.5, 2.0)}
+# Measured failures kept visible instead of hidden: the suite prints each one's verdict as a KNOWN FAILURE
+# (and says so when it starts passing); any other parity failure fails the suite.
+# (model, backend) → why. Empty: int8 MobileNetV3-small was listed as borderline until it passed in three
+# builds in a row, identical to the image (-0.07 overall, -2.0 worst class against 2.0); it is gated now, so a
+# change that tips it fails the suite, as it should. Its nine calibration variants: optcv.measure.reference.
+KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {}
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    backend: str
+    reference: str
+    tolerance: ParityTolerance
+    n_images: int
+    n_disagree: int
+    overall_diff_points: float  # backend minus reference
+    worst_class: str
+    worst_class_diff_points: float
+
+    @property
+    def passed(self) -> bool:
+        if self.tolerance.exact:
+            return self.n_disagree == 0
+        assert self.tolerance.overall_points is not None and self.tolerance.per_class_points is not None
+        return (abs(self.overall_diff_points) <= self.tolerance.overall_points
+                and abs(self.worst_class_diff_points) <= self.tolerance.per_class_points)
+
+
+def parity(evaluation: Evaluation, backend: str,
+           tolerances: dict[str, ParityTolerance] = PARITY_TOLERANCES) -> ParityResult:
+    """The parity verdict of `backend` against the evaluation's first (reference) backend."""
+    reference, other = evaluation.backends[0], next(b for b in evaluation.backends if b.backend == backend)
+    diffs = 100 * (np.asarray(other.per_class) - np.asarray(reference.per_class))
+    worst = int(np.nanargmax(np.abs(diffs)))
+    return ParityResult(backend, reference.backend, tolerances.get(backend, EXACT), evaluation.n_images,
+                        evaluation.agreements[backend].n_disagree, 100 * (other.accuracy - reference.accuracy),
+                        evaluation.classes[worst], float(diffs[worst]))

@@ -1,0 +1,117 @@
+"""The A/B gate's summary, its failure lines, its self-test table and the ratio fallback's summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optcv.gate.ratio import DEFAULT_MARGIN
+from optcv.gate.selftest import affected
+from optcv.report.tables import markdown_table, signed_pct
+
+
+def gate_failure_lines(result: Any) -> list[str]:
+    """One line per failing case, for a CI log."""
+    return [f"SPEED REGRESSION: {f.case} {signed_pct(f.change_pct)} (95 % CI {signed_pct(f.ci_low_pct)} … "
+            f"{signed_pct(f.ci_high_pct)}; base {f.base_median_us:,.1f} µs → head {f.head_median_us:,.1f} µs per call; "
+            f"threshold {f.threshold_pct:g} %)" for f in result.regressions]
+
+
+def gate_rows(result: Any) -> list[dict[str, Any]]:
+    return [{"case": f.case, "base median µs": f.base_median_us, "head median µs": f.head_median_us,
+             "change": signed_pct(f.change_pct), "95% CI": f"{signed_pct(f.ci_low_pct)} … {signed_pct(f.ci_high_pct)}",
+             "threshold": f"{f.threshold_pct:g} %", "rounds × calls": f"{f.rounds} × {f.calls_per_turn}",
+             "verdict": ("**" + f.verdict.value.upper() + "**") if f.failed else f.verdict.value}
+            for f in result.findings]
+
+
+def profile_rows(profile: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
+    """Operators by their head time per call, with the base's and the change; the rest outside operators."""
+    base, head = profile["base"]["ops_us_per_call"], profile["head"]["ops_us_per_call"]
+    names = sorted(set(base) | set(head), key=lambda k: -max(head.get(k, 0.0), base.get(k, 0.0)))
+    rows = [{"operator": k, "base µs/call": base.get(k, 0.0), "head µs/call": head.get(k, 0.0),
+             "change µs": head.get(k, 0.0) - base.get(k, 0.0)} for k in names[:top]]
+    outside = {side: profile[side]["wall_us_per_call"] - sum(profile[side]["ops_us_per_call"].values())
+               for side in ("base", "head")}
+    rows.append({"operator": "(unprofiled call time minus operators)", "base µs/call": outside["base"],
+                 "head µs/call": outside["head"], "change µs": outside["head"] - outside["base"]})
+    return rows
+
+
+def _side_line(side: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in side["versions"].items())
+    where = side["revision"] or f"working tree {side['tree']}"
+    return f"{where}; {side['python']}; {versions}; code {side['code_hash']}"
+
+
+def _change_text(finding: Any) -> str:
+    return f"{signed_pct(finding.change_pct)} ({signed_pct(finding.ci_low_pct)} … {signed_pct(finding.ci_high_pct)})"
+
+
+def gate_markdown(result: Any) -> str:
+    env = result.environment
+    failed = result.regressions
+    head = (f"## optcv gate: {len(failed)} of {len(result.findings)} cases slower beyond their threshold"
+            if failed else f"## optcv gate: passed ({len(result.findings)} cases, none slower beyond its threshold)")
+    lines = [head, "",
+             f"- base: {_side_line(result.base)}", f"- head: {_side_line(result.head)}",
+             f"- machine: {env['cpu']} ({env['cpu_count']} cores), load {env.get('load_average_1m')}; "
+             f"{result.protocol['workers_per_side']} workers per side, seed {result.protocol['seed']}; "
+             f"{result.seconds:.0f} s",
+             f"- change = head ÷ base per call − 1: {result.protocol['statistic']}; a case fails when the interval "
+             "excludes 0 and the change exceeds its threshold; faster is never a failure", "",
+             markdown_table(gate_rows(result))]
+    for finding in failed:
+        if finding.profile:
+            lines += ["", f"### Where the time went: {finding.case}", "", markdown_table(profile_rows(finding.profile))]
+    if result.retested:
+        final = {f.case: f for f in result.findings}
+        lines += ["", "Re-tested with fresh workers (a case fails only if the re-test confirms it):", "",
+                  markdown_table([{"case": f.case, "first pass": _change_text(f),
+                                   "re-test": _change_text(final[f.case]), "verdict": final[f.case].verdict.value}
+                                  for f in result.retested])]
+    lines += [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def self_test_markdown(result: Any) -> str:
+
+    levels = sorted({r.level_pct for r in result.runs if r.target})
+    targets = [t for t in ("onnxruntime", "pytorch", "shared") if any(r.target == t for r in result.runs)]
+    cases = [f.case for f in result.runs[0].findings] if result.runs else []
+    lines = ["## optcv gate self-test", "",
+             f"Injected: a busy-wait of the given fraction of each call's own time, from a sitecustomize.py on the "
+             f"head's PYTHONPATH; cells: runs that failed the case / runs. Machine: {result.environment['cpu']} "
+             f"({result.environment['cpu_count']} cores).", ""]
+    for threshold in result.thresholds:
+        rows = []
+        for target in targets:
+            for level in levels:
+                found = result.detections(target, level, threshold)
+                row: dict[str, Any] = {"injected": f"{target} +{level:g} %"}
+                for case in cases:
+                    row[case] = "—" if not affected(target, case) else "{}/{}".format(*found.get(case, (0, 0)))
+                rows.append(row)
+        runs_failed, runs, cases_failed, n_cases = result.false_alarms(threshold)
+        lines += [f"### threshold {threshold:g} %", "", markdown_table(rows) if rows else "(no injected runs)", "",
+                  f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed; "
+                  f"{cases_failed} of {n_cases} unaffected case measurements (all runs) failed.", ""]
+    return "\n".join(lines)
+
+
+def ratio_fallback_markdown(fallback: Any) -> str:
+
+    lines = ["## optcv gate: RATIO FALLBACK (no base revision to time against)", "",
+             f"- why: {fallback.reason}",
+             f"- gated instead: PyTorch ÷ ONNX Runtime speed-ups measured interleaved in this run against "
+             f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than "
+             f"{100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, not a slower "
+             "PyTorch or shared path."]
+    if not fallback.comparable:
+        lines.append("- **NOT COMPARED: the baseline was recorded on another machine**: "
+                     + "; ".join(fallback.machine_differences) + ". Its ratios are shown, never enforced; refresh "
+                     "it on this machine (`pytest benchmarks -k ratio_gate --ratio-save`)")
+    elif fallback.machine_differences:
+        lines.append("- the baseline was recorded with other software: " + "; ".join(fallback.machine_differences))
+    enforced = "" if fallback.comparable else "(not enforced) "
+    lines += ["", "\n".join(f"- {enforced}{f.message()}" for f in fallback.findings)]
+    return "\n".join(lines) + "\n"
