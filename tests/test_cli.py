@@ -119,3 +119,28 @@ def test_an_output_path_that_cannot_be_written_is_a_one_line_error(compared, tin
     debug = optcv("--debug", *into_file)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
+
+INTERRUPTED_WITH_A_THREAD_LEFT = """
+import threading
+import optcv.cli.commands.cache as command
+
+def run(args):
+    # As Optuna's heartbeat after a Ctrl-C inside its __enter__: a non-daemon thread nobody will stop.
+    threading.Thread(target=threading.Event().wait, name="left-running").start()
+    raise KeyboardInterrupt
+
+command.run = run
+from optcv.cli import run_cli
+run_cli(["cache", "info"])
+"""
+
+
+def test_ctrl_c_ends_the_process_even_with_a_thread_left_running():
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_WITH_A_THREAD_LEFT], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted; finished work is saved" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30  # imports, then the 2 s grace: never the thread's forever

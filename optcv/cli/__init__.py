@@ -8,6 +8,8 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from optcv.cli.commands import bench, cache, compare, evaluate, export, gate, how_fast, run, tune
@@ -66,5 +68,23 @@ def run_cli(argv: Sequence[str] | None = None) -> None:
     shuts down: there is nothing left to interrupt, and Python would print a finaliser's traceback."""
     code = main(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == EXIT_INTERRUPTED and not _threads_finished(INTERRUPT_GRACE_SECONDS):
+        # A Ctrl-C can land inside a library's thread start-up (Optuna's heartbeat: a non-daemon thread started in
+        # a context manager's __enter__, whose __exit__ then never runs), and Python's exit would wait for that
+        # thread forever. Every file optcv writes is atomic, so ending without waiting loses nothing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
+
+INTERRUPT_GRACE_SECONDS = 2.0
+
+
+def _threads_finished(seconds: float) -> bool:
+    """Whether every other non-daemon thread ends within `seconds` (in all, not each)."""
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread())
