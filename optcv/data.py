@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from optcv._io import atomic_path, write_json
+from optcv.env import usable_cores
 from optcv.errors import OptcvError, first_line
 
 CLASSES: tuple[str, ...] = (
@@ -238,7 +239,7 @@ def load_image_folder_split(split_dir: Path, *, cache_dir: Path, progress: bool 
 
     images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
     # Pillow releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         decoded = pool.map(decode_image, (f.path for f in files), chunksize=256)
         bar = tqdm(decoded, total=len(files), desc=f"decoding {split_dir}", unit="img",
                    disable=not progress or None, leave=False)

@@ -215,9 +215,9 @@ StageResult = tuple[list[Path], dict[str, Any]]
 
 def stage_compare(ctx: Context) -> StageResult:
     result = compare_optimizers(ctx.data, ctx.config.compare, ctx.run_dir / "compare", progress=ctx.progress)
-    plot_loss_comparison(training_losses(result), result.out_dir / "loss_comparison.png")
+    plot_loss_comparison(training_losses(result), result.loss_plot)
     histories = {name: [h.to_dict() for h in hs] for name, hs in result.histories.items()}
-    outputs = [result.out_dir / "loss_comparison.png", result.out_dir / "histories.json",
+    outputs = [result.loss_plot, result.out_dir / "histories.json",
                *(result.checkpoint_path(o, s) for o in result.histories for s in ctx.config.compare.seed_values)]
     return outputs, {"summary": [dataclasses.asdict(s) for s in summarize(result)],
                      "differences": [dataclasses.asdict(d) for d in compare_best_two(result)],

@@ -70,40 +70,39 @@ def _openvino_backend(source: ModelSource, threads: int, **options: Any) -> Pred
     return OpenVinoPredictor(source.onnx, threads, **options)
 
 
-BACKENDS: dict[str, Callable[..., Predictor]] = {
-    "pytorch": _torch_backend,
-    "onnxruntime": _ort_backend,
-    "onnxruntime-int8": _ort_int8_backend,
-    "torch-compile": _torch_compile_backend,
-    "openvino": _openvino_backend,
-}
-# Settings besides the thread count that `optcv bench` tries for each backend, keeping the fastest.
-BACKEND_OPTIONS: dict[str, list[dict[str, Any]]] = {
-    "pytorch": [{"mkldnn": False}, {"mkldnn": True}],
-    "onnxruntime": [{}],
-    "onnxruntime-int8": [{}],
-    "openvino": [{}],
+@dataclass(frozen=True)
+class Backend:
+    """One runtime in the registry: how to make its predictor and what optcv needs to know about it."""
+
+    make: Callable[..., Predictor]
+    options: tuple[dict[str, Any], ...] = ({},)  # settings besides threads that calibration (optcv bench) tries
+    extra: tuple[str, str] | None = None  # an optional runtime: (the package to import, how to install it)
+    compiles: bool = False  # prepares for seconds per batch size: left out of the default sets that time all
+
+
+BACKENDS: dict[str, Backend] = {
+    "pytorch": Backend(_torch_backend, options=({"mkldnn": False}, {"mkldnn": True})),
+    "onnxruntime": Backend(_ort_backend),
+    "onnxruntime-int8": Backend(_ort_int8_backend),
+    "torch-compile": Backend(_torch_compile_backend, compiles=True),
+    "openvino": Backend(_openvino_backend, extra=("openvino", "pip install 'optcv[openvino]'")),
 }
 DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
-
-
-# Backends whose runtime is an optional extra: the package to import, and how to install it.
-OPTIONAL_BACKENDS: dict[str, tuple[str, str]] = {"openvino": ("openvino", "pip install 'optcv[openvino]'")}
+NON_COMPILING_BACKENDS = tuple(name for name, backend in BACKENDS.items() if not backend.compiles)
 
 
 def backend_unavailable(backend: str) -> str | None:
     """Why `backend` cannot run here (its optional runtime is not installed), or None."""
-    if backend in OPTIONAL_BACKENDS:
-        module, install = OPTIONAL_BACKENDS[backend]
-        if importlib.util.find_spec(module) is None:
-            return f"the {backend} backend needs {module}, which is not installed: {install}"
+    extra = BACKENDS[backend].extra if backend in BACKENDS else None
+    if extra is not None and importlib.util.find_spec(extra[0]) is None:
+        return f"the {backend} backend needs {extra[0]}, which is not installed: {extra[1]}"
     return None
 
 
 def make_predictor(backend: str, source: ModelSource, threads: int | None = None, **options: Any) -> Predictor:
     if backend not in BACKENDS:
         raise OptcvError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    return BACKENDS[backend](source, threads or usable_cores(), **options)
+    return BACKENDS[backend].make(source, threads or usable_cores(), **options)
 
 
 def candidate_predictors(backend: str, source: ModelSource, threads: int | None = None) -> list[Predictor]:
@@ -111,7 +110,7 @@ def candidate_predictors(backend: str, source: ModelSource, threads: int | None 
     given count), times the backend's own options."""
     counts = [threads] if threads else sorted({1, usable_cores()})
     return [make_predictor(backend, source, n, **options)
-            for n in counts for options in BACKEND_OPTIONS.get(backend, [{}])]
+            for n in counts for options in BACKENDS[backend].options]
 
 
 def resolve_sources(paths: list[str | Path]) -> ModelSource:

@@ -10,8 +10,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 ALPHA = 0.05  # a difference is claimed only when the test's p-value is below this
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+BOOTSTRAP_RESAMPLES = 2000  # every bootstrap interval optcv reports
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,13 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_median_ci(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """The median's percentile-bootstrap interval (95 % by default)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(values, size=(resamples, len(values)), replace=True)
+    medians = np.median(draws, axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))

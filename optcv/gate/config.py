@@ -11,10 +11,11 @@ from typing import Any
 from optcv.env import usable_cores
 from optcv.errors import OptcvError
 from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS
+from optcv.runtime import DEFAULT_BACKENDS
 from optcv.training.models import arch_name
 
 MODELS = COURSE_MODELS
-BACKENDS = ("pytorch", "onnxruntime")
+BACKENDS = DEFAULT_BACKENDS
 PREDICT_IMAGES = 2048
 
 # Batched and training cases are gated at one thread: on a 2-core machine shared with the gate's own

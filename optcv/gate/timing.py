@@ -16,6 +16,7 @@ from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs
 from optcv.gate.sides import Side, same_length_trees
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
+from optcv.stats import BOOTSTRAP_RESAMPLES
 
 
 @dataclass
@@ -111,7 +112,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                  for label, side in (("base", base), ("head", head))}
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
                 "per worker pair, the median per-round head/base ratio; their mean; 95 % two-level percentile "
-                "bootstrap (pairs, then rounds; 2000)"}
+                f"bootstrap (pairs, then rounds; {BOOTSTRAP_RESAMPLES})"}
     return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
                       time.perf_counter() - started, retested=retested)
 

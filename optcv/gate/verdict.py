@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError, ParityFailure, SpeedRegression
+from optcv.stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_THRESHOLD_PCT = 3.0
 THRESHOLDS_SCHEMA = "optcv-gate-thresholds/1"
@@ -56,7 +57,7 @@ class PairedChange:
     rounds: int
 
 
-def paired_change(base_us: Any, head_us: Any, resamples: int = 2000, seed: int = 0,
+def paired_change(base_us: Any, head_us: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                   level: float = 0.95) -> PairedChange:
     """Head ÷ base from per-round medians shaped (pairs, rounds) (a 1-D sequence is one pair).
 

@@ -21,15 +21,15 @@ from optcv.measure.latency import BenchConfig, run_bench, seconds_per_call
 from optcv.measure.limits import limits_of_source
 from optcv.measure.reference import REFERENCE_MODELS, build_reference, reference_accuracy
 from optcv.measure.search import tuned_candidates
-from optcv.runtime import BACKENDS, ModelSource, backend_unavailable, make_predictor
+from optcv.runtime import BACKENDS, NON_COMPILING_BACKENDS, ModelSource, backend_unavailable, make_predictor
 
 HOW_FAST_SCHEMA = "optcv-how-fast/1"
 
 
 @dataclass(frozen=True)
 class HowFastConfig:
-    models: tuple[str, ...] = ("tutorial", "tunable", "resnet18", "mobilenet_v3_small")
-    backends: tuple[str, ...] = ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino")
+    models: tuple[str, ...] = tuple(REFERENCE_MODELS)
+    backends: tuple[str, ...] = NON_COMPILING_BACKENDS  # torch-compile on request: it compiles per model and shape
     batch_size: int = 64
     seconds_per_backend: float = 3.0  # single-image calls per backend: about this much timed work
     min_calls: int = 200

@@ -20,6 +20,7 @@ from optcv._io import write_json
 from optcv.backends.base import Predictor
 from optcv.env import environment_info
 from optcv.errors import OptcvError, require_at_least_one
+from optcv.stats import BOOTSTRAP_RESAMPLES, bootstrap_median_ci
 
 RESULT_SCHEMA = "optcv-bench/1"
 
@@ -33,7 +34,7 @@ class BenchConfig:
     batched_images: int = 2048  # images per throughput measurement and backend
     batched_rounds: int = 8  # the batched images are timed in this many interleaved rounds: a median and interval
     calibration_calls: int = 300
-    bootstrap: int = 2000
+    bootstrap: int = BOOTSTRAP_RESAMPLES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -105,17 +106,8 @@ def time_interleaved(predictors: Sequence[Predictor], images: np.ndarray, n: int
     return [values / 1000.0 for values in samples]
 
 
-def bootstrap_median_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    draws = rng.choice(values, size=(resamples, len(values)), replace=True)
-    medians = np.median(draws, axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
-
-
 def paired_ratio(samples: dict[str, np.ndarray], reference: str, backend: str, chunk: int,
-                 resamples: int = 2000, seed: int = 0) -> RatioEstimate:
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> RatioEstimate:
     """Ratio of per-chunk median latencies, reference ÷ backend, with a bootstrap 95 % interval."""
     ref, other = samples[reference], samples[backend]
     ratios = np.array([np.median(ref[s:s + chunk]) / np.median(other[s:s + chunk])
@@ -152,7 +144,7 @@ def time_batched_rounds(predictors: Sequence[Predictor], images: np.ndarray, bat
     return rates
 
 
-def throughput_stats(rates: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+def throughput_stats(rates: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Median images/s over rounds with its bootstrap 95 % interval and n."""
     low, high = bootstrap_median_ci(rates, resamples, seed)
     return {"images_per_s": float(np.median(rates)), "ci_low": low, "ci_high": high, "rounds": int(rates.size)}

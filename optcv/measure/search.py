@@ -22,8 +22,8 @@ from optcv.backends.base import Predictor
 from optcv.env import environment_info, fingerprint_differences, machine_fingerprint, same_machine
 from optcv.env import usable_cores as default_threads
 from optcv.errors import OptcvError
-from optcv.measure.latency import bootstrap_median_ci
 from optcv.runtime import ModelSource, candidate_predictors, make_predictor
+from optcv.stats import bootstrap_median_ci
 
 SEARCH_SCHEMA = "optcv-settings-search/1"
 _ORT_OPTIONS = [{"graph_optimization": g, "spinning": s} for g in ("basic", "extended", "all") for s in (True, False)]

@@ -8,23 +8,25 @@ from optcv.env import describe_environment
 from optcv.report.tables import markdown_table, speedup_text, throughput_text
 
 
-def latency_rows(result: Any) -> list[dict[str, Any]]:
-    """The course's latency table, per backend: µs per prediction, speed-up, batched images/s."""
-    reference = next(iter(result.backends))
-    ratios = {r.backend: r for r in result.ratios}
+def latency_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """The course's latency table from a bench result (BenchResult.to_dict(), as results.json keeps it), per
+    backend: µs per prediction, the speed-up over the first backend, batched images/s."""
+    reference = next(iter(bench["backends"]))
+    ratios = {r["backend"]: r for r in bench["ratios"].values()}
     rows = []
-    for name, r in result.backends.items():
+    for name, values in bench["backends"].items():
+        latency = values["latency_us"]
         row: dict[str, Any] = {
             "backend": name,
-            "threads": r.settings.get("threads"),
-            "predictions": r.latency.n,
-            "mean µs": r.latency.mean_us,
-            "median µs": r.latency.median_us,
-            "p95 µs": r.latency.p95_us,
+            "threads": values["settings"].get("threads"),
+            "predictions": latency["n"],
+            "mean µs": latency["mean_us"],
+            "median µs": latency["median_us"],
+            "p95 µs": latency["p95_us"],
             f"speed-up vs {reference} (95% CI)": "1 (reference)" if name == reference else
-            speedup_text(ratios[name].ratio, ratios[name].ci_low, ratios[name].ci_high),
+            speedup_text(ratios[name]["ratio"], ratios[name]["ci_low"], ratios[name]["ci_high"]),
         }
-        for batch, t in r.throughput.items():
+        for batch, t in values["throughput"].items():
             row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
         rows.append(row)
     return rows

@@ -9,8 +9,10 @@ from typing import Any
 from optcv._io import write_json, write_text
 from optcv.report.compare import compare_conclusions, compare_rows
 from optcv.report.figures import plot_latency_bars
-from optcv.report.tables import markdown_table, speedup_text, throughput_text
+from optcv.report.latency import latency_rows
+from optcv.report.tables import markdown_table
 from optcv.stats import wilson
+from optcv.training.compare import LOSS_PLOT
 
 COURSE_SPEEDUP = 1185.95 / 63.68  # the course's PyTorch µs ÷ ONNX µs per prediction (≈ 18.6×)
 
@@ -67,7 +69,7 @@ def _compare_section(compare: dict[str, Any], settings: dict[str, Any]) -> list[
              f"{'all' if settings['train_size'] is None else settings['train_size']} training images, "
              f"{seeds} seed{'s' if seeds > 1 else ''} (for each seed the same initial weights and batches for every "
              "optimizer); the last epoch's numbers, mean ± sample std over the seeds.", "",
-             "![loss comparison](compare/loss_comparison.png)", "",
+             f"![loss comparison](compare/{LOSS_PLOT})", "",
              markdown_table(compare_rows(compare["summary"])), ""]
     lines += compare_conclusions(compare["differences"]) or [
         f"{compare['summary'][0]['optimizer']} was the only optimizer trained."]
@@ -147,18 +149,7 @@ def _latency_section(latency: dict[str, Any], chart: str | None) -> list[str]:
     for model, bench in latency["models"].items():
         reference = next(iter(bench["backends"]))
         ratios = {r["backend"]: r for r in bench["ratios"].values()}
-        rows = []
-        for backend, values in bench["backends"].items():
-            lat = values["latency_us"]
-            row: dict[str, Any] = {"backend": backend, "threads": values["settings"].get("threads"),
-                                   "predictions": lat["n"], "mean µs": f"{lat['mean_us']:.1f}",
-                                   "median µs": f"{lat['median_us']:.1f}", "p95 µs": f"{lat['p95_us']:.1f}",
-                                   "speed-up (95% CI)": "1 (reference)" if backend == reference else
-                                   speedup_text(ratios[backend]["ratio"], ratios[backend]["ci_low"],
-                                                ratios[backend]["ci_high"])}
-            for batch, t in values["throughput"].items():
-                row[f"images/s @{batch} (95% CI)"] = throughput_text(t)
-            rows.append(row)
+        rows = latency_rows(bench)
         lines += [f"### {model}", "", markdown_table(rows), ""]
         for backend, ratio in ratios.items():
             ref = bench["backends"][reference]["latency_us"]["median_us"]

@@ -32,6 +32,21 @@ def statistics_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tune_text(summary: dict[str, Any], search_seconds: float, workers: int, train_images: int, out: Path) -> str:
+    """`optcv tune`'s output: the course's statistics, the search's wall time, the best configuration retrained."""
+    lines = [statistics_text(summary), "",
+             f"search wall time this run: {search_seconds:.0f} s with {workers} worker(s)"]
+    if "best_model" in summary:
+        best = summary["best_model"]
+        over = best["test_accuracy_over_seeds"]
+        spread_text = (f" (over {over['n']} seeds: {100 * over['mean']:.2f} ± {100 * over['std']:.2f} %)"
+                       if over["n"] > 1 else "")
+        lines.append(f"best configuration retrained on all {train_images:,} training images for {best['epochs']} "
+                     f"epochs: test accuracy {100 * best['test_accuracy']:.2f}%{spread_text} → {best['checkpoint']}")
+    lines.append(f"study: {out / 'study.json'}; plots: {out}/*.png")
+    return "\n".join(lines)
+
+
 def write_plots(study: optuna.Study, run_dir: Path) -> list[Path]:
     """optuna.visualization.matplotlib plots as PNG: history, intermediate values, importances."""
     from optuna.visualization import matplotlib as optuna_plots

@@ -16,6 +16,8 @@ from optcv.stats import Difference, Spread, spread, welch
 from optcv.training.models import Checkpoint, ModelConfig, TutorialNetConfig, arch_name, build_model, save_checkpoint
 from optcv.training.train import History, TrainConfig, optimizer_name, train
 
+LOSS_PLOT = "loss_comparison.png"  # the course's figure, drawn by the caller beside the histories
+
 
 @dataclass(frozen=True)
 class CompareConfig:
@@ -62,6 +64,10 @@ class CompareResult:
     out_dir: Path
     config: CompareConfig
     histories: dict[str, list[History]]  # per optimizer, one per seed in `config.seed_values` order
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.out_dir / LOSS_PLOT
 
     def checkpoint_path(self, optimizer: str, seed: int | None = None) -> Path:
         """The model of `optimizer` trained with `seed` (default: the first seed)."""

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"settings: the fastest per batch size from {settings_path(source)} (optcv bench --search)")
     config = BenchConfig(n_single=args.n, chunk=min(args.chunk, args.n), batch_sizes=tuple(args.batch_sizes))
     result = run_bench(backends, data.test.images.numpy(), config, model=model)
-    print(markdown_table(latency_rows(result)))
+    print(markdown_table(latency_rows(result.to_dict())))
     print()
     for name, r in result.backends.items():
         print(f"{name}: {settings_text(r.settings)}")

@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
                            test_size=args.test_size)
     data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
     result = compare_optimizers(data, config, args.out, progress=progress(args))
-    plot_loss_comparison(training_losses(result), result.out_dir / "loss_comparison.png")
+    plot_loss_comparison(training_losses(result), result.loss_plot)
     print(markdown_table(compare_rows([asdict(s) for s in summarize(result)])))
     print()
     for line in compare_conclusions([asdict(d) for d in compare_best_two(result)]):
         print(line)
-    print(f"\nloss plot: {result.out_dir / 'loss_comparison.png'}")
+    print(f"\nloss plot: {result.loss_plot}")
     print(f"checkpoints: {result.out_dir}/<optimizer>/seed-<seed>/model.pt, e.g. "
           f"{result.checkpoint_path(config.optimizers[0])}")
     print(f"machine: {describe_environment()}")

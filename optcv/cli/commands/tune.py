@@ -14,7 +14,7 @@ from optcv.cli.common import (
 )
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
-from optcv.report.study import statistics_text, write_plots
+from optcv.report.study import statistics_text, tune_text, write_plots
 from optcv.training.retrain import finish
 from optcv.training.study_results import study_summary
 from optcv.training.study_storage import default_storage, open_study
@@ -80,14 +80,5 @@ def run(args: argparse.Namespace) -> int:
     search_seconds = time.perf_counter() - started
     summary = finish(study, config, data, args.out, retrain=not args.no_retrain, progress=progress(args))
     write_plots(study, Path(args.out))
-    print(statistics_text(summary))
-    print(f"\nsearch wall time this run: {search_seconds:.0f} s with {args.workers} worker(s)")
-    if "best_model" in summary:
-        best = summary["best_model"]
-        over = best["test_accuracy_over_seeds"]
-        spread_text = (f" (over {over['n']} seeds: {100 * over['mean']:.2f} ± {100 * over['std']:.2f} %)"
-                       if over["n"] > 1 else "")
-        print(f"best configuration retrained on all {len(data.train):,} training images for {best['epochs']} "
-              f"epochs: test accuracy {100 * best['test_accuracy']:.2f}%{spread_text} → {best['checkpoint']}")
-    print(f"study: {Path(args.out) / 'study.json'}; plots: {Path(args.out)}/*.png")
+    print(tune_text(summary, search_seconds, args.workers, len(data.train), Path(args.out)))
     return 0
