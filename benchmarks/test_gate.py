@@ -16,51 +16,43 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
+from optcv._io import write_json, write_text
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import BaselineMissing, SpeedRegression
 from optcv.gate.config import GateConfig
-from optcv.gate.ratio import load_json, ratio_gate, ratios_of, run_ratio_fallback
-from optcv.gate.run import run_gate
+from optcv.gate.ratio import RATIO_THREADS, load_json, ratio_bench_config, ratio_gate, ratios_of
+from optcv.gate.run import run_ab, run_gate
 from optcv.gate.verdict import GateSetupError, Thresholds, Verdict
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
+from optcv.report.gate import outcome_failure_lines, outcome_markdown
 from optcv.runtime import backend_unavailable, make_predictor
 
-# The ratio gate times fixed settings, one thread per backend: a calibrated choice can flip between runs when
-# two settings are close (the tutorial speed-up jumped from 4.2x to 5.8x when PyTorch's thread count flipped).
-GATE_THREADS = 1
 BOUNDARY_CASES = ("tutorial/*/b1/t1",)
 
 
 def test_ab_gate(request, real_data_dir):
-    """This tree against --gate-against REV; without a base revision, the labelled ratio fallback."""
+    """This tree against --gate-against REV (by default the merge-base with main, else HEAD~1): the one entry
+    point the CLI calls too. Without a base revision, the labelled ratio fallback; with the same optcv code on both
+    sides, nothing to time (said in the verdict section)."""
     against = request.config.getoption("gate_against")
-    if against is None:
-        pytest.skip("the A/B gate runs with --gate-against REV (or 'default')")
-    from optcv._io import write_json, write_text
-    from optcv.report.gate import gate_failure_lines, gate_markdown, ratio_fallback_markdown
-
+    if against == "none":
+        pytest.skip("--gate-against none: the A/B gate is off in this run")
     option = request.config.getoption
-    thresholds = Thresholds.load(option("gate_thresholds"), option("gate_threshold"))
-    result = run_gate(GateConfig(), thresholds, against=None if against == "default" else against,
-                      base_python=request.config.getoption("gate_base_python"), data_dir=real_data_dir)
-    lines = request.config._optcv_gate_lines
-    if isinstance(result, str):
-        fallback = run_ratio_fallback(result, request.config.getoption("ratio_baseline"), data_dir=real_data_dir)
-        markdown = ratio_fallback_markdown(fallback)
-        lines += markdown.splitlines()
-        if fallback.regressions:
-            raise SpeedRegression("; ".join(f.message() for f in fallback.regressions))
-        return
-    markdown = gate_markdown(result)
-    lines += [line for line in markdown.splitlines() if line.startswith(("##", "|"))] + gate_failure_lines(result)
-    if request.config.getoption("gate_summary"):
-        write_text(request.config.getoption("gate_summary"), markdown)
-    if request.config.getoption("gate_json"):
-        write_json(request.config.getoption("gate_json"), result.to_dict())
-    result.raise_for_regressions()
+    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
+                       against=None if against == "default" else against, base_python=option("gate_base_python"),
+                       data_dir=real_data_dir, baseline=option("ratio_baseline"))
+    markdown = outcome_markdown(outcome)
+    request.config._optcv_gate_lines += [line for line in markdown.splitlines() if line.startswith(("##", "|", "- "))]
+    request.config._optcv_gate_lines += outcome_failure_lines(outcome)
+    if option("gate_summary"):
+        write_text(option("gate_summary"), markdown)
+    if option("gate_json"):
+        write_json(option("gate_json"), outcome.to_dict())
+    outcome.raise_for_regressions()
 
 
+@pytest.mark.full
 def test_gate_self_test_at_its_boundary(real_data_dir):
     """A 5 % slowdown of the shared path is caught at batch 1 in both backends; unchanged code passes."""
     from optcv.gate.selftest import run_self_test
@@ -99,6 +91,7 @@ SLOW_ORT_PREDICT = '''
 '''
 
 
+@pytest.mark.full
 def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
     """A commit that makes ONNX Runtime's predict 10 % slower fails; a comment-only commit after it passes."""
     repo = repository_with_optcv(tmp_path / "repo")
@@ -123,13 +116,14 @@ def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
     assert not comment.regressions, comment.findings
 
 
+@pytest.mark.full
 def test_gate_without_a_base_revision_falls_back_to_ratios(tmp_path, real_data_dir):
     """A repository with one commit has no base: the gate says so and returns the reason."""
     repo = repository_with_optcv(tmp_path / "repo")
-    reason = run_gate(GateConfig(models=("tutorial",)), head_tree=repo, repo=repo, data_dir=real_data_dir)
+    reason = run_ab(GateConfig(models=("tutorial",)), head_tree=repo, repo=repo, data_dir=real_data_dir)
     assert isinstance(reason, str) and "HEAD~1" in reason and "first commit" in reason
     with pytest.raises(GateSetupError, match="revision no-such-rev does not exist"):
-        run_gate(GateConfig(models=("tutorial",)), against="no-such-rev", head_tree=repo, repo=repo)
+        run_ab(GateConfig(models=("tutorial",)), against="no-such-rev", head_tree=repo, repo=repo)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,14 +131,14 @@ def test_gate_without_a_base_revision_falls_back_to_ratios(tmp_path, real_data_d
 
 
 def gate_predictor(model_sources, model: str, backend: str):
-    return make_predictor(backend, model_sources[model], GATE_THREADS)
+    return make_predictor(backend, model_sources[model], RATIO_THREADS)
 
 
 def gate_config(request: pytest.FixtureRequest) -> BenchConfig:
-    n = request.config.getoption("gate_images")
-    return BenchConfig(n_single=n, chunk=max(1, n // 20), warmup=200, batch_sizes=(), calibration_calls=300)
+    return ratio_bench_config(request.config.getoption("gate_images"))
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("model", COURSE_MODELS)  # the committed ratios cover these
 def test_speedup_ratio_gate(request, model_sources, test_images, model):
     # A missing optional runtime fails its own latency and parity cases in CI; here it is left out.

@@ -19,7 +19,7 @@ import numpy as np
 
 from optcv.data import default_cache_dir
 from optcv.env import environment_info, fingerprint_differences, machine_fingerprint, same_machine
-from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError
+from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError, SpeedRegression
 from optcv.gate.config import BACKENDS, MODELS
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, prepare_inputs
@@ -28,6 +28,17 @@ from optcv.measure.latency import RESULT_SCHEMA, BenchConfig, run_bench
 from optcv.runtime import ModelSource, make_predictor
 
 BASELINE_SCHEMA = "optcv-ratio-baseline/1"
+FALLBACK_SCHEMA = "optcv-ratio-fallback/1"
+DEFAULT_BASELINE = HEAD_TREE / "benchmarks" / "baselines" / "ratios.json"
+RATIO_CALLS = 4000  # single-image predictions per backend for the paired ratios
+# Fixed settings, one thread per backend: a calibrated choice can flip between runs when two settings are close
+# (the tutorial speed-up jumped from 4.2x to 5.8x when PyTorch's thread count flipped).
+RATIO_THREADS = 1
+
+
+def ratio_bench_config(calls: int = RATIO_CALLS) -> BenchConfig:
+    """How the ratio gate times: `calls` single-image predictions per backend in 20 interleaved chunks."""
+    return BenchConfig(n_single=calls, chunk=max(1, calls // 20), batch_sizes=())
 
 
 
@@ -128,13 +139,20 @@ class RatioFallback:
     def regressions(self) -> list[Any]:
         return [f for f in self.findings if not f.passed] if self.comparable else []
 
+    def raise_for_regressions(self) -> None:
+        if self.regressions:
+            raise SpeedRegression("; ".join(f.message() for f in self.regressions))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": FALLBACK_SCHEMA, "reason": self.reason, "baseline": self.baseline,
+                "comparable": self.comparable, "machine_differences": self.machine_differences,
+                "findings": [vars(f) for f in self.findings]}
+
 
 def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequence[str] = MODELS,
-                       data_dir: str | Path | None = None, n_single: int = 4000, log: Log = lambda _m: None
+                       data_dir: str | Path | None = None, calls: int = RATIO_CALLS, log: Log = lambda _m: None
                        ) -> RatioFallback:
     """PyTorch ÷ ONNX Runtime speed-ups at one thread, interleaved in this run, against committed ratios."""
-
-
     baseline = load_json(baseline_path, "ratio baseline")
     differences = fingerprint_differences(baseline.get("environment", {}), machine_fingerprint())
     head = Side("head", sys.executable, HEAD_TREE)
@@ -143,10 +161,10 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
         built = build_artifacts(head, Path(tmp), models, root, default_cache_dir())
         images = np.load(inputs["predict_images"])
     measured: dict[str, dict[str, Any]] = {}
-    config = BenchConfig(n_single=n_single, chunk=max(1, n_single // 20), batch_sizes=())
+    config = ratio_bench_config(calls)
     for model, paths in built["models"].items():
         source = ModelSource(Path(paths["checkpoint"]), Path(paths["onnx"]))
-        backends = {b: [make_predictor(b, source, 1)] for b in BACKENDS}
+        backends = {b: [make_predictor(b, source, RATIO_THREADS)] for b in BACKENDS}
         log(f"ratio fallback: timing {model}")
         measured.update(ratios_of(run_bench(backends, images, config, model=model).to_dict()))
     return RatioFallback(reason, ratio_gate(measured, baseline), differences, str(baseline_path),

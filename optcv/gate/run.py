@@ -1,29 +1,79 @@
-"""One entry point to the A/B gate, for the CLI and the benchmark suite alike."""
+"""One entry point to the gate, for the CLI and the benchmark suite alike: the A/B gate of this tree against a
+base; without a base, the ratio gate as a labelled fallback; with the same code on both sides, nothing to time."""
 
 from __future__ import annotations
 
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optcv.data import default_cache_dir
 from optcv.gate.config import GateConfig
-from optcv.gate.sides import sides_for
+from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
+from optcv.gate.sides import Side, code_hash, sides_for
 from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import GateResult, Thresholds
+
+SAME_CODE_SCHEMA = "optcv-gate-same-code/1"
+
+
+@dataclass(frozen=True)
+class SameCode:
+    """Base and head hold the same optcv code under the same interpreter (a commit that changed only the README or
+    the tests): timing them would compare identical code, so nothing was timed."""
+
+    base: str
+    head: str
+    code_hash: str
+
+    @property
+    def regressions(self) -> list[Any]:
+        return []
+
+    def raise_for_regressions(self) -> None:
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SAME_CODE_SCHEMA, "base": self.base, "head": self.head, "code_hash": self.code_hash}
+
+
+GateOutcome = GateResult | RatioFallback | SameCode
 
 
 def run_gate(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresholds(), *, against: str | None = None,
              base_python: str | None = None, head_tree: Path | None = None, repo: Path | None = None,
-             data_dir: str | Path | None = None, log: Log = lambda _m: None, progress: bool = False
-             ) -> GateResult | str:
-    """The A/B gate of the head (this source tree) against `against` (default: see
-    `default_base_revision`) and/or another interpreter; or, without a second side, the reason."""
+             data_dir: str | Path | None = None, baseline: str | Path = DEFAULT_BASELINE,
+             even_if_unchanged: bool = False, log: Log = lambda _m: None, progress: bool = False) -> GateOutcome:
+    """This tree against `against` (default: see `default_base_revision`) and/or another interpreter."""
+    result = run_ab(config, thresholds, against=against, base_python=base_python, head_tree=head_tree, repo=repo,
+                    data_dir=data_dir, even_if_unchanged=even_if_unchanged, log=log, progress=progress)
+    if isinstance(result, str):
+        log(f"no second side: {result}; falling back to the ratio gate")
+        return run_ratio_fallback(result, baseline, models=config.models, data_dir=data_dir, log=log)
+    return result
+
+
+def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresholds(), *, against: str | None = None,
+           base_python: str | None = None, head_tree: Path | None = None, repo: Path | None = None,
+           data_dir: str | Path | None = None, even_if_unchanged: bool = False, log: Log = lambda _m: None,
+           progress: bool = False) -> GateResult | SameCode | str:
+    """The A/B gate alone; without a second side, the reason why not."""
     with ExitStack() as stack:
         sides = stack.enter_context(sides_for(against, base_python, head_tree, repo))
         if isinstance(sides, str):
             return sides
+        if not even_if_unchanged and (same := _same_code(*sides)):
+            return same
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-gate-")))
         return measure(*sides, config, thresholds, data_dir=data_dir, cache_dir=default_cache_dir(),
                        workdir=workdir, log=log, progress=progress)
     raise AssertionError("unreachable")
+
+
+def _same_code(base: Side, head: Side) -> SameCode | None:
+    found = code_hash(head.tree)
+    if base.python != head.python or code_hash(base.tree) != found:
+        return None
+    return SameCode(base.revision or str(base.tree), head.revision or str(head.tree), found)

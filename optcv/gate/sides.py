@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,15 @@ from optcv.gate.revisions import default_base_revision, git, repo_root, resolve_
 from optcv.gate.verdict import GateSetupError
 
 HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this optcv package
+
+
+def code_hash(tree: Path) -> str:
+    """optcv's source in `tree`, hashed as a worker hashes the side it runs in (optcv/gate/worker.py)."""
+    root = tree / "optcv"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 # glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large
 # tensor lands (page-aligned or inside the heap) depends on the process's history; PyTorch's batched and
 # training calls then ran up to 14-22 % apart in processes of identical code, and a 5 % slowdown measured

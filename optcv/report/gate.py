@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from optcv.gate.ratio import DEFAULT_MARGIN
+from optcv.gate.ratio import DEFAULT_MARGIN, RatioFallback
+from optcv.gate.run import GateOutcome, SameCode
 from optcv.gate.selftest import affected
+from optcv.gate.verdict import GateResult
 from optcv.report.tables import markdown_table, signed_pct
 
 
@@ -115,3 +117,25 @@ def ratio_fallback_markdown(fallback: Any) -> str:
     enforced = "" if fallback.comparable else "(not enforced) "
     lines += ["", "\n".join(f"- {enforced}{f.message()}" for f in fallback.findings)]
     return "\n".join(lines) + "\n"
+
+
+def same_code_markdown(same: SameCode) -> str:
+    return (f"## optcv gate: nothing to time (base and head hold the same optcv code)\n\n"
+            f"- base: {same.base}\n- head: {same.head}\n- code hash: {same.code_hash} on both sides, same "
+            "interpreter; `optcv gate --even-if-unchanged` times them anyway\n")
+
+
+def outcome_markdown(outcome: GateOutcome) -> str:
+    """The summary of whatever the gate did: the A/B table, the ratio fallback, or why nothing was timed."""
+    if isinstance(outcome, GateResult):
+        return gate_markdown(outcome)
+    if isinstance(outcome, RatioFallback):
+        return ratio_fallback_markdown(outcome)
+    return same_code_markdown(outcome)
+
+
+def outcome_failure_lines(outcome: GateOutcome) -> list[str]:
+    """One line per failing case, for a CI log."""
+    if isinstance(outcome, GateResult):
+        return gate_failure_lines(outcome)
+    return [f.message() for f in outcome.regressions]

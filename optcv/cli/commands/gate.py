@@ -18,12 +18,11 @@ from optcv.errors import OptcvError
 from optcv.gate import selftest
 from optcv.gate.config import MODELS, GateConfig
 from optcv.gate.inject import TARGETS
-from optcv.gate.ratio import DEFAULT_MARGIN, load_json, ratio_gate, ratios_of, run_ratio_fallback
+from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, load_json, ratio_gate, ratios_of
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
-from optcv.gate.sides import HEAD_TREE
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
-from optcv.report.gate import gate_failure_lines, gate_markdown, ratio_fallback_markdown, self_test_markdown
+from optcv.report.gate import outcome_failure_lines, outcome_markdown, self_test_markdown
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +49,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds,
                       help="a noisy case adds rounds up to this long, until its interval is narrow enough")
     gate.add_argument("--seed", type=int, default=default.seed)
+    gate.add_argument("--even-if-unchanged", action="store_true",
+                      help="time base and head even when they hold the same optcv code (by default: nothing to time)")
     gate.add_argument("--no-retest", dest="retest", action="store_false", default=default.retest_failures,
                       help="fail on the first pass, without re-timing failing cases with fresh workers")
     gate.add_argument("--json", help="write every number to this JSON file")
@@ -118,25 +119,16 @@ def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -
 
 def _gate_ab(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    thresholds = Thresholds.load(args.thresholds, args.threshold)
-    result = run_gate(_gate_config(args), thresholds, against=args.against, base_python=args.base_python,
-                      data_dir=args.data_dir, log=log, progress=progress(args))
-    if isinstance(result, str):
-        print(f"optcv gate: no second side: {result}; falling back to the ratio gate", file=sys.stderr)
-        baseline = args.baseline or str(HEAD_TREE / "benchmarks/baselines/ratios.json")
-        fallback = run_ratio_fallback(result, baseline, models=args.models, data_dir=args.data_dir, log=log)
-        markdown = ratio_fallback_markdown(fallback)
-        print(markdown)
-        _publish(args, markdown, {"schema": "optcv-ratio-fallback/1", "reason": fallback.reason,
-                                  "machine_differences": fallback.machine_differences,
-                                  "findings": [vars(f) for f in fallback.findings]})
-        return EXIT_REGRESSION if fallback.regressions else 0
-    markdown = gate_markdown(result)
+    outcome = run_gate(_gate_config(args), Thresholds.load(args.thresholds, args.threshold), against=args.against,
+                       base_python=args.base_python, data_dir=args.data_dir,
+                       baseline=args.baseline or DEFAULT_BASELINE,
+                       even_if_unchanged=args.even_if_unchanged, log=log, progress=progress(args))
+    markdown = outcome_markdown(outcome)
     print(markdown)
-    _publish(args, markdown, result.to_dict())
-    for line in gate_failure_lines(result):
+    _publish(args, markdown, outcome.to_dict())
+    for line in outcome_failure_lines(outcome):
         print(line, file=sys.stderr)
-    return EXIT_REGRESSION if result.regressions else 0
+    return EXIT_REGRESSION if outcome.regressions else 0
 
 
 def _gate_self_test(args: argparse.Namespace) -> int:
