@@ -1,4 +1,9 @@
-"""Shared pytest set-up for tests/ and benchmarks/: isolated caches, synthetic and real CIFAR-10."""
+"""Shared pytest set-up for tests/ and benchmarks/: the two tiers, synthetic and real CIFAR-10.
+
+Two tiers (README, "Tests"): `pytest` runs the fast one (unit tests, bad inputs, one kill point per command and
+signal, parity on the course's two models, the A/B gate when optcv's code changed); `pytest --tier full` (what
+.ci/run and `tox -e full` run) adds every case marked `full`.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,38 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # .ci/run sets OPTCV_NO_SKIP=1 whatever CI holds (a runner may export CI=false): there a missing data set,
 # service or optional backend fails the run instead of skipping quietly.
 NO_SKIP = IN_CI or os.environ.get("OPTCV_NO_SKIP", "").lower() in ("1", "true", "yes")
+
+
+TIERS = ("fast", "full")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--tier", choices=TIERS, default="fast",
+                     help="fast (the default: minutes) or full (every case; what CI runs)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full: runs only in the full tier (pytest --tier full, .ci/run, tox -e full)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("tier") == "full":
+        return
+    later = [item for item in items if item.get_closest_marker("full")]
+    if later:
+        config.hook.pytest_deselected(items=later)
+        items[:] = [item for item in items if not item.get_closest_marker("full")]
+        config._optcv_full_only = len(later)  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    later = getattr(config, "_optcv_full_only", 0)
+    if later:
+        terminalreporter.write_line(f"fast tier: {later} full-tier cases not run here (pytest --tier full runs them)")
+
+
+def full_tier(config: pytest.Config) -> bool:
+    return config.getoption("tier") == "full"
 
 
 def skip_or_fail(message: str) -> None:

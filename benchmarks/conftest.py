@@ -15,13 +15,20 @@ import pytest
 
 from conftest import skip_or_fail
 from optcv.backends.base import Predictor
-from optcv.data import CIFAR10, load_cifar10
+from optcv.data import CIFAR10, default_cache_dir, load_cifar10
 from optcv.env import cpu_model, package_versions
 from optcv.env import usable_cores as default_threads
-from optcv.gate.ratio import DEFAULT_MARGIN, make_baseline
+from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, make_baseline
 from optcv.measure.latency import pick_fastest
-from optcv.measure.reference import REFERENCE_MODELS, build_reference
-from optcv.runtime import DEFAULT_BACKENDS, ModelSource, backend_unavailable, candidate_predictors
+from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS, build_reference
+from optcv.runtime import (
+    DEFAULT_BACKENDS,
+    NON_COMPILING_BACKENDS,
+    ModelSource,
+    backend_unavailable,
+    candidate_predictors,
+    make_predictor,
+)
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
@@ -29,8 +36,10 @@ GATE_THRESHOLDS = HERE / "gate_thresholds.json"
 REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
 
 MODEL_NAMES = list(REFERENCE_MODELS)
+# The course's two nets in both tiers; the torchvision ones, which take minutes to build and time, in the full one.
+MODEL_PARAMS = [pytest.param(name, marks=() if name in COURSE_MODELS else pytest.mark.full) for name in MODEL_NAMES]
 BATCHED_CASES = [(name, batch) for name, spec in REFERENCE_MODELS.items() for batch in spec.batch_sizes]
-BACKENDS = [*DEFAULT_BACKENDS, "onnxruntime-int8", "openvino"]
+BACKENDS = list(NON_COMPILING_BACKENDS)  # torch-compile: benchmarks/test_compiled.py
 # Batched throughput of OpenVINO is measured by `optcv how-fast`, not in every CI run (its 14 cases cost
 # about a minute and a half there); its batch-1 latency, parity and logits cases run here.
 BATCHED_BACKENDS = [b for b in BACKENDS if b != "openvino"]
@@ -46,15 +55,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
     group.addoption("--ratio-margin", type=float, default=DEFAULT_MARGIN,
                     help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
-    group.addoption("--gate-against", metavar="REV",
-                    help="run the A/B gate: this tree against REV ('default': merge-base with main, else HEAD~1)")
+    group.addoption("--gate-against", metavar="REV", default="default",
+                    help="the A/B gate's base revision (default: the merge-base with main, else HEAD~1; 'none': no "
+                         "gate); nothing is timed when base and head hold the same optcv code")
     group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")
     group.addoption("--gate-threshold", type=float, help="A/B gate: default threshold in %%")
     group.addoption("--gate-thresholds", default=str(GATE_THRESHOLDS), help="A/B gate: per-case thresholds file")
     group.addoption("--gate-json", help="A/B gate: write every number here")
     group.addoption("--gate-summary", help="A/B gate: write the Markdown summary here")
-    group.addoption("--gate-images", type=int, default=4000,
-                    help="single-image predictions per backend for the paired ratios (default 4000)")
+    group.addoption("--gate-images", type=int, default=RATIO_CALLS,
+                    help=f"single-image predictions per backend for the paired ratios (default {RATIO_CALLS})")
     group.addoption("--training-images", type=int, default=10_000,
                     help="training images per timed epoch in the training-speed cases (default 10,000)")
 
@@ -149,13 +159,22 @@ def test_images(cifar: CIFAR10) -> np.ndarray:
     return cifar.test.images.numpy()
 
 
+class ReferenceSources(dict[str, ModelSource]):
+    """Each reference model (optcv.measure.reference) trained deterministically and exported, or taken from the
+    cache, when a case first asks for it: the fast tier never builds the two torchvision nets."""
+
+    def __init__(self, cifar: CIFAR10):
+        super().__init__()
+        self.cifar = cifar
+
+    def __missing__(self, name: str) -> ModelSource:
+        self[name] = ModelSource(*build_reference(name, self.cifar, default_cache_dir()))
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def model_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
-    """Each reference model (optcv.measure.reference) trained deterministically and exported, or taken from the
-    cache."""
-    from optcv.data import default_cache_dir
-
-    return {name: ModelSource(*build_reference(name, cifar, default_cache_dir())) for name in MODEL_NAMES}
+    return ReferenceSources(cifar)
 
 
 def require_backend(backend: str) -> None:
@@ -186,16 +205,17 @@ def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarra
 
 @pytest.fixture(scope="session")
 def plain_predictor(model_sources: dict[str, ModelSource]):
-    """Uncalibrated predictors with default settings (or the backend options given), for parity checks."""
-    from optcv.runtime import make_predictor
-
-    made: list[Predictor] = []
+    """Uncalibrated predictors with default settings (or the backend options given), for parity checks; one per
+    model, backend and options for the whole session."""
+    made: dict[tuple[str, str, str], Predictor] = {}
 
     def get(model: str, backend: str, **options: Any) -> Predictor:
         require_backend(backend)
-        made.append(make_predictor(backend, model_sources[model], **options))
-        return made[-1]
+        key = (model, backend, repr(sorted(options.items())))
+        if key not in made:
+            made[key] = make_predictor(backend, model_sources[model], **options)
+        return made[key]
 
     yield get
-    for predictor in made:
+    for predictor in made.values():
         predictor.close()

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.test_latency import time_single_images
 
+pytestmark = pytest.mark.full  # timed cases: the full tier, alone on the machine
+
 COMPILED_MODELS = ["tutorial", "tunable"]
 
 

@@ -17,6 +17,8 @@ from benchmarks.conftest import BACKENDS, BATCHED_BACKENDS, BATCHED_CASES, MODEL
 from optcv.env import package_versions
 from optcv.measure.latency import scaled_rounds, seconds_per_call
 
+pytestmark = pytest.mark.full  # timed cases: the full tier, alone on the machine
+
 ROUNDS, ITERATIONS, WARMUP_ROUNDS = 100, 20, 5
 BATCHED_ROUNDS = 10
 # Timed seconds per case at most: the small models keep their full rounds, ResNet-18 gets fewer.

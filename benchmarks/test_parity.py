@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.conftest import BACKENDS, MODEL_NAMES, REFERENCE_BACKEND
+from benchmarks.conftest import BACKENDS, MODEL_PARAMS, REFERENCE_BACKEND
 from optcv.data import stratified_subset
 from optcv.errors import ParityFailure
 from optcv.measure.parity import KNOWN_PARITY_FAILURES, evaluate_backends, parity
@@ -23,7 +23,7 @@ OPTIONS = {"torch-compile": {"batch_sizes": (PARITY_BATCH,)}}
 FP32_BACKENDS = [b for b in OTHER_BACKENDS if not b.endswith("-int8") and b != "torch-compile"]
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_parity_on_every_test_image(request, plain_predictor, cifar, model):
     """Every backend against PyTorch on the full test split, in one pass per model (PyTorch's logits are
     computed once): fp32 backends must give PyTorch's class for every image; int8 must keep its accuracy
@@ -53,7 +53,7 @@ def test_parity_on_every_test_image(request, plain_predictor, cifar, model):
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_logits_match_pytorch(plain_predictor, test_images, model, backend, batch_size):
     reference, other = plain_predictor(model, REFERENCE_BACKEND), plain_predictor(model, backend)
     for start in range(0, 3 * batch_size, batch_size):  # three different batches

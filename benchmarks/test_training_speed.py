@@ -8,6 +8,8 @@ from optcv.data import stratified_subset
 from optcv.training.models import TutorialNetConfig, build_model
 from optcv.training.train import TrainConfig, train
 
+pytestmark = pytest.mark.full  # timed cases: the full tier, alone on the machine
+
 
 @pytest.mark.parametrize("batch_size", [4, 64, 256])
 def test_training_epoch_throughput(benchmark, request, cifar, batch_size):

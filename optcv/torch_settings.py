@@ -78,3 +78,8 @@ class SettingsLease:
         if _open_leases == 0 and _found is not None:
             _apply(_found.threads, _found.onednn)
             _found = None
+
+
+def open_leases() -> int:
+    """How many predictors hold settings now (a test checks that every caller closed its predictors)."""
+    return _open_leases

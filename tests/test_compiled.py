@@ -23,8 +23,9 @@ def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, mo
     assert inductor_config.freezing is False
     assert any((tmp_path / "inductor").iterdir())  # the cache went where optcv put it
     images = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
-    expected = TorchPredictor(checkpoint, threads=1).predict(images)
-    got = compiled.predict(images)  # a batch size it was not prepared for: compiled on this call, recorded
+    with TorchPredictor(checkpoint, threads=1) as eager, compiled:
+        expected = eager.predict(images)
+        got = compiled.predict(images)  # a batch size it was not prepared for: compiled on this call, recorded
     assert set(compiled.compile_seconds) == {1, 3}
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert compiled.describe()["compile_seconds"].keys() == {"1", "3"}
@@ -76,3 +77,5 @@ def test_models_of_one_class_do_not_share_dynamos_compiled_variants(tmp_path):
         np.testing.assert_allclose(first.predict(images), second.predict(images), rtol=1e-5, atol=1e-5)
         with pytest.raises(CompileFailed, match="batch size 3.*leave the torch-compile backend out"):
             first.predict(np.concatenate([images, images[:1]]))
+    first.close()
+    second.close()

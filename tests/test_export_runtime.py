@@ -55,8 +55,8 @@ def test_ort_matches_pytorch_at_any_batch_size(exported, batch):
     from optcv.training.models import load_checkpoint
 
     x = images(batch, seed=batch)
-    torch_logits = TorchPredictor(load_checkpoint(checkpoint)).predict(x)
-    ort_logits = OrtPredictor(path).predict(x)
+    with TorchPredictor(load_checkpoint(checkpoint)) as eager, OrtPredictor(path) as ort:
+        torch_logits, ort_logits = eager.predict(x), ort.predict(x)
     assert ort_logits.shape == (batch, 10)
     np.testing.assert_allclose(ort_logits, torch_logits, rtol=1e-3, atol=1e-5)
 

@@ -35,12 +35,14 @@ def test_overhead_bound_at_its_boundary(overhead_us, bound):
 
 
 def test_identity_model_computes_nothing_and_runs_on_every_backend(tmp_path):
+    from optcv.backends.base import all_closed
     from optcv.runtime import ModelSource, make_predictor
 
     assert count_macs(IdentityNet()) == 0
     images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
     source = ModelSource(*identity_model(tmp_path, images))
-    outputs = [make_predictor(b, source, 1).predict(images[:3]) for b in ("pytorch", "onnxruntime")]
+    with all_closed([make_predictor(b, source, 1) for b in ("pytorch", "onnxruntime")]) as predictors:
+        outputs = [p.predict(images[:3]) for p in predictors]
     assert outputs[0].shape == (3, 10)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
     backends = ["pytorch", "onnxruntime", "onnxruntime-int8"]  # every backend `optcv bench` can time

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import NO_SKIP
-from optcv.backends.onnx_export import export_onnx
 from optcv.errors import OptcvError
 from optcv.runtime import ModelSource, backend_unavailable, make_predictor
-from optcv.training.models import Checkpoint, TunableNetConfig, build_model, save_checkpoint
+from optcv.training.models import TunableNetConfig
+from tests.conftest import export_tiny
 
 if importlib.util.find_spec("openvino") is None:
     reason = backend_unavailable("openvino")
@@ -21,11 +21,8 @@ if importlib.util.find_spec("openvino") is None:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ov")
     config = TunableNetConfig(conv_channels=8, hidden_units=(32,), dropouts=(0.1,))
-    save_checkpoint(folder / "m.pt", Checkpoint(config, build_model(config, seed=3).state_dict()))
-    export_onnx(folder / "m.pt", folder / "m.onnx")
-    return ModelSource(folder / "m.pt", folder / "m.onnx")
+    return export_tiny(tmp_path_factory.mktemp("ov"), config, seed=3)
 
 
 @pytest.mark.parametrize("batch", [1, 5, 64])

@@ -5,13 +5,14 @@ import onnx
 import pytest
 
 from optcv._io import sha256_file
-from optcv.backends.onnx_export import export_onnx, read_onnx_metadata
+from optcv.backends.onnx_export import read_onnx_metadata
 from optcv.backends.onnxruntime_int8 import QuantizeSettings, int8_path, quantize_onnx
 from optcv.errors import OptcvError
 from optcv.measure.parity import BackendAccuracy, Evaluation, ParityTolerance, parity
 from optcv.metrics import Agreement
 from optcv.runtime import ModelSource, make_predictor
-from optcv.training.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
+from optcv.training.models import TutorialNetConfig
+from tests.conftest import export_tiny
 
 
 def images(n, seed=0):
@@ -20,10 +21,8 @@ def images(n, seed=0):
 
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("int8")
-    save_checkpoint(folder / "m.pt", Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), 3).state_dict()))
-    export_onnx(folder / "m.pt", folder / "m.onnx")
-    return folder / "m.pt", folder / "m.onnx"
+    source = export_tiny(tmp_path_factory.mktemp("int8"), TutorialNetConfig(), seed=3)
+    return source.checkpoint, source.onnx
 
 
 def test_int8_model_beside_its_source_with_metadata(fp32_model):

@@ -1,4 +1,5 @@
-"""End to end on the real CIFAR-10 copy ($OPTCV_DATA_DIR): compare → export → evaluate through the CLI.
+"""End to end on the real CIFAR-10 copy ($OPTCV_DATA_DIR): the README's first command (`optcv run --preset quick`)
+once, then its comparison checked, its model exported and evaluated through the CLI.
 
 Where nothing may be skipped (CI, .ci/run: OPTCV_NO_SKIP=1) a missing copy fails; elsewhere they skip, saying why.
 """
@@ -12,22 +13,27 @@ from optcv.cli import main
 
 
 @pytest.fixture(scope="module")
-def compared(real_data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "compare"
-    code = main(["compare", "--data-dir", str(real_data_dir), "--optimizers", "SGD", "Adagrad", "--epochs", "2",
-                 "--train-size", "5000", "--test-size", "1000", "--out", str(out), "--quiet"])
-    assert code == 0
+def quick_run(real_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "run"
+    started = time.perf_counter()
+    assert main(["run", "--preset", "quick", "--data-dir", str(real_data_dir), "--out", str(out), "--quiet"]) == 0
+    print(f"optcv run --preset quick: {time.perf_counter() - started:.0f} s")
     return out
+
+
+@pytest.fixture(scope="module")
+def compared(quick_run):
+    return quick_run / "compare"
 
 
 def test_compare_on_real_data(compared, capsys):
     config = json.loads((compared / "config.json").read_text())
     assert config["data"] == {**config["data"], "train_images": 5000, "test_images": 1000}
-    for name in ("SGD", "Adagrad"):
+    for name in ("SGD", "Adagrad", "Adam"):
         history = json.loads((compared / name / "seed-0" / "history.json").read_text())
         losses = [e["train_loss"] for e in history["epochs"]]
         assert len(losses) == 2 and losses[1] < losses[0]
-        assert history["epochs"][-1]["test_accuracy"] > 0.15  # well above chance (0.10) after 2 epochs
+        assert history["epochs"][-1]["test_accuracy"] > 0.10  # above chance (SGD at lr 0.001, batch 32: ~0.13)
     assert (compared / "loss_comparison.png").stat().st_size > 5000
 
 
@@ -45,14 +51,10 @@ def test_export_and_evaluate_on_real_data(compared, real_data_dir, tmp_path, cap
     assert result["backends"]["pytorch"]["per_class"] == result["backends"]["onnxruntime"]["per_class"]
 
 
-def test_run_quick_preset_on_real_data(real_data_dir, tmp_path):
+def test_run_quick_preset_on_real_data(quick_run):
     """What the README's first command runs: `optcv run --preset quick` on the real copy."""
-    out = tmp_path / "run"
-    started = time.perf_counter()
-    assert main(["run", "--preset", "quick", "--data-dir", str(real_data_dir), "--out", str(out), "--quiet"]) == 0
-    seconds = time.perf_counter() - started
-    results = json.loads((out / "results.json").read_text())
-    report = (out / "report.md").read_text()
+    results = json.loads((quick_run / "results.json").read_text())
+    report = (quick_run / "report.md").read_text()
     assert results["tune"]["finished"] == 6 and "Study statistics:" in report
     for model in ("tutorial", "tuned"):
         evaluation = results["parity"]["models"][model]
@@ -62,4 +64,3 @@ def test_run_quick_preset_on_real_data(real_data_dir, tmp_path):
         assert speedup > 1, f"ONNX Runtime slower than PyTorch on {model}?"
     accuracy = 100 * max(s["test_accuracy"]["mean"] for s in results["compare"]["summary"])
     assert accuracy > 25, "TutorialNet should beat chance clearly even on the quick preset"
-    print(f"optcv run --preset quick: {seconds:.0f} s")

@@ -1,14 +1,12 @@
-"""`optcv run` end to end on synthetic data: all stages, report = JSON, resume after SIGKILL, the lock."""
+"""`optcv run` end to end on synthetic data: all stages, report = JSON, resume, the lock. (Resuming after SIGKILL
+and SIGINT at seeded moments: tests/faults/test_kill_points.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -99,45 +97,6 @@ def test_a_damaged_output_reruns_its_stage(finished_run, tiny_data_dir):
 def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_data_dir):
     result = optcv_run(tiny_data_dir, finished_run, "tune.trials=4")
     assert result.returncode == 2 and "holds a run with other settings" in result.stderr
-
-
-def test_sigkill_during_tuning_then_resume(tiny_data_dir, tmp_path):
-    out = tmp_path / "run"
-    slow = ["tune.epochs=30", "tune.trials=4", "tune.pruner=none"]
-    process = subprocess.Popen([sys.executable, "-m", "optcv", "run", "--data-dir", str(tiny_data_dir), "--out",
-                                str(out), "--set", *TINY, *slow, "--quiet"], stderr=subprocess.PIPE)
-    db = out / "tune" / "study.db"
-    deadline = time.time() + 240
-    import sqlite3
-
-    states: list[str] = []
-    while time.time() < deadline:
-        if db.is_file():
-            try:
-                with sqlite3.connect(db) as connection:
-                    states = [r[0] for r in connection.execute("SELECT state FROM trials ORDER BY number")]
-            except sqlite3.Error:
-                states = []
-        if "COMPLETE" in states and states[-1] == "RUNNING":
-            break
-        time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("the tuning stage never had a completed and a running trial")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    compare_done = json.loads((out / "stages.json").read_text())["stages"]["compare"]["finished_at"]
-    completed = [i for i, s in enumerate(states) if s == "COMPLETE"]
-
-    result = optcv_run(tiny_data_dir, out, *slow)
-    assert result.returncode == 0, result.stderr
-    assert "compare: done earlier, skipped" in result.stderr
-    state = json.loads((out / "stages.json").read_text())["stages"]
-    assert state["compare"]["finished_at"] == compare_done
-    trials = json.loads((out / "tune" / "study.json").read_text())["trials"]
-    assert all(trials[i]["state"] == "COMPLETE" for i in completed)
-    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials) == 4
-    assert (out / "report.md").is_file()
 
 
 def test_a_second_run_on_the_same_folder_is_locked_out(tiny_data_dir, tmp_path):

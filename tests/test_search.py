@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from optcv.backends.onnx_export import export_onnx
 from optcv.cli import main
 from optcv.errors import OptcvError
 from optcv.measure.search import (
@@ -19,16 +18,13 @@ from optcv.measure.search import (
     search_grid,
     settings_path,
 )
-from optcv.runtime import ModelSource
-from optcv.training.models import Checkpoint, TutorialNetConfig, build_model, save_checkpoint
+from optcv.training.models import TutorialNetConfig
+from tests.conftest import export_tiny
 
 
 @pytest.fixture()
 def source(tmp_path):
-    save_checkpoint(tmp_path / "m.pt", Checkpoint(TutorialNetConfig(), build_model(TutorialNetConfig(), seed=0)
-                                                  .state_dict()))
-    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")
-    return ModelSource(tmp_path / "m.pt", tmp_path / "m.onnx")
+    return export_tiny(tmp_path, TutorialNetConfig(), seed=0)  # its own folder: the search writes beside it
 
 
 def timing(backend, batch, us, **settings):
@@ -72,13 +68,13 @@ def test_every_grid_setting_builds_a_predictor_with_the_same_logits(source):
     from optcv.runtime import make_predictor
 
     images = np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
-    expected = make_predictor("pytorch", source, 1).predict(images)
+    with make_predictor("pytorch", source, 1) as reference:
+        expected = reference.predict(images)
     for backend in ("pytorch", "onnxruntime"):
         for settings in search_grid(backend, 2):
-            predictor = make_predictor(backend, source, **settings)
-            np.testing.assert_allclose(predictor.predict(images), expected, rtol=1e-3, atol=1e-4)
-            assert {k: predictor.describe()[k] for k in settings} == settings
-            predictor.close()
+            with make_predictor(backend, source, **settings) as predictor:
+                np.testing.assert_allclose(predictor.predict(images), expected, rtol=1e-3, atol=1e-4)
+                assert {k: predictor.describe()[k] for k in settings} == settings
 
 
 def test_cli_bench_search_prints_the_grid_and_keeps_the_fastest(source, tiny_data_dir, capsys):

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from conftest import skip_or_fail
 from optcv.data import load_cifar10
 from optcv.errors import OptcvError
+from optcv.report.study import write_plots
 from optcv.training.retrain import finish
 from optcv.training.study_results import trials_to_exceed
 from optcv.training.study_storage import count_trials, open_study
@@ -132,10 +133,12 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(tiny,
     assert all("diverged" in t.user_attrs["fail_reason"] for t in study.trials)
 
 
-def test_finish_writes_study_json_plots_and_an_exportable_best_model(tiny, tmp_path):
+def test_finish_writes_study_json_and_an_exportable_best_model_and_the_plots_are_drawn(tiny, tmp_path):
     config = small_config(trials=5, pruner="none")
     study = tune(config, tmp_path, data=tiny, progress=False)
     summary = finish(study, config, tiny, tmp_path, progress=False)
+    assert not list(tmp_path.glob("*.png"))  # the library returns data; drawing is the report's
+    write_plots(study, tmp_path)
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["summary"]["finished"] == 5 and len(saved["trials"]) == 5
     assert {"number", "state", "params", "value", "duration_s", "intermediate_values"} <= set(saved["trials"][0])

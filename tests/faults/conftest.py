@@ -32,8 +32,17 @@ def fault_tally(request: pytest.FixtureRequest) -> FaultTally:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    """The line counts only cases that ran; fault cases that failed, errored or were skipped are said beside it."""
     tally = config.stash.get(TALLY_KEY, None)
-    if tally is not None and (tally.bad_inputs or tally.kill_points):
-        terminalreporter.write_line(tally.line())
-        for what in (*tally.tracebacks, *tally.lost_results):
-            terminalreporter.write_line(f"  {what}")
+    if tally is None or not (tally.bad_inputs or tally.kill_points or _not_passed(terminalreporter)):
+        return
+    missing = _not_passed(terminalreporter)
+    terminalreporter.write_line(tally.line() + (f"; {missing} fault cases failed, errored or were skipped (above)"
+                                                if missing else ""))
+    for what in (*tally.tracebacks, *tally.lost_results):
+        terminalreporter.write_line(f"  {what}")
+
+
+def _not_passed(terminalreporter) -> int:
+    return sum(1 for kind in ("failed", "error", "skipped") for report in terminalreporter.stats.get(kind, [])
+               if "tests/faults/" in getattr(report, "nodeid", ""))

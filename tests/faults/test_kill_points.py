@@ -1,7 +1,12 @@
 """Kill points: `compare`, `tune` and `run` killed (SIGKILL) or interrupted (SIGINT) at seeded-random moments —
 some at a random time into the work, some in the middle of a write (tests/faults/pause_at_write.py) — then
 run again. Nothing finished may be lost, no file left corrupt, and where the work is deterministic the final
-results must equal an uninterrupted run's."""
+results must equal an uninterrupted run's. And Ctrl-C always ends `tune` and `run` within seconds, with Optuna's
+heartbeat thread running (SQLite storage).
+
+The fast tier runs one point per command and signal; the full tier all of them and the Ctrl-C sweep. Each point
+is isolated: one that hangs or fails is reported as its own failure, its process group killed, and the others
+still run; no command outlives the module."""
 
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ SEED = 20261129
 TIMED_WORK_FRACTION = (0.05, 0.85)  # a kill at this fraction of an uninterrupted run's work time
 PARALLEL = 2  # kill points exercised at once; each command is given one thread
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+EXIT_SECONDS = 10.0  # after SIGINT, the command must have exited within this
+SWEEP = {"tune": 8, "run": 6}  # Ctrl-C moments per command (full tier), evenly spread over the work
 
 RUN_SETTINGS = ["compare.train_size=none", "compare.test_size=none", "compare.epochs=1", "compare.seeds=1",
                 "compare.optimizers=SGD,Adam", "tune.train_size=50", "tune.val_size=20", "tune.trials=3",
@@ -119,11 +126,12 @@ class KillPoint:
     signal: signal.Signals
     at_write: bool  # else at a time into the work
     draw: float  # which write (a fraction of the uninterrupted run's writes), or when (of its work time)
+    index: int = 0  # the point's number among its command's: two draws may round alike
 
     @property
     def id(self) -> str:
         where = f"write-{self.draw:.2f}" if self.at_write else f"time-{self.draw:.2f}"
-        return f"{self.command}-{self.signal.name}-{where}"
+        return f"{self.command}-{self.index}-{self.signal.name}-{where}"
 
 
 def _kill_points() -> list[KillPoint]:
@@ -131,19 +139,43 @@ def _kill_points() -> list[KillPoint]:
     plan = {"compare": 14, "tune": 4, "run": 2}
     points = []
     for command, n in plan.items():
-        for i in range(n):
-            points.append(KillPoint(command, (signal.SIGKILL, signal.SIGINT)[rng.random() < 0.5], i % 2 == 1,
-                                    rng.uniform(*TIMED_WORK_FRACTION)))
+        for i in range(n):  # both signals, at a time and in a write, for every command
+            points.append(KillPoint(command, (signal.SIGINT, signal.SIGKILL)[i % 2], i % 4 in (1, 2),
+                                    rng.uniform(*TIMED_WORK_FRACTION), i))
     return points
 
 
 KILL_POINTS = _kill_points()
 
 
+def _fast(points: list[KillPoint]) -> set[str]:
+    """The first point of each command and signal: the fast tier's."""
+    first: dict[tuple[str, signal.Signals], str] = {}
+    for point in points:
+        first.setdefault((point.command, point.signal), point.id)
+    return set(first.values())
+
+
+KILL_POINT_PARAMS = [pytest.param(p, id=p.id, marks=() if p.id in _fast(KILL_POINTS) else pytest.mark.full)
+                     for p in KILL_POINTS]
+SWEEP_POINTS = [KillPoint(command, signal.SIGINT, False, low + (high - low) * (i + 0.5) / n, i)
+                for command, n in SWEEP.items() for i in range(n) for low, high in [TIMED_WORK_FRACTION]]
+
+
 def _start(command: Command, data: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "pause_at_write.py"), *command.argv(data, out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **SUBPROCESS_ENV, **env}, preexec_fn=_as_in_a_terminal)
+                            env={**os.environ, **SUBPROCESS_ENV, **env}, preexec_fn=_as_in_a_terminal,
+                            start_new_session=True)
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """Kill whatever is left of a command and the processes it started (tune's workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.communicate()
 
 
 def _as_in_a_terminal() -> None:
@@ -199,6 +231,20 @@ class KillResult:
     rerun: subprocess.CompletedProcess | None
     leftover_temporaries: list[str]
     outcome: Any
+    error: str | None = None  # the point could not be exercised: a hang, a failed reference run
+    exit_seconds: float | None = None  # from the signal to the command's exit
+
+
+def _failed(error: str) -> KillResult:
+    return KillResult(False, None, "", [], [], None, [], None, error)
+
+
+def _isolated(exercise: Callable[..., KillResult], *args: Any) -> KillResult:
+    """One point whatever happens in it: a hang or a crash of the harness is that point's failure alone."""
+    try:
+        return exercise(*args)
+    except Exception as exc:  # noqa: BLE001 - reported as the point's own failure
+        return _failed(f"{type(exc).__name__}: {exc}")
 
 
 def _exercise(point: KillPoint, data: Path, reference: Reference, folder: Path) -> KillResult:
@@ -218,8 +264,14 @@ def _exercise(point: KillPoint, data: Path, reference: Reference, folder: Path) 
     if not reached:
         process.communicate()
         return KillResult(False, process.returncode, "", [], [], None, [], None)
+    signalled = time.monotonic()
     process.send_signal(point.signal)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        _end_group(process)
+        return _failed(f"still running 120 s after {point.signal.name}: killed")
+    exit_seconds = time.monotonic() - signalled
     if process.returncode == 0:  # the signal met a finished command (its interpreter shutting down)
         return KillResult(False, 0, stderr, [], [], None, [], None)
     before, corrupt = command.finished(out), _unreadable_files(out)
@@ -229,7 +281,28 @@ def _exercise(point: KillPoint, data: Path, reference: Reference, folder: Path) 
     lost = [key for key, value in before.items() if after.get(key) != value]
     leftovers = [str(p.relative_to(out)) for p in out.rglob("*.tmp")]
     outcome = command.outcome(out) if command.outcome and rerun.returncode == 0 else None
-    return KillResult(True, process.returncode, stderr, corrupt, lost, rerun, leftovers, outcome)
+    return KillResult(True, process.returncode, stderr, corrupt, lost, rerun, leftovers, outcome,
+                      exit_seconds=exit_seconds)
+
+
+def _interrupt(point: KillPoint, data: Path, reference: Reference, folder: Path) -> KillResult:
+    """Ctrl-C at a moment of the work, and nothing else: how long the command takes to end."""
+    command, out = COMMANDS[point.command], folder / "out"
+    process = _start(command, data, out, {})
+    _wait_for(_started(out), process)
+    time.sleep(point.draw * reference.work_seconds)
+    if process.poll() is not None:
+        process.communicate()
+        return KillResult(False, process.returncode, "", [], [], None, [], None)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=EXIT_SECONDS * 6)
+    except subprocess.TimeoutExpired:
+        _end_group(process)
+        return _failed(f"still running {EXIT_SECONDS * 6:.0f} s after SIGINT: killed")
+    return KillResult(process.returncode != 0, process.returncode, stderr, [], [], None, [], None,
+                      exit_seconds=time.monotonic() - signalled)
 
 
 def _unreadable_files(out: Path) -> list[str]:
@@ -253,41 +326,73 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("kill-data"), train_per_class=20, test_per_class=10)
 
 
+def _selected(request: pytest.FixtureRequest, test: str) -> list[KillPoint]:
+    """The points of `test` this session runs (the tier and -k decide), so the fast tier exercises only its own."""
+    ids = {item.callspec.id for item in request.session.items
+           if getattr(item, "originalname", None) == test and hasattr(item, "callspec")}
+    points = KILL_POINTS if test == "test_kill_point" else SWEEP_POINTS
+    return [p for p in points if p.id in ids]
+
+
 @pytest.fixture(scope="module")
-def kill_results(data: Path, tmp_path_factory: pytest.TempPathFactory, fault_tally) -> dict[str, KillResult]:
-    """Every kill point, two at a time (each command runs on one thread): the results the tests below check."""
+def kill_results(request: pytest.FixtureRequest, data: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, KillResult]:
+    """Every selected kill point and Ctrl-C moment, two at a time (each command runs on one thread)."""
+    points, sweep = _selected(request, "test_kill_point"), _selected(request, "test_ctrl_c_ends_promptly")
+    needed = sorted({p.command for p in (*points, *sweep)})
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        references = dict(zip(COMMANDS, pool.map(
-            lambda name: _reference(name, data, tmp_path_factory.mktemp(f"reference-{name}")), COMMANDS),
+        references: dict[str, Reference | KillResult] = dict(zip(needed, pool.map(
+            lambda name: _isolated(_reference, name, data, tmp_path_factory.mktemp(f"reference-{name}")), needed),
             strict=True))
-        results = dict(zip([p.id for p in KILL_POINTS], pool.map(
-            lambda p: _exercise(p, data, references[p.command], tmp_path_factory.mktemp("kill")), KILL_POINTS),
-            strict=True))
-    for point in KILL_POINTS:
-        found = results[point.id]
-        fault_tally.kill_points += found.reached
-        for stderr in (found.stderr, found.rerun.stderr if found.rerun else ""):
-            if "Traceback" in stderr:
-                fault_tally.tracebacks.append(f"{point.id}: {stderr.strip().splitlines()[-1]}")
-        if found.lost or found.corrupt or (COMMANDS[point.command].outcome and found.reached
-                                           and found.outcome != references[point.command].outcome):
-            fault_tally.lost_results.append(f"{point.id}: lost {found.lost}, corrupt {found.corrupt}")
+
+        def one(point: KillPoint, exercise: Callable[..., KillResult]) -> KillResult:
+            reference = references[point.command]
+            if isinstance(reference, KillResult):
+                return _failed(f"the uninterrupted {point.command} run failed: {reference.error}")
+            return _isolated(exercise, point, data, reference, tmp_path_factory.mktemp("kill"))
+
+        results = dict(zip([p.id for p in points], pool.map(lambda p: one(p, _exercise), points), strict=True))
+        results |= dict(zip([f"sweep:{p.id}" for p in sweep], pool.map(lambda p: one(p, _interrupt), sweep),
+                            strict=True))
     return {**results, **{f"reference:{k}": v for k, v in references.items()}}
 
 
-@pytest.mark.parametrize("point", KILL_POINTS, ids=[p.id for p in KILL_POINTS])
-def test_kill_point(point: KillPoint, kill_results: dict[str, Any]) -> None:
+@pytest.mark.parametrize("point", KILL_POINT_PARAMS)
+def test_kill_point(point: KillPoint, kill_results: dict[str, Any], fault_tally) -> None:
     found: KillResult = kill_results[point.id]
+    assert found.error is None, found.error
     assert found.reached, "the command finished before its kill point"
+    fault_tally.kill_points += 1
+    for stderr in (found.stderr, found.rerun.stderr if found.rerun else ""):
+        if "Traceback" in stderr:
+            fault_tally.tracebacks.append(f"{point.id}: {stderr.strip().splitlines()[-1]}")
+    reference: Reference = kill_results[f"reference:{point.command}"]
+    outcome_differs = COMMANDS[point.command].outcome is not None and found.outcome != reference.outcome
+    if found.lost or found.corrupt or outcome_differs:
+        fault_tally.lost_results.append(f"{point.id}: lost {found.lost}, corrupt {found.corrupt}")
     if point.signal is signal.SIGINT:
         assert found.returncode == 130 and "interrupted" in found.stderr, found.stderr
-        assert "Traceback" not in found.stderr, found.stderr
+        assert found.exit_seconds is not None and found.exit_seconds < EXIT_SECONDS, found.exit_seconds
     else:
         assert found.returncode == -signal.SIGKILL
+    assert "Traceback" not in found.stderr, found.stderr
     assert not found.corrupt
     assert found.rerun is not None and found.rerun.returncode == 0, found.rerun and found.rerun.stderr
+    assert "Traceback" not in found.rerun.stderr, found.rerun.stderr
     assert not found.lost
     assert not found.leftover_temporaries, "a killed writer's temporary file outlived the next run"
-    reference: Reference = kill_results[f"reference:{point.command}"]
     if COMMANDS[point.command].outcome is not None:
         assert found.outcome == reference.outcome
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("point", SWEEP_POINTS, ids=[p.id for p in SWEEP_POINTS])
+def test_ctrl_c_ends_promptly(point: KillPoint, kill_results: dict[str, Any]) -> None:
+    """Ctrl-C at many moments of `tune` and `run` (SQLite storage: Optuna's heartbeat thread runs during each
+    trial) ends the command with exit 130 within EXIT_SECONDS, every time."""
+    found: KillResult = kill_results[f"sweep:{point.id}"]
+    assert found.error is None, found.error
+    assert found.reached, "the command finished before the signal"
+    assert found.returncode == 130 and "interrupted" in found.stderr, found.stderr
+    assert "Traceback" not in found.stderr, found.stderr
+    assert found.exit_seconds is not None and found.exit_seconds < EXIT_SECONDS, found.exit_seconds
