@@ -16,19 +16,21 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
+from conftest import full_tier
 from optcv._io import write_json, write_text
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import BaselineMissing, SpeedRegression
 from optcv.gate.config import GateConfig
 from optcv.gate.ratio import RATIO_THREADS, load_json, ratio_bench_config, ratio_gate, ratios_of
 from optcv.gate.run import run_ab, run_gate
-from optcv.gate.verdict import GateSetupError, Thresholds, Verdict
+from optcv.gate.verdict import GateResult, GateSetupError, Thresholds, Verdict
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
 from optcv.report.gate import outcome_failure_lines, outcome_markdown
 from optcv.runtime import backend_unavailable, make_predictor
 
 BOUNDARY_CASES = ("tutorial/*/b1/t1",)
+FAST_TIER_CASES = ("*/b1/t1",)  # the fast tier gates batch 1 at one thread; the full tier every case
 
 
 def test_ab_gate(request, real_data_dir):
@@ -39,7 +41,8 @@ def test_ab_gate(request, real_data_dir):
     if against == "none":
         pytest.skip("--gate-against none: the A/B gate is off in this run")
     option = request.config.getoption
-    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
+    config = GateConfig() if full_tier(request.config) else GateConfig(cases=FAST_TIER_CASES)
+    outcome = run_gate(config, Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
                        against=None if against == "default" else against, base_python=option("gate_base_python"),
                        data_dir=real_data_dir, baseline=option("ratio_baseline"))
     markdown = outcome_markdown(outcome)
@@ -114,6 +117,33 @@ def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
     comment = run_gate(config, against="HEAD~1", head_tree=repo, repo=repo, data_dir=real_data_dir)
     assert not isinstance(comment, str)
     assert not comment.regressions, comment.findings
+
+
+@pytest.mark.full
+def test_gate_times_a_base_revision_from_before_the_package_layout(tmp_path, real_data_dir):
+    """The base is optcv as it was before the move into packages (flat modules), the head this tree: both build
+    their models with their own code and are timed; the worker finds each side's modules in its own layout."""
+    root = Path(__file__).resolve().parents[1]
+    moved = subprocess.run(["git", "-C", str(root), "rev-list", "-1", "HEAD", "--", "optcv/ab.py"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", f"{moved}~1", "optcv"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
+    assert (repo / "optcv" / "ab.py").is_file() and not (repo / "optcv" / "gate" / "__init__.py").exists()
+    _git(repo, "init", "--quiet")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "flat layout")
+    shutil.rmtree(repo / "optcv")
+    shutil.copytree(root / "optcv", repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "--quiet", "-m", "packages")
+    config = GateConfig(models=("tutorial",), cases=("tutorial/onnxruntime/b1/t1",))
+    result = run_ab(config, against="HEAD~1", head_tree=repo, repo=repo, data_dir=real_data_dir)
+    assert isinstance(result, GateResult), result
+    assert [f.case for f in result.findings] == ["tutorial/onnxruntime/b1/t1"]
+    assert result.base["code_hash"] != result.head["code_hash"]
 
 
 @pytest.mark.full

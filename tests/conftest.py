@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from optcv.backends.onnx_export import export_onnx
+from optcv.data import CIFAR10, load_cifar10
 from optcv.runtime import ModelSource
 from optcv.torch_settings import open_leases
 from optcv.training.models import Checkpoint, ModelConfig, TutorialNetConfig, build_model, save_checkpoint
@@ -35,6 +36,12 @@ def export_tiny(folder: Path, config: ModelConfig, seed: int = 0) -> ModelSource
     save_checkpoint(folder / "m.pt", Checkpoint(config, build_model(config, seed=seed).state_dict()))
     export_onnx(folder / "m.pt", folder / "m.onnx")
     return ModelSource(folder / "m.pt", folder / "m.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_data_dir: Path) -> CIFAR10:
+    """The small synthetic CIFAR-10 (8 training, 4 test images per class), loaded once for the session."""
+    return load_cifar10(tiny_data_dir, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from optcv.backends.onnxruntime_int8 import int8_path
-from optcv.data import CIFAR10, load_cifar10
+from optcv.data import CIFAR10
 from optcv.measure.limits import measure_gemm_peak
 from optcv.report.study import write_plots
 from optcv.runtime import ModelSource, backend_unavailable, make_predictor
@@ -56,11 +56,11 @@ def test_leases_set_what_differs_and_the_last_release_gives_back_what_was_found(
 
 
 @pytest.fixture(scope="module")
-def world(tiny_data_dir, tmp_path_factory) -> tuple[CIFAR10, ModelSource, Path]:
+def world(tiny, tmp_path_factory) -> tuple[CIFAR10, ModelSource, Path]:
     folder = tmp_path_factory.mktemp("state")
     source = export_tiny(folder, TutorialNetConfig(), seed=5)
     shutil.copyfile(source.onnx, int8_path(source.onnx))  # the int8 backend's session: any ONNX model will do
-    return load_cifar10(tiny_data_dir, cache_dir=folder / "cache", progress=False), source, folder
+    return tiny, source, folder
 
 
 def _steps(world: tuple[CIFAR10, ModelSource, Path], weights: list[list[np.ndarray]]) -> dict[str, Callable[[], None]]:

@@ -11,6 +11,8 @@ import pytest
 
 from optcv.cli import main
 
+pytestmark = pytest.mark.full  # the quick preset takes 2-3 minutes here: CI runs it, the fast tier does not
+
 
 @pytest.fixture(scope="module")
 def quick_run(real_data_dir, tmp_path_factory):

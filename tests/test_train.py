@@ -3,15 +3,9 @@ import json
 import pytest
 import torch
 
-from optcv.data import load_cifar10
 from optcv.errors import OptcvError
 from optcv.training.models import TutorialNetConfig, build_model
 from optcv.training.train import OPTIMIZERS, History, TrainConfig, TrainingDiverged, make_optimizer, train
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_data_dir, tmp_path_factory):
-    return load_cifar10(tiny_data_dir, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -15,7 +15,6 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import skip_or_fail
-from optcv.data import load_cifar10
 from optcv.errors import OptcvError
 from optcv.report.study import write_plots
 from optcv.training.retrain import finish
@@ -25,11 +24,6 @@ from optcv.training.tune import Objective, SearchSpace, TuneConfig, tune, tuning
 
 SMALL = dict(epochs=2, train_size=60, val_size=20, batch_size=16, final_epochs=1)
 SMALL_SPACE = SearchSpace(n_layers=(1, 2), n_units=(4, 16), lr=(1e-4, 1e-2))
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_data_dir):
-    return load_cifar10(tiny_data_dir, progress=False)
 
 
 def small_config(**overrides) -> TuneConfig:
@@ -190,6 +184,7 @@ def trial_states(db) -> list[str]:
         return []
 
 
+@pytest.mark.full  # the fast tier's tune kill points cover losing nothing; this adds the dead trial's mark
 def test_sigkill_mid_trial_then_resume_loses_no_completed_trial(tiny_data_dir, tmp_path):
     args = ["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "5", "--epochs", "40",
             "--train-size", "60", "--val-size", "20", "--batch-size", "8", "--pruner", "none",
@@ -249,6 +244,7 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.mark.full  # needs the PostgreSQL server .ci/run starts
 def test_two_workers_against_postgresql(tiny_data_dir, tmp_path, postgres_url):
     name = f"ci-{os.getpid()}-{time.time_ns()}"
     result = cli("--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "6", "--epochs", "8",

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from optcv import __version__
 from optcv.cli.commands import bench, cache, compare, evaluate, export, gate, how_fast, run, tune
 from optcv.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Parser
 from optcv.errors import OptcvError, first_line
@@ -22,18 +23,12 @@ COMMANDS = (compare, export, evaluate, run, tune, bench, how_fast, gate, cache)
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
-    parser.add_argument("--version", action="version", version=f"optcv {_version()}")
+    parser.add_argument("--version", action="version", version=f"optcv {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
-
-
-def _version() -> str:
-    from optcv import __version__  # the package's own __init__: no cycle, only a value
-
-    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,14 +135,13 @@ def test_ci_cannot_skip_a_missing_data_set_or_service(test, tmp_path):
     runner exported CI=false."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPTCV_TEST_POSTGRES_URL",)}
     env.update(CI="false", OPTCV_NO_SKIP="1", OPTCV_DATA_DIR=str(tmp_path / "no-cifar"))
-    result = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider",
-                             "--benchmark-disable", "-o", "addopts="], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    pytest = [sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+              "--tier", "full", "-o", "addopts="]
+    result = subprocess.run(pytest, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     summary = result.stdout.strip().splitlines()[-1]
     failed = "failed" in summary or "error" in summary  # a fixture that fails is reported as an error
     assert result.returncode == 1 and failed and "skipped" not in summary, result.stdout[-2000:]
     assert "nothing may be skipped here" in result.stdout
-    skipped = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider",
-                              "--benchmark-disable", "-o", "addopts="], cwd=ROOT, capture_output=True, text=True,
-                             env={**env, "OPTCV_NO_SKIP": "0"}, timeout=300)
+    skipped = subprocess.run(pytest, cwd=ROOT, capture_output=True, text=True, env={**env, "OPTCV_NO_SKIP": "0"},
+                             timeout=300)
     assert skipped.returncode == 0 and "skipped" in skipped.stdout.strip().splitlines()[-1]
