@@ -27,13 +27,21 @@ TIERS = ("fast", "full")
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--tier", choices=TIERS, default="fast",
                      help="fast (the default: minutes) or full (every case; what CI runs)")
+    parser.addoption("--ctrl-c-sweep", action="store_true",
+                     help="also interrupt tune and run at 14 moments each (tests/faults/test_kill_points.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the full tier (pytest --tier full, .ci/run, tox -e full)")
+    config.addinivalue_line("markers", "sweep: runs only with --ctrl-c-sweep")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("ctrl_c_sweep"):
+        sweep = [item for item in items if item.get_closest_marker("sweep")]
+        if sweep:
+            config.hook.pytest_deselected(items=sweep)
+            items[:] = [item for item in items if not item.get_closest_marker("sweep")]
     if config.getoption("tier") == "full":
         return
     later = [item for item in items if item.get_closest_marker("full")]

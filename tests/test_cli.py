@@ -144,3 +144,41 @@ def test_ctrl_c_ends_the_process_even_with_a_thread_left_running():
     assert done.returncode == 130, done.stderr
     assert "interrupted; finished work is saved" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 30  # imports, then the 2 s grace: never the thread's forever
+
+
+SWALLOWED_BY_A_FINALISER = """
+import time
+import weakref
+import optcv.cli.commands.cache as command
+
+class Thing:
+    pass
+
+def run(args):
+    # As a Ctrl-C that lands in a weakref callback the garbage collector runs (SQLAlchemy has several): Python
+    # prints "Exception ignored" and drops it. Then the command goes on working for 20 s.
+    def callback(_ref):
+        raise KeyboardInterrupt
+    thing = Thing()
+    keep = weakref.ref(thing, callback)
+    del thing
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        sum(range(1000))
+    return 0
+
+command.run = run
+from optcv.cli import run_cli
+run_cli(["cache", "info"])
+"""
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_ends_the_command():
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_BY_A_FINALISER], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert "interrupted; finished work is saved" in done.stderr and "Exception ignored" not in done.stderr
+    assert time.monotonic() - started < 15  # not the 20 s of work the interrupt was meant to stop

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from optcv import __version__
 from optcv.cli.commands import bench, cache, compare, evaluate, export, gate, how_fast, run, tune
 from optcv.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Parser
+from optcv.cli.interrupts import interrupts_reach_the_command
 from optcv.errors import OptcvError, first_line
 
 COMMANDS = (compare, export, evaluate, run, tune, bench, how_fast, gate, cache)
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with interrupts_reach_the_command():
+            return int(args.func(args) or 0)
     except OptcvError as exc:
         if args.debug:
             raise
