@@ -120,6 +120,13 @@ def test_an_output_path_that_cannot_be_written_is_a_one_line_error(compared, tin
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default disposition: a CI job started in the background inherits SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 INTERRUPTED_WITH_A_THREAD_LEFT = """
 import threading
 import optcv.cli.commands.cache as command
@@ -140,7 +147,7 @@ def test_ctrl_c_ends_the_process_even_with_a_thread_left_running():
 
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", INTERRUPTED_WITH_A_THREAD_LEFT], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, preexec_fn=_as_from_a_terminal)
     assert done.returncode == 130, done.stderr
     assert "interrupted; finished work is saved" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 30  # imports, then the 2 s grace: never the thread's forever
@@ -178,7 +185,7 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_ends_the_command():
 
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", SWALLOWED_BY_A_FINALISER], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=_as_from_a_terminal)
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "interrupted; finished work is saved" in done.stderr and "Exception ignored" not in done.stderr
     assert time.monotonic() - started < 15  # not the 20 s of work the interrupt was meant to stop
