@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from optcv.backends.base import Predictor
+from optcv.backends.onnxruntime_int8 import has_vnni
 from optcv.data import Split
 from optcv.metrics import Agreement, accuracy, agreement, per_class_accuracy, top2_margin
 
@@ -110,7 +111,12 @@ PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityToler
 # (model, backend) → why. Empty: int8 MobileNetV3-small was listed as borderline until it passed in three
 # builds in a row, identical to the image (-0.07 overall, -2.0 worst class against 2.0); it is gated now, so a
 # change that tips it fails the suite, as it should. Its nine calibration variants: optcv.measure.reference.
-KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {}
+KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {} if has_vnni() else {
+    # Without VNNI the int8 twin's weights have 7 bits (reduce_range, optcv.backends.onnxruntime_int8), and
+    # MobileNetV3-small's twin, at the edge of its tolerance with VNNI, moves past it.
+    ("mobilenet_v3_small", "onnxruntime-int8"): "on CPUs without VNNI (7-bit int8 weights) this twin measured +0.10 "
+    "points overall and +2.5 in deer against 2 (2 vCPU AMD EPYC, 2026-11-30); with VNNI it passes at -0.07 / -2.0",
+}
 
 
 @dataclass(frozen=True)
