@@ -3,11 +3,11 @@ from those records — `faults: N bad inputs, M kill points, T tracebacks, L los
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pytest
 
-TALLY_KEY = pytest.StashKey["FaultTally"]()
+TALLY_PROPERTY = "optcv_fault_tally"
 
 
 @dataclass
@@ -17,26 +17,44 @@ class FaultTally:
     tracebacks: list[str] = field(default_factory=list)
     lost_results: list[str] = field(default_factory=list)
 
+    def add(self, other: dict) -> None:
+        self.bad_inputs += other["bad_inputs"]
+        self.kill_points += other["kill_points"]
+        self.tracebacks += other["tracebacks"]
+        self.lost_results += other["lost_results"]
+
     def line(self) -> str:
         return (f"faults: {self.bad_inputs} bad inputs, {self.kill_points} kill points, "
                 f"{len(self.tracebacks)} tracebacks, {len(self.lost_results)} lost results")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[TALLY_KEY] = FaultTally()
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture
 def fault_tally(request: pytest.FixtureRequest) -> FaultTally:
-    return request.config.stash[TALLY_KEY]
+    """What this case found; it travels with the case's report (so the count holds under pytest-xdist too)."""
+    tally = request.node._optcv_fault_tally = FaultTally()
+    return tally
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    tally = getattr(item, "_optcv_fault_tally", None)
+    if tally is not None and report.when == "call":
+        report.user_properties.append((TALLY_PROPERTY, asdict(tally)))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     """The line counts only cases that ran; fault cases that failed, errored or were skipped are said beside it."""
-    tally = config.stash.get(TALLY_KEY, None)
-    if tally is None or not (tally.bad_inputs or tally.kill_points or _not_passed(terminalreporter)):
-        return
+    tally = FaultTally()
+    for kind in ("passed", "failed"):
+        for report in terminalreporter.stats.get(kind, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == TALLY_PROPERTY:
+                    tally.add(value)
     missing = _not_passed(terminalreporter)
+    if not (tally.bad_inputs or tally.kill_points or missing):
+        return
     terminalreporter.write_line(tally.line() + (f"; {missing} fault cases failed, errored or were skipped (above)"
                                                 if missing else ""))
     for what in (*tally.tracebacks, *tally.lost_results):
