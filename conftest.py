@@ -52,6 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    from tests.faults.conftest import fault_summary
+
+    fault_summary(terminalreporter)
     later = getattr(config, "_optcv_full_only", 0)
     if later:
         terminalreporter.write_line(f"fast tier: {later} full-tier cases not run here (pytest --tier full runs them)")

@@ -44,8 +44,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     return report
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    """The line counts only cases that ran; fault cases that failed, errored or were skipped are said beside it."""
+def fault_summary(terminalreporter) -> None:
+    """The line counts only cases that ran; fault cases that failed, errored or were skipped are said beside it.
+    Called from the root conftest: under pytest-xdist the controller never loads this file."""
     tally = FaultTally()
     for kind in ("passed", "failed"):
         for report in terminalreporter.stats.get(kind, []):
