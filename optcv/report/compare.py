@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from optcv.report.tables import markdown_table
 from optcv.stats import ALPHA
 
 
@@ -53,3 +54,12 @@ def compare_conclusions(differences: Sequence[dict[str, Any]]) -> list[str]:
                          f"{d['other']} {low:+.{digits}f} to {high:+.{digits}f}{unit}; {diff['test']}, {n}, "
                          f"p = {diff['p_value']:.2g}).")
     return lines
+
+
+def compare_text(summary: Sequence[dict[str, Any]], differences: Sequence[dict[str, Any]], loss_plot: str,
+                 example_checkpoint: str, out_dir: str, machine: str) -> str:
+    """What `optcv compare` prints: the table, the conclusions and where the results are."""
+    return "\n".join([markdown_table(compare_rows(summary)), "", *compare_conclusions(differences), "",
+                      f"loss plot: {loss_plot}",
+                      f"checkpoints: {out_dir}/<optimizer>/seed-<seed>/model.pt, e.g. {example_checkpoint}",
+                      f"machine: {machine}"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 from optcv.cli.common import (
     add_data_options,
@@ -12,9 +13,8 @@ from optcv.cli.common import (
 )
 from optcv.data import load_cifar10
 from optcv.env import describe_environment
-from optcv.report.compare import compare_conclusions, compare_rows
+from optcv.report.compare import compare_text
 from optcv.report.figures import plot_loss_comparison
-from optcv.report.tables import markdown_table
 from optcv.training.compare import CompareConfig, compare_best_two, compare_optimizers, summarize, training_losses
 from optcv.training.train import OPTIMIZERS
 
@@ -47,9 +47,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-
     lrs = dict(args.lr or [])
     config = CompareConfig(optimizers=tuple(args.optimizers), epochs=args.epochs, batch_size=args.batch_size,
                            lrs=lrs, seed=args.seed, seeds=args.seeds, train_size=args.train_size,
@@ -57,12 +54,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
     result = compare_optimizers(data, config, args.out, progress=progress(args))
     plot_loss_comparison(training_losses(result), result.loss_plot)
-    print(markdown_table(compare_rows([asdict(s) for s in summarize(result)])))
-    print()
-    for line in compare_conclusions([asdict(d) for d in compare_best_two(result)]):
-        print(line)
-    print(f"\nloss plot: {result.loss_plot}")
-    print(f"checkpoints: {result.out_dir}/<optimizer>/seed-<seed>/model.pt, e.g. "
-          f"{result.checkpoint_path(config.optimizers[0])}")
-    print(f"machine: {describe_environment()}")
+    print(compare_text([asdict(s) for s in summarize(result)], [asdict(d) for d in compare_best_two(result)],
+                       str(result.loss_plot), str(result.checkpoint_path(config.optimizers[0])),
+                       str(result.out_dir), describe_environment()))
     return 0
