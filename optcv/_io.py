@@ -6,7 +6,9 @@ import glob
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,3 +130,32 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_deferring = False  # the main thread is inside interrupts_deferred()
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) that arrives inside the block is raised when the block ends, not in the middle of it.
+
+    For library calls that must finish once begun: a KeyboardInterrupt raised inside SQLAlchemy's session
+    clean-up can leave a connection in an open transaction, and every other connection to that SQLite file
+    (Optuna's heartbeat thread) then waits out its lock timeout. Only the main thread receives signals; other
+    threads, a nested block and a process that ignores SIGINT run the block unchanged.
+    """
+    global _deferring
+    previous = signal.getsignal(signal.SIGINT)
+    if _deferring or threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(signal.SIGINT, None)
