@@ -186,7 +186,7 @@ def trial_states(db) -> list[str]:
 
 @pytest.mark.full  # the fast tier's tune kill points cover losing nothing; this adds the dead trial's mark
 def test_sigkill_mid_trial_then_resume_loses_no_completed_trial(tiny_data_dir, tmp_path):
-    args = ["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "5", "--epochs", "40",
+    args = ["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--trials", "5", "--epochs", "12",
             "--train-size", "60", "--val-size", "20", "--batch-size", "8", "--pruner", "none",
             "--n-units", "4", "16", "--no-retrain", "--quiet"]
     process = subprocess.Popen([sys.executable, "-m", "optcv", "tune", *args], stdout=subprocess.DEVNULL,

@@ -140,7 +140,7 @@ class KillPoint:
 
 def _kill_points() -> list[KillPoint]:
     rng = random.Random(SEED)
-    plan = {"compare": 14, "tune": 4, "run": 2}
+    plan = {"compare": 8, "tune": 4, "run": 2}
     points = []
     for command, n in plan.items():
         for i in range(n):  # both signals, at a time and in a write, for every command
