@@ -21,6 +21,15 @@ def ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Python's own SIGINT handler, as in a terminal: a CI job started in the background (and so each pytest-xdist
+    worker) inherits SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_an_interrupt_inside_the_block_is_raised_when_it_ends_and_the_handler_is_given_back():
     before = signal.getsignal(signal.SIGINT)
     reached_the_end = False
