@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,15 @@ import pytest
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
 from conftest import full_tier
 from optcv._io import write_json, write_text
+from optcv.data import default_cache_dir
 from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import BaselineMissing, SpeedRegression
 from optcv.gate.config import GateConfig
 from optcv.gate.ratio import RATIO_THREADS, load_json, ratio_bench_config, ratio_gate, ratios_of
 from optcv.gate.run import run_ab, run_gate
+from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.verdict import GateResult, GateSetupError, Thresholds, Verdict
+from optcv.gate.workers import build_artifacts
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
 from optcv.report.gate import outcome_failure_lines, outcome_markdown
@@ -53,6 +57,17 @@ def test_ab_gate(request, real_data_dir):
     if option("gate_json"):
         write_json(option("gate_json"), outcome.to_dict())
     outcome.raise_for_regressions()
+
+
+def test_a_side_builds_from_a_data_folder_given_relative_to_the_callers_folder(tmp_path, real_data_dir,
+                                                                                 monkeypatch):
+    """The README's test command names the data folder relatively (OPTCV_DATA_DIR=../shared/data/cifar10); each
+    side's worker runs in a folder of its own and must still find it (it once failed: 'does not exist')."""
+    data = Path(real_data_dir).absolute()
+    monkeypatch.chdir(data.parent)
+    built = build_artifacts(Side("head", sys.executable, HEAD_TREE), tmp_path, ("tutorial",), Path(data.name),
+                            default_cache_dir())
+    assert Path(built["models"]["tutorial"]["onnx"]).is_file()
 
 
 @pytest.mark.full

@@ -107,7 +107,9 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, models: Sequence[s
     """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
     import json
 
-    request = json.dumps({"models": build_recipes(models), "data_dir": str(data_dir), "cache_dir": str(cache_dir)})
+    # Absolute: a side's worker runs in its own folder, where a path relative to the caller's means nothing.
+    request = json.dumps({"models": build_recipes(models), "data_dir": str(Path(data_dir).absolute()),
+                          "cache_dir": str(Path(cache_dir).absolute())})
     builders = [Worker(side, "build", workdir) for side in sides]
     answers: dict[str, dict[str, Any]] = {}
     try:
