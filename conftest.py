@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--tier", choices=TIERS, default="fast",
                      help="fast (the default: minutes) or full (every case; what CI runs)")
     parser.addoption("--ctrl-c-sweep", action="store_true",
-                     help="also interrupt tune and run at 14 moments each (tests/faults/test_kill_points.py)")
+                     help="also interrupt tune at 8 moments and run at 6 (tests/faults/test_kill_points.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
