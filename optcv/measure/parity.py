@@ -108,9 +108,9 @@ EXACT = ParityTolerance()
 PARITY_TOLERANCES: dict[str, ParityTolerance] = {"onnxruntime-int8": ParityTolerance(0.5, 2.0)}
 # Measured failures kept visible instead of hidden: the suite prints each one's verdict as a KNOWN FAILURE
 # (and says so when it starts passing); any other parity failure fails the suite.
-# (model, backend) → why. Empty: int8 MobileNetV3-small was listed as borderline until it passed in three
-# builds in a row, identical to the image (-0.07 overall, -2.0 worst class against 2.0); it is gated now, so a
-# change that tips it fails the suite, as it should. Its nine calibration variants: optcv.measure.reference.
+# (model, backend) → why. With VNNI it is empty: int8 MobileNetV3-small passes there at the edge (-0.07 overall,
+# -2.0 worst class against 2.0, identical in every build), so a change that tips it fails the suite. Its nine
+# calibration variants: optcv.measure.reference.
 KNOWN_PARITY_FAILURES: dict[tuple[str, str], str] = {} if has_vnni() else {
     # Without VNNI the int8 twin's weights have 7 bits (reduce_range, optcv.backends.onnxruntime_int8), and
     # MobileNetV3-small's twin, at the edge of its tolerance with VNNI, moves past it.

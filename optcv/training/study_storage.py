@@ -35,8 +35,9 @@ class InterruptSafeRDBStorage(optuna.storages.RDBStorage):
     thread then waited 60 s for the lock, and the command with it."""
 
 
+# The public methods only: Optuna calls its private helpers from inside them, already deferred.
 for _name, _member in vars(optuna.storages.RDBStorage).items():
-    if isinstance(_member, types.FunctionType) and (_name == "__init__" or not _name.startswith("__")):
+    if isinstance(_member, types.FunctionType) and (_name == "__init__" or not _name.startswith("_")):
         setattr(InterruptSafeRDBStorage, _name, _finish_before_interrupt(_member))
 
 
