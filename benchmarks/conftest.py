@@ -18,7 +18,7 @@ from optcv.backends.base import Predictor
 from optcv.data import CIFAR10, default_cache_dir, load_cifar10
 from optcv.env import cpu_model, package_versions
 from optcv.env import usable_cores as default_threads
-from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, make_baseline
+from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, load_json, make_baseline
 from optcv.measure.latency import pick_fastest
 from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS, build_reference
 from optcv.runtime import (
@@ -50,14 +50,19 @@ THREAD_COUNTS = sorted({1, default_threads()})
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("optcv", "optcv benchmark suite")
     group.addoption("--ratio-gate", action="store_true",
-                    help="fail when a backend's speed-up falls below the committed ratio baseline")
-    group.addoption("--ratio-save", action="store_true", help=f"write this run's speed-ups to {RATIO_BASELINE}")
+                    help="fail when a backend's speed-up falls below the ratios recorded for this machine in the "
+                         "baseline (none recorded for this machine: a failure)")
+    group.addoption("--ratio-save", action="store_true",
+                    help=f"record this run's speed-ups for this machine in {RATIO_BASELINE} (other machines kept)")
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
     group.addoption("--ratio-margin", type=float, default=DEFAULT_MARGIN,
                     help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
     group.addoption("--gate-against", metavar="REV", default="default",
                     help="the A/B gate's base revision (default: the merge-base with main, else HEAD~1; 'none': no "
-                         "gate); nothing is timed when base and head hold the same optcv code")
+                         "gate); nothing is timed when base and head hold the same optcv code; no base revision is a "
+                         "failure")
+    group.addoption("--gate-allow-no-base", action="store_true",
+                    help="A/B gate: where there is no base revision, gate on this machine's recorded ratios instead")
     group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")
     group.addoption("--gate-threshold", type=float, help="A/B gate: default threshold in %%")
     group.addoption("--gate-thresholds", default=str(GATE_THRESHOLDS), help="A/B gate: per-case thresholds file")
@@ -107,7 +112,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if config.getoption("ratio_save") and results:
         from optcv._io import write_json
 
-        write_json(config.getoption("ratio_baseline"), make_baseline(results))
+        path = Path(config.getoption("ratio_baseline"))
+        existing = load_json(path, "ratio baseline") if path.is_file() else None
+        write_json(path, make_baseline(results, existing))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,10 +1,11 @@
 """The gates CI trusts.
 
 - The A/B gate (`--gate-against REV`): this tree against a base revision, timed side by side in this run.
-- Its proof: real slowdowns at the boundary it claims (5 %) are caught and unchanged code passes; and in a
-  throwaway git repository a commit that adds a real 10 % slowdown fails while a comment-only commit passes.
-- The older ratio gate (`--ratio-gate`): PyTorch ÷ ONNX Runtime speed-ups against committed ratios, the
-  fallback where no base revision exists.
+- Its proof: real slowdowns at the boundary it claims (5 %) are caught, ones below the threshold (1.5 %) and
+  unchanged code pass; and in a throwaway git repository a commit that adds a real 10 % slowdown fails while a
+  comment-only commit passes.
+- The older ratio gate (`--ratio-gate`): PyTorch ÷ ONNX Runtime speed-ups against the ratios committed for this
+  machine (none for this machine: a failure); the fallback where no base revision exists (`--gate-allow-no-base`).
 """
 
 from __future__ import annotations
@@ -19,22 +20,33 @@ import pytest
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
 from conftest import full_tier
 from optcv._io import write_json, write_text
+from optcv.backends.base import all_closed
 from optcv.data import default_cache_dir
-from optcv.env import fingerprint_differences, machine_fingerprint, same_machine
-from optcv.errors import BaselineMissing, SpeedRegression
-from optcv.gate.config import GateConfig
-from optcv.gate.ratio import RATIO_THREADS, load_json, ratio_bench_config, ratio_gate, ratios_of
+from optcv.env import machine_fingerprint
+from optcv.errors import BaselineOtherMachine, SpeedRegression
+from optcv.gate.config import GateConfig, build_recipes
+from optcv.gate.ratio import (
+    RATIO_THREADS,
+    RatioFallback,
+    baseline_for,
+    load_json,
+    make_baseline,
+    ratio_bench_config,
+    ratio_gate,
+    ratios_of,
+)
 from optcv.gate.run import run_ab, run_gate
 from optcv.gate.sides import HEAD_TREE, Side
-from optcv.gate.verdict import GateResult, GateSetupError, Thresholds, Verdict
+from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, GateResult, GateSetupError, Thresholds, Verdict
 from optcv.gate.workers import build_artifacts
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
 from optcv.report.gate import outcome_failure_lines, outcome_markdown
-from optcv.runtime import backend_unavailable, make_predictor
+from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable, make_predictor
 
-BOUNDARY_CASES = ("tutorial/*/b1/t1",)
-FAST_TIER_CASES = ("*/b1/t1",)  # the fast tier gates batch 1 at one thread; the full tier every case
+# The fast tier gates the course nets at batch 1 on one thread in PyTorch and ONNX Runtime; the full tier the
+# pull-request set (every backend and model, optcv.gate.config.DEFAULT_CASES).
+FAST_TIER = GateConfig(models=COURSE_MODELS, backends=DEFAULT_BACKENDS, cases=("*/b1/t1",))
 
 
 def test_ab_gate(request, real_data_dir):
@@ -45,10 +57,11 @@ def test_ab_gate(request, real_data_dir):
     if against == "none":
         pytest.skip("--gate-against none: the A/B gate is off in this run")
     option = request.config.getoption
-    config = GateConfig() if full_tier(request.config) else GateConfig(cases=FAST_TIER_CASES)
+    config = GateConfig() if full_tier(request.config) else FAST_TIER
     outcome = run_gate(config, Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
                        against=None if against == "default" else against, base_python=option("gate_base_python"),
-                       data_dir=real_data_dir, baseline=option("ratio_baseline"))
+                       data_dir=real_data_dir, baseline=option("ratio_baseline"),
+                       allow_no_base=option("gate_allow_no_base"))
     markdown = outcome_markdown(outcome)
     request.config._optcv_gate_lines += [line for line in markdown.splitlines() if line.startswith(("##", "|", "- "))]
     request.config._optcv_gate_lines += outcome_failure_lines(outcome)
@@ -65,22 +78,41 @@ def test_a_side_builds_from_a_data_folder_given_relative_to_the_callers_folder(t
     side's worker runs in a folder of its own and must still find it (it once failed: 'does not exist')."""
     data = Path(real_data_dir).absolute()
     monkeypatch.chdir(data.parent)
-    built = build_artifacts(Side("head", sys.executable, HEAD_TREE), tmp_path, ("tutorial",), Path(data.name),
-                            default_cache_dir())
+    built = build_artifacts(Side("head", sys.executable, HEAD_TREE), tmp_path, build_recipes(["tutorial"]),
+                            Path(data.name), default_cache_dir())
     assert Path(built["models"]["tutorial"]["onnx"]).is_file()
 
 
-@pytest.mark.full
-def test_gate_self_test_at_its_boundary(real_data_dir):
-    """A 5 % slowdown of the shared path is caught at batch 1 in both backends; unchanged code passes."""
-    from optcv.gate.selftest import run_self_test
+# The self-test in CI: a batch-1 case of each backend, a batched case and a training step; each backend slowed
+# at the default threshold's boundary (5 % against 3) in one run while the other is slowed just below it (1.5 %),
+# then the other way round, then optcv's shared path, then nothing. 16 case measurements in four gate runs.
+SELF_TEST_CASES = ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime/b64/t1",
+                   "tutorial/train/b64/t1")
+SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5}, {"shared": 5.0}, {})
 
-    result = run_self_test(GateConfig(models=("tutorial",), cases=BOUNDARY_CASES), targets=("shared",),
-                           levels_pct=(5.0,), repeats=3, unchanged_repeats=2, data_dir=real_data_dir)
-    caught = result.detections("shared", 5.0, 3.0)
-    assert len(caught) == 2 and all(found >= 2 for found, _ in caught.values()), caught
-    runs_failed, runs, _, _ = result.false_alarms(3.0)
-    assert (runs_failed, runs) == (0, 2)
+
+@pytest.mark.full
+def test_gate_self_test_at_its_boundary(real_data_dir, request):
+    """At the default threshold (3 %), 5 % slowdowns of PyTorch, ONNX Runtime and the shared path are failed and
+    1.5 % ones and unchanged code pass, in at least 7 of 8 case measurements each (each one is a single gate
+    run; the rates over ten runs each are in the README); the change measured is the one injected (the base
+    wraps the same entry points), within a factor the noise allows."""
+    from optcv.gate.selftest import run_self_test
+    from optcv.report.gate import self_test_markdown
+
+    result = run_self_test(GateConfig(models=("tutorial",), cases=SELF_TEST_CASES), SELF_TEST_PLAN,
+                           thresholds=(DEFAULT_THRESHOLD_PCT,), data_dir=real_data_dir)
+    request.config._optcv_gate_lines += [line for line in self_test_markdown(result).splitlines()
+                                         if line.startswith(("|", "False alarms"))]
+    arms = result.arms(DEFAULT_THRESHOLD_PCT)
+    at_boundary = [a for a in arms if a.nominal_pct >= DEFAULT_THRESHOLD_PCT]
+    below = [a for a in arms if a.nominal_pct < DEFAULT_THRESHOLD_PCT]
+    assert (len(at_boundary), len(below)) == (8, 4)
+    assert sum(a.failed for a in at_boundary) >= 7, arms
+    _, _, unchanged_failed, unchanged = result.false_alarms(DEFAULT_THRESHOLD_PCT)
+    assert unchanged == 4 and sum(a.failed for a in below) + unchanged_failed <= 1, arms
+    ratios = sorted(a.median_measured_pct / a.nominal_pct for a in at_boundary)
+    assert 0.5 <= ratios[len(ratios) // 2] <= 1.6, arms
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -162,13 +194,33 @@ def test_gate_times_a_base_revision_from_before_the_package_layout(tmp_path, rea
 
 
 @pytest.mark.full
-def test_gate_without_a_base_revision_falls_back_to_ratios(tmp_path, real_data_dir):
-    """A repository with one commit has no base: the gate says so and returns the reason."""
+def test_gate_without_a_base_revision_fails_unless_the_ratio_fallback_is_asked_for(tmp_path, real_data_dir):
+    """A repository with one commit has no base: the gate is a set-up error naming why, not a pass. Asked for
+    (--allow-no-base), the ratio fallback holds this machine to its recorded ratios: a recorded speed-up far
+    above today's fails, and a baseline with no entry for this machine is an error naming the fix."""
     repo = repository_with_optcv(tmp_path / "repo")
-    reason = run_ab(GateConfig(models=("tutorial",)), head_tree=repo, repo=repo, data_dir=real_data_dir)
-    assert isinstance(reason, str) and "HEAD~1" in reason and "first commit" in reason
+    config = GateConfig(models=("tutorial",))
+    with pytest.raises(GateSetupError, match="no base to time against: revision HEAD~1 does not exist: a first "
+                                             "commit has no parent; .*--allow-no-base"):
+        run_gate(config, head_tree=repo, repo=repo, data_dir=real_data_dir)
     with pytest.raises(GateSetupError, match="revision no-such-rev does not exist"):
-        run_ab(GateConfig(models=("tutorial",)), against="no-such-rev", head_tree=repo, repo=repo)
+        run_ab(config, against="no-such-rev", head_tree=repo, repo=repo)
+
+    recorded = {"schema": "optcv-bench/1", "model": "tutorial",
+                "ratios": {"pytorch/onnxruntime": {"ratio": 100.0, "ci_low": 99.0, "ci_high": 101.0}}}
+    elsewhere = make_baseline([recorded])
+    elsewhere["machines"][0]["fingerprint"] = {**machine_fingerprint(), "isa": ["sse2"]}
+    write_json(tmp_path / "elsewhere.json", elsewhere)
+    with pytest.raises(BaselineOtherMachine, match="no speed-ups recorded on this machine"):
+        run_gate(config, head_tree=repo, repo=repo, data_dir=real_data_dir, baseline=tmp_path / "elsewhere.json",
+                 allow_no_base=True)
+    write_json(tmp_path / "here.json", make_baseline([recorded]))
+    fallback = run_gate(config, head_tree=repo, repo=repo, data_dir=real_data_dir, baseline=tmp_path / "here.json",
+                        allow_no_base=True)
+    assert isinstance(fallback, RatioFallback) and "first commit" in fallback.reason
+    assert [f.key for f in fallback.regressions] == ["tutorial:pytorch/onnxruntime"]
+    with pytest.raises(SpeedRegression, match="SPEED REGRESSION: tutorial:pytorch/onnxruntime"):
+        fallback.raise_for_regressions()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,27 +239,21 @@ def gate_config(request: pytest.FixtureRequest) -> BenchConfig:
 @pytest.mark.parametrize("model", COURSE_MODELS)  # the committed ratios cover these
 def test_speedup_ratio_gate(request, model_sources, test_images, model):
     # A missing optional runtime fails its own latency and parity cases in CI; here it is left out.
-    backends = {name: [gate_predictor(model_sources, model, name)] for name in BACKENDS
-                if backend_unavailable(name) is None}
-    result = run_bench(backends, test_images, gate_config(request), model=model, reference=REFERENCE_BACKEND)
+    names = [name for name in BACKENDS if backend_unavailable(name) is None]
+    with all_closed([gate_predictor(model_sources, model, name) for name in names]) as predictors:
+        result = run_bench({p.name: [p] for p in predictors}, test_images, gate_config(request), model=model,
+                           reference=REFERENCE_BACKEND)
     as_dict = result.to_dict()
     request.config._optcv_ratio_results.append(as_dict)
     for ratio in result.ratios:
         assert ratio.ci_low <= ratio.ratio <= ratio.ci_high
     if not request.config.getoption("ratio_gate"):
         return  # measured and reported in the summary; --ratio-gate turns it into a gate
-    try:
-        baseline = load_json(request.config.getoption("ratio_baseline"), "ratio baseline")
-    except BaselineMissing as exc:
-        raise BaselineMissing(f"{exc}; create it with `pytest benchmarks -k ratio_gate --ratio-save` and commit "
-                              "it") from None
-    differences = fingerprint_differences(baseline.get("environment", {}), machine_fingerprint())
-    if not same_machine(differences):
-        pytest.skip(f"the ratio baseline was recorded on another machine ({'; '.join(differences)}): reported, not "
-                    "compared; refresh it here with --ratio-save, or rely on the A/B gate (--gate-against)")
+    recorded, differences = baseline_for(load_json(request.config.getoption("ratio_baseline"), "ratio baseline"),
+                                         machine_fingerprint())
     if differences:
-        request.config._optcv_gate_lines.append(f"ratio baseline recorded with other software ({model}): "
-                                                + "; ".join(differences))
-    findings = ratio_gate(ratios_of(as_dict), baseline, request.config.getoption("ratio_margin"))
+        request.config._optcv_gate_lines.append(f"ratio baseline recorded on this machine with other software "
+                                                f"({model}): " + "; ".join(differences))
+    findings = ratio_gate(ratios_of(as_dict), recorded, request.config.getoption("ratio_margin"))
     if any(not f.passed for f in findings):
         raise SpeedRegression("\n".join(f.message() for f in findings))

@@ -40,5 +40,9 @@ class BaselineMissing(BaselineError):
     """The baseline file, or the entries this run needs, are not there."""
 
 
+class BaselineOtherMachine(BaselineMissing):
+    """The baseline holds no entry recorded on this machine (CPU model, ISA flags, cores)."""
+
+
 class BaselineInvalid(BaselineError):
     """The baseline is there but unreadable, of another schema, or malformed."""

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from optcv.cli import main
+from optcv.env import machine_fingerprint
 from optcv.errors import BaselineError
-from optcv.gate.ratio import make_baseline, ratio_gate, ratios_of
+from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
 from optcv.measure.latency import (
     LatencyStats,
     bootstrap_median_ci,
@@ -92,7 +93,7 @@ def bench_result(ratio, low, high, model="tutorial"):
 
 
 def test_gate_passes_within_margin_and_fails_below_it():
-    baseline = make_baseline([bench_result(4.0, 3.9, 4.1)])
+    baseline, _ = baseline_for(make_baseline([bench_result(4.0, 3.9, 4.1)]), machine_fingerprint())
     assert ratio_gate(ratios_of(bench_result(3.7, 3.6, 3.8)), baseline, 0.10)[0].passed  # 3.8 >= 3.6
     failed = ratio_gate(ratios_of(bench_result(3.0, 2.9, 3.1)), baseline, 0.10)[0]
     assert not failed.passed
@@ -101,8 +102,9 @@ def test_gate_passes_within_margin_and_fails_below_it():
 
 
 def test_gate_needs_every_baseline_ratio_of_a_measured_model():
-    baseline = make_baseline([bench_result(4.0, 3.9, 4.1), bench_result(3.0, 2.9, 3.1, model="tuned")])
-    baseline["ratios"]["tutorial:pytorch/openvino"] = {"ratio": 2.0, "ci_low": 1.9, "ci_high": 2.1}
+    baseline, _ = baseline_for(make_baseline([bench_result(4.0, 3.9, 4.1), bench_result(3.0, 2.9, 3.1, model="tuned")]),
+                               machine_fingerprint())
+    baseline["tutorial:pytorch/openvino"] = {"ratio": 2.0, "ci_low": 1.9, "ci_high": 2.1}
     with pytest.raises(BaselineError, match="did not measure tutorial:pytorch/openvino"):
         ratio_gate(ratios_of(bench_result(4.0, 3.9, 4.1)), baseline)
     with pytest.raises(BaselineError, match="unknown schema"):

@@ -11,10 +11,10 @@ import pytest
 
 from optcv.cli import main
 from optcv.env import fingerprint_differences, machine_fingerprint
-from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError, ParityFailure
+from optcv.errors import BaselineInvalid, BaselineMissing, BaselineOtherMachine, OptcvError, ParityFailure
 from optcv.gate.config import GateConfig, case_specs
 from optcv.gate.inject import write_injection
-from optcv.gate.ratio import ratio_gate
+from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
 from optcv.gate.sides import check_python
 from optcv.gate.verdict import (
     CaseFinding,
@@ -121,30 +121,68 @@ def test_bad_thresholds_files_are_set_up_errors(tmp_path, content):
         Thresholds.load(path)
 
 
-def test_every_case_kind_is_gated_and_patterns_select():
-    ids = [s["id"] for s in case_specs(GateConfig())]
-    for model in ("tutorial", "tunable"):
-        for backend in ("pytorch", "onnxruntime"):
-            assert f"{model}/{backend}/b1/t1" in ids and f"{model}/{backend}/b64/t1" in ids
-            assert f"{model}/{backend}/b256/t1" in ids
-        assert f"{model}/train/b64/t1" in ids
-    assert len(ids) == len(set(ids))
-    assert [s["id"] for s in case_specs(GateConfig(cases=("tutorial/*/b1/t1",)))] == [
-        "tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1"]
+def test_every_backend_and_model_is_gated_and_the_pull_request_set_is_a_subset():
+    every = [s["id"] for s in case_specs(GateConfig(cases=("all",)))]
+    for model in ("tutorial", "tunable", "resnet18", "mobilenet_v3_small"):
+        for backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile"):
+            assert f"{model}/{backend}/b1/t1" in every and f"{model}/{backend}/b64/t1" in every
+        assert f"{model}/train/b64/t1" in every
+    assert "tutorial/onnxruntime/b256/t1" in every and "resnet18/onnxruntime/b256/t1" not in every
+    assert len(every) == len(set(every))
+    default = [s["id"] for s in case_specs(GateConfig())]
+    assert set(default) < set(every) and len(default) == 4 * 4 + 2
+    assert not [case for case in default if "torch-compile" in case]  # its compiles cost minutes: nightly
+    assert [s["id"] for s in case_specs(GateConfig(models=("tutorial",), cases=("tutorial/*/b1/t1",)))] == [
+        "tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime-int8/b1/t1",
+        "tutorial/torch-compile/b1/t1", "tutorial/openvino/b1/t1"]
+    chosen = case_specs(GateConfig(models=("resnet18",), backends=("openvino",), cases=("all",)))
+    assert [s["id"] for s in chosen] == ["resnet18/openvino/b1/t1", "resnet18/openvino/b64/t1"]
     with pytest.raises(OptcvError, match="no gate case matches"):
         case_specs(GateConfig(cases=("nothing/*",)))
+    with pytest.raises(OptcvError, match="unknown gate backend tensorrt"):
+        GateConfig(backends=("tensorrt",))
 
 
-def test_injection_wraps_the_target_from_outside(tmp_path):
-    folder = write_injection(tmp_path / "inject", "onnxruntime", 0.05)
-    probe = ("from onnxruntime.capi import onnxruntime_inference_collection as c; "
-             "print(hasattr(c.InferenceSession.run, '__wrapped__'))")
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    injected = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert (injected.stdout.strip(), plain.stdout.strip()) == ("True", "False")
-    with pytest.raises(ValueError):
-        write_injection(tmp_path, "nothing", 0.05)
+def test_build_recipes_ask_for_an_int8_twin_only_where_an_int8_case_needs_it():
+    from optcv.gate.config import recipes_for
+
+    recipes = recipes_for(case_specs(GateConfig(models=("tutorial", "resnet18"), cases=(
+        "tutorial/onnxruntime-int8/*", "resnet18/pytorch/b1/t1"))))
+    assert list(recipes) == ["tutorial", "resnet18"]
+    assert recipes["tutorial"]["int8"]["calibration_images"] > 0 and "int8" not in recipes["resnet18"]
+    assert recipes["resnet18"]["train_images"] < recipes["tutorial"]["train_images"]  # compute-heavy: fewer
+
+
+def test_injection_wraps_each_target_from_outside_a_fraction_of_zero_included(tmp_path):
+    probe = ("import torch; from onnxruntime.capi import onnxruntime_inference_collection as c; "
+             "print(hasattr(c.InferenceSession.run, '__wrapped__'), hasattr(torch.nn.Module.__call__, '__wrapped__'))")
+
+    def wrapped(folder):
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert wrapped(write_injection(tmp_path / "ort", {"onnxruntime": 0.05})) == ["True", "False"]
+    assert wrapped(write_injection(tmp_path / "both", {"onnxruntime": 0.0, "pytorch": 0.015})) == ["True", "True"]
+    assert wrapped(write_injection(tmp_path / "none", {})) == ["False", "False"]
+    with pytest.raises(ValueError, match="unknown injection target"):
+        write_injection(tmp_path, {"nothing": 0.05})
+
+
+def test_a_sides_workers_keep_the_users_pythonpath_after_the_sides_tree(tmp_path, monkeypatch):
+    """A monorepo's packages on PYTHONPATH stay importable in the workers, and the side's optcv still wins over an
+    optcv found there."""
+    from optcv.gate.sides import HEAD_TREE, Side
+
+    theirs = tmp_path / "monorepo"
+    (theirs / "optcv").mkdir(parents=True)
+    (theirs / "optcv" / "__init__.py").write_text("raise ImportError('the wrong optcv')\n")
+    (theirs / "their_package.py").write_text("WHERE = 'monorepo'\n")
+    monkeypatch.setenv("PYTHONPATH", str(theirs))
+    script = "import their_package, optcv; print(their_package.WHERE, optcv.__file__)"
+    env = Side("head", sys.executable, HEAD_TREE).env()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["monorepo", str(HEAD_TREE / "optcv" / "__init__.py")], done.stderr
 
 
 def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
@@ -170,16 +208,66 @@ def test_only_another_cpu_makes_a_baseline_incomparable():
 
 
 def test_ratio_gate_needs_only_the_models_measured():
-    baseline = {"schema": "optcv-ratio-baseline/1", "ratios": {
-        "tutorial:pytorch/onnxruntime": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1},
-        "tunable:pytorch/onnxruntime": {"ratio": 2.3, "ci_low": 2.2, "ci_high": 2.4}}}
+    recorded = {"tutorial:pytorch/onnxruntime": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1},
+                "tunable:pytorch/onnxruntime": {"ratio": 2.3, "ci_low": 2.2, "ci_high": 2.4}}
     measured = {"tutorial:pytorch/onnxruntime": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1}}
-    assert [f.key for f in ratio_gate(measured, baseline)] == ["tutorial:pytorch/onnxruntime"]
+    assert [f.key for f in ratio_gate(measured, recorded)] == ["tutorial:pytorch/onnxruntime"]
     with pytest.raises(BaselineMissing, match="no ratios for tuned"):
-        ratio_gate({"tuned:pytorch/onnxruntime": measured["tutorial:pytorch/onnxruntime"]}, baseline)
-    broken = {**baseline, "ratios": {"tutorial:pytorch/onnxruntime": {"ci_low": 1}}}
+        ratio_gate({"tuned:pytorch/onnxruntime": measured["tutorial:pytorch/onnxruntime"]}, recorded)
     with pytest.raises(BaselineInvalid, match="ratio"):
-        ratio_gate(measured, broken)
+        ratio_gate(measured, {"tutorial:pytorch/onnxruntime": {"ci_low": 1}})
+
+
+def _bench(ratio, model="tutorial"):
+    return {"schema": "optcv-bench/1", "model": model,
+            "ratios": {"pytorch/onnxruntime": {"ratio": ratio, "ci_low": ratio - 0.1, "ci_high": ratio + 0.1}}}
+
+
+def _recorded_on(baseline, **fields):
+    for entry in baseline["machines"]:
+        entry["fingerprint"] = {**entry["fingerprint"], **fields}
+    return baseline
+
+
+def test_a_ratio_baseline_gates_the_machine_it_was_recorded_on_and_no_other():
+    here = make_baseline([_bench(4.0)])
+    recorded, differences = baseline_for(here, machine_fingerprint())
+    assert differences == [] and [f.passed for f in ratio_gate(ratios_of(_bench(3.0)), recorded)] == [False]
+    newer_torch = _recorded_on(make_baseline([_bench(4.0)]), torch="0.0.1")
+    recorded, differences = baseline_for(newer_torch, machine_fingerprint())
+    assert recorded and differences == [f"torch: 0.0.1 → {machine_fingerprint()['torch']}"]
+    for other in ({"cpu": "Another CPU"}, {"isa": ["sse2"]}, {"cpu_count": 64}):
+        with pytest.raises(BaselineOtherMachine, match="no speed-ups recorded on this machine .*--ratio-save"):
+            baseline_for(_recorded_on(make_baseline([_bench(4.0)]), **other), machine_fingerprint())
+    legacy = {"schema": "optcv-ratio-baseline/1", "environment": {"cpu": machine_fingerprint()["cpu"]},
+              "ratios": recorded}
+    with pytest.raises(BaselineOtherMachine, match="ISA flags not recorded"):
+        baseline_for(legacy, machine_fingerprint())
+
+
+def test_recording_ratios_replaces_this_machines_entry_and_keeps_the_others():
+    elsewhere = _recorded_on(make_baseline([_bench(9.0)]), cpu="Another CPU")
+    both = make_baseline([_bench(4.0)], make_baseline([_bench(5.0)], elsewhere))
+    assert [e["fingerprint"]["cpu"] for e in both["machines"]] == ["Another CPU", machine_fingerprint()["cpu"]]
+    assert baseline_for(both, machine_fingerprint())[0]["tutorial:pytorch/onnxruntime"]["ratio"] == 4.0
+
+
+def test_cli_gates_bench_files_only_on_this_machines_ratios(tmp_path, capsys):
+    (tmp_path / "slow.json").write_text(json.dumps(_bench(2.0)))
+    (tmp_path / "here.json").write_text(json.dumps(make_baseline([_bench(4.0)])))
+    (tmp_path / "other.json").write_text(json.dumps(_recorded_on(make_baseline([_bench(4.0)]), cpu="Another CPU")))
+    assert main(["gate", str(tmp_path / "slow.json"), "--baseline", str(tmp_path / "here.json")]) == 1
+    assert "SPEED REGRESSION" in capsys.readouterr().out
+    assert main(["gate", str(tmp_path / "slow.json"), "--baseline", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no speed-ups recorded on this machine" in err[0] and "Another CPU" in err[0]
+
+
+def test_the_committed_ratio_baseline_records_each_machine_with_its_isa_flags():
+    from optcv.gate.ratio import DEFAULT_BASELINE, machine_entries
+
+    entries = machine_entries(json.loads(DEFAULT_BASELINE.read_text()))
+    assert entries and all(e["fingerprint"]["isa"] and e["fingerprint"]["cpu_count"] for e in entries)
 
 
 def test_gate_markdown_names_the_failing_case_and_its_profile():
@@ -252,9 +340,37 @@ def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():
 
     first = {"x": CaseFinding("x", 100, 104, 4.0, 2.5, 5.5, 2.0, Verdict.REGRESSION, 30, 10)}
     retest = CaseFinding("x", 100, 102.5, 2.5, 1.0, 4.0, 2.0, Verdict.REGRESSION, 30, 10)
-    run = SelfTestRun("pytorch", 3.0, 0, [retest], 1.0, first)
+    run = SelfTestRun({"pytorch": 3.0}, 0, [retest], 1.0, first)
     assert run.verdict(retest, 2.0) is Verdict.REGRESSION  # both passes above 2 %
     assert run.verdict(retest, 3.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # first pass flagged at 3, re-test did not
     assert run.verdict(retest, 5.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # first pass alone stays under 5
-    plain = SelfTestRun(None, 0.0, 0, [first["x"]], 1.0)
+    plain = SelfTestRun({}, 0, [first["x"]], 1.0)
     assert plain.verdict(first["x"], 3.0) is Verdict.REGRESSION
+
+
+def test_self_test_reports_each_arm_with_its_nominal_and_measured_change_and_what_it_should_do():
+    from optcv.gate.selftest import SelfTestResult, SelfTestRun
+    from optcv.report.gate import self_test_markdown, self_test_rows
+
+    def run(injected, ort, torch):
+        return SelfTestRun(injected, 0, [_finding("m/onnxruntime/b1/t1", ort, verdict_of(_change(ort), 3.0)),
+                                         _finding("m/pytorch/b1/t1", torch, verdict_of(_change(torch), 3.0))], 1.0)
+
+    both = {"onnxruntime": 5.0, "pytorch": 1.5}
+    result = SelfTestResult([run(both, 5.8, 1.2), run(both, 2.9, 2.0), run({}, 0.3, -0.2), run({}, 3.6, 0.1)],
+                            (3.0,), {"wrapped_on_both_sides": ["onnxruntime", "pytorch"]}, {"cpu": "c", "cpu_count": 2})
+    caught = result.arm(both, "m/onnxruntime/b1/t1", 3.0)
+    below = result.arm(both, "m/pytorch/b1/t1", 3.0)
+    assert (caught.nominal_pct, caught.failed, caught.runs, caught.measured_pct) == (5.0, 1, 2, (5.8, 2.9))
+    assert (below.nominal_pct, below.failed, below.runs) == (1.5, 0, 2)
+    assert result.false_alarms(3.0) == (1, 2, 1, 4)
+    rows = [list(row.values()) for row in self_test_rows(result, 3.0)]
+    assert rows == [["onnxruntime +5 %, pytorch +1.5 %", "m/onnxruntime/b1/t1", "+5 %", "+4.3 % (+2.9 … +5.8)", "fail",
+                     "failed 1/2"],
+                    ["onnxruntime +5 %, pytorch +1.5 %", "m/pytorch/b1/t1", "+1.5 %", "+1.6 % (+1.2 … +2.0)", "pass",
+                     "passed 2/2"]]
+    assert "1 of 2 gate runs on unchanged code failed" in self_test_markdown(result)
+
+
+def _change(pct):
+    return PairedChange(pct, pct - 1.0, pct + 1.0, 30)

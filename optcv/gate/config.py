@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from optcv.env import usable_cores
 from optcv.errors import OptcvError
-from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS
+from optcv.measure.reference import REFERENCE_MODELS
+from optcv.runtime import BACKENDS as REGISTRY
 from optcv.runtime import DEFAULT_BACKENDS
 from optcv.training.models import arch_name
 
-MODELS = COURSE_MODELS
-BACKENDS = DEFAULT_BACKENDS
+MODELS = tuple(REFERENCE_MODELS)
+BACKENDS = tuple(REGISTRY)
 PREDICT_IMAGES = 2048
+# The pull-request set, 18 cases, about 3 minutes warm here: every backend but torch-compile at batch 1 on one
+# thread on every reference model, TutorialNet's batch 64 in ONNX Runtime and its training step. torch-compile
+# prepares each shape for 12-35 s in every worker (four per gate), minutes before the first timing, so it is
+# gated in `--cases all` (nightly), which adds it, two threads, every backend batched and every training step.
+DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b1/t1", "*/openvino/b1/t1",
+                 "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
+ALL_CASES = "all"
 
 # Batched and training cases are gated at one thread: on a 2-core machine shared with the gate's own
 # processes, all-core runs of 5-50 ms calls moved ±5-20 % between rounds of identical code (measured here),
@@ -27,6 +35,7 @@ BATCH_THREADS = 1
 @dataclass(frozen=True)
 class GateConfig:
     models: tuple[str, ...] = MODELS
+    backends: tuple[str, ...] = BACKENDS
     workers_per_side: int = 2
     min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
@@ -40,7 +49,7 @@ class GateConfig:
     gap_ms: float = 2.0  # idle time between turns, so the last worker's spinning threads settle first
     batch_sizes: tuple[int, ...] = (64, 256)
     train_batch: int = 64
-    cases: tuple[str, ...] = ()  # glob patterns; empty: every case
+    cases: tuple[str, ...] = DEFAULT_CASES  # glob patterns; ("all",): every case of the models and backends
     profile_ms: float = 500.0  # per side, for a failing case's operator comparison
     # A case that fails is timed again with a fresh pool of workers before the gate says so: a process's
     # memory placement alone moved identical code by +17 % once in CI, and a real slowdown survives the re-test.
@@ -48,53 +57,75 @@ class GateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.models) - set(MODELS))
-        if unknown or not self.models:
-            name = unknown[0] if unknown else "(none)"
-            raise OptcvError(f"unknown gate model {name}: choose from {', '.join(MODELS)}")
+        for kind, given, known in (("model", self.models, MODELS), ("backend", self.backends, BACKENDS)):
+            unknown = sorted(set(given) - set(known))
+            if unknown or not given:
+                name = unknown[0] if unknown else "(none)"
+                raise OptcvError(f"unknown gate {kind} {name}: choose from {', '.join(known)}")
         if self.workers_per_side < 1 or self.min_rounds < 5:
             raise OptcvError("the gate needs at least 1 worker per side and 5 rounds")
 
 
-def case_specs(config: GateConfig) -> list[dict[str, Any]]:
-    """Every gated case: each backend at batch 1 (1 thread and all cores), batched at all cores, and a
-    training step, for each model."""
+def _all_specs(config: GateConfig) -> list[dict[str, Any]]:
+    """Per model: every backend at batch 1 on one thread (PyTorch and ONNX Runtime on all cores too), batched
+    at each of the model's batch sizes on one thread, and a training step."""
     cores = usable_cores()
     specs: list[dict[str, Any]] = []
     for model in config.models:
-        for backend in BACKENDS:
-            for threads in sorted({1, cores}):
-                specs.append({"model": model, "kind": "predict", "backend": backend, "batch": 1, "threads": threads})
-        for batch in config.batch_sizes:
-            for backend in BACKENDS:
-                specs.append({"model": model, "kind": "predict", "backend": backend, "batch": batch,
-                              "threads": BATCH_THREADS})
-        specs.append({"model": model, "kind": "train", "backend": "pytorch", "batch": config.train_batch,
-                      "threads": BATCH_THREADS})
+        for backend in config.backends:
+            threads = sorted({1, cores}) if backend in DEFAULT_BACKENDS else [1]
+            specs += [{"model": model, "kind": "predict", "backend": backend, "batch": 1, "threads": n}
+                      for n in threads]
+        for batch in (b for b in config.batch_sizes if b in REFERENCE_MODELS[model].batch_sizes):
+            specs += [{"model": model, "kind": "predict", "backend": backend, "batch": batch,
+                       "threads": BATCH_THREADS} for backend in config.backends]
+        if "pytorch" in config.backends:
+            specs.append({"model": model, "kind": "train", "backend": "pytorch", "batch": config.train_batch,
+                          "threads": BATCH_THREADS})
     for spec in specs:
         what = spec["backend"] if spec["kind"] == "predict" else "train"
         spec["id"] = f"{spec['model']}/{what}/b{spec['batch']}/t{spec['threads']}"
-    if config.cases:
+    return specs
+
+
+def case_specs(config: GateConfig) -> list[dict[str, Any]]:
+    """The gated cases: those of the models and backends chosen that match `config.cases` (all of them for
+    ("all",))."""
+    specs = _all_specs(config)
+    if config.cases != (ALL_CASES,):
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s["id"], p) for p in config.cases)]
-        if not specs:
-            raise OptcvError(f"no gate case matches {' '.join(config.cases)}; case names look like "
-                             "tutorial/onnxruntime/b1/t1 or tunable/train/b64/t2")
+    if not specs:
+        raise OptcvError(f"no gate case matches {' '.join(config.cases)} for models {', '.join(config.models)} "
+                         f"and backends {', '.join(config.backends)}; case names look like "
+                         "tutorial/onnxruntime/b1/t1 or tunable/train/b64/t1 ('all': every case)")
     return specs
 
 
 # Each side trains its models with its own code. Weights only need to be realistic (trained, not random), so
-# each reference recipe (optcv.measure.reference) runs for one epoch on a stratified subset: an uncached
-# build stays under a minute.
+# each reference recipe (optcv.measure.reference) runs for one epoch on a stratified subset: 4,000 images for
+# the course nets, 500 for the torchvision ones (ResNet-18 on 2,000 took 4 min a side here, both sides
+# building at once).
 BUILD_TRAIN_IMAGES = 4_000
+BUILD_TRAIN_IMAGES_LARGE = 500  # the nets whose reference recipe trains on a subset: compute-heavy
 BUILD_EPOCHS = 1
 
 
-def build_recipes(models: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """What a side's worker needs to build each model, as plain data (the worker imports no optcv of ours)."""
+def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """What a side's worker needs to build each model, as plain data (the worker imports no optcv of ours);
+    for the models in `int8`, the quantisation settings of their int8 twin too."""
     recipes = {}
     for name in models:
         spec = REFERENCE_MODELS[name]
+        train_images = BUILD_TRAIN_IMAGES if spec.train_images is None else BUILD_TRAIN_IMAGES_LARGE
         recipes[name] = {"arch": arch_name(spec.model), "config": dataclasses.asdict(spec.model),
                          "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
-                         "seed": spec.train.seed, "epochs": BUILD_EPOCHS, "train_images": BUILD_TRAIN_IMAGES}
+                         "seed": spec.train.seed, "epochs": BUILD_EPOCHS, "train_images": train_images}
+        if name in int8:
+            recipes[name]["int8"] = dataclasses.asdict(spec.quantize)
     return recipes
+
+
+def recipes_for(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The build recipes of the models the cases use."""
+    return build_recipes(list(dict.fromkeys(s["model"] for s in specs)),
+                         {s["model"] for s in specs if s["backend"] == "onnxruntime-int8"})

@@ -1,8 +1,10 @@
 """Real slowdowns injected from outside the code under test, for the gate's self-test.
 
-A `sitecustomize.py` placed first on a side's PYTHONPATH wraps an entry point after import and busy-waits
+A `sitecustomize.py` placed first on a side's PYTHONPATH wraps entry points after import and busy-waits
 for a fixed fraction of each call's own duration, the way a slower dependency or a slower line in optcv
-would arrive: nothing in the measured code knows about it.
+would arrive: nothing in the measured code knows about it. Each target has its own fraction, so one gate run
+can slow one backend at the boundary and another just below it; a fraction of 0 wraps without waiting,
+which is what the other side gets (the wrapper's own cost, then, is on both sides).
 
 - onnxruntime: `InferenceSession.run`;
 - pytorch: the outermost `nn.Module.__call__` (forward) and `torch.autograd.backward`;
@@ -12,21 +14,20 @@ would arrive: nothing in the measured code knows about it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 TARGETS = ("onnxruntime", "pytorch", "shared")
-NONE = "none"  # the same imports, nothing wrapped: the other side of a self-test
 
 _SITECUSTOMIZE = '''\
-# Written by optcv's gate self-test: slows {target} by {fraction!r} of each call's own time.
+# Written by optcv's gate self-test: slows each target by its fraction of each call's own time: {fractions!r}
 import functools
 import time
 
-_FRACTION = {fraction!r}
 _clock = time.perf_counter_ns
 
 
-def _slowed(fn, outermost_only=False):
+def _slowed(fn, fraction, outermost_only=False):
     depth = [0]
 
     @functools.wraps(fn)
@@ -39,13 +40,13 @@ def _slowed(fn, outermost_only=False):
             return fn(*args, **kwargs)
         finally:
             depth[0] -= 1
-            end = _clock() + int((_clock() - started) * _FRACTION)
+            end = _clock() + int((_clock() - started) * fraction)
             while _clock() < end:
                 pass
     return wrapper
 
 
-def _inject(target):
+def _inject(fractions):
     # Every side imports the same modules in the same order, wrapped or not: which library loads first
     # (ONNX Runtime or torch) changed PyTorch's batched speed by ~10 % here, an effect of the injection
     # itself rather than of the slowdown it injects.
@@ -55,33 +56,34 @@ def _inject(target):
     import optcv.backends.pytorch as torch_backend
     import optcv.training.train as train
 
-    if target == "onnxruntime":
-        ort.InferenceSession.run = _slowed(ort.InferenceSession.run)
-    elif target == "pytorch":
-        torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, outermost_only=True)
-        torch.autograd.backward = _slowed(torch.autograd.backward)
-    elif target == "shared":
+    if "onnxruntime" in fractions:
+        ort.InferenceSession.run = _slowed(ort.InferenceSession.run, fractions["onnxruntime"])
+    if "pytorch" in fractions:
+        torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch"], outermost_only=True)
+        torch.autograd.backward = _slowed(torch.autograd.backward, fractions["pytorch"])
+    if "shared" in fractions:
         for module in (torch_backend, ort_backend):
             for value in list(vars(module).values()):
                 if isinstance(value, type) and value.__module__ == module.__name__ and "predict" in vars(value):
-                    value.predict = _slowed(value.predict)
-        train.train = _slowed(train.train)
-    elif target != "none":
-        raise ValueError(target)
+                    value.predict = _slowed(value.predict, fractions["shared"])
+        train.train = _slowed(train.train, fractions["shared"])
 
 
-_inject({target!r})
+_inject({fractions!r})
 '''
 
 
-def write_injection(folder: str | Path, target: str, fraction: float) -> Path:
-    """Write the sitecustomize.py that slows `target` by `fraction` (0.05 = 5 %) into `folder`."""
-    if target not in (*TARGETS, NONE):
-        raise ValueError(f"unknown injection target {target!r}: choose from {', '.join(TARGETS)}")
-    if not 0 <= fraction < 10:
-        raise ValueError(f"slowdown fraction must be in (0, 10), got {fraction}")
+def write_injection(folder: str | Path, fractions: Mapping[str, float]) -> Path:
+    """Write the sitecustomize.py that slows each target by its fraction (0.05 = 5 %; 0 wraps it without
+    waiting) into `folder`; no targets: the same imports, nothing wrapped."""
+    for target, fraction in fractions.items():
+        if target not in TARGETS:
+            raise ValueError(f"unknown injection target {target!r}: choose from {', '.join(TARGETS)}")
+        if not 0 <= fraction < 10:
+            raise ValueError(f"slowdown fraction must be in [0, 10), got {fraction}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sitecustomize.py"
-    path.write_text(_SITECUSTOMIZE.format(target=target, fraction=float(fraction)), encoding="utf-8")
+    path.write_text(_SITECUSTOMIZE.format(fractions={t: float(f) for t, f in sorted(fractions.items())}),
+                    encoding="utf-8")
     return folder

@@ -1,5 +1,6 @@
 """One entry point to the gate, for the CLI and the benchmark suite alike: the A/B gate of this tree against a
-base; without a base, the ratio gate as a labelled fallback; with the same code on both sides, nothing to time."""
+base; without a base, a set-up error (or, when asked for, the ratio gate as a labelled fallback); with the same
+code on both sides, nothing to time."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from optcv.gate.config import GateConfig
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
 from optcv.gate.sides import Side, code_hash, sides_for
 from optcv.gate.timing import Log, measure
-from optcv.gate.verdict import GateResult, Thresholds
+from optcv.gate.verdict import GateResult, GateSetupError, Thresholds
 
 SAME_CODE_SCHEMA = "optcv-gate-same-code/1"
 
@@ -45,11 +46,17 @@ GateOutcome = GateResult | RatioFallback | SameCode
 def run_gate(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresholds(), *, against: str | None = None,
              base_python: str | None = None, head_tree: Path | None = None, repo: Path | None = None,
              data_dir: str | Path | None = None, baseline: str | Path = DEFAULT_BASELINE,
-             even_if_unchanged: bool = False, log: Log = lambda _m: None, progress: bool = False) -> GateOutcome:
-    """This tree against `against` (default: see `default_base_revision`) and/or another interpreter."""
+             even_if_unchanged: bool = False, allow_no_base: bool = False, log: Log = lambda _m: None,
+             progress: bool = False) -> GateOutcome:
+    """This tree against `against` (default: see `default_base_revision`) and/or another interpreter. Without
+    a base a gate that passed would have checked nothing, so that is a GateSetupError unless `allow_no_base`
+    asks for the ratio gate instead."""
     result = run_ab(config, thresholds, against=against, base_python=base_python, head_tree=head_tree, repo=repo,
                     data_dir=data_dir, even_if_unchanged=even_if_unchanged, log=log, progress=progress)
     if isinstance(result, str):
+        if not allow_no_base:
+            raise GateSetupError(f"no base to time against: {result}; give --against REV, or --allow-no-base to "
+                                 "gate on the ratios recorded for this machine instead")
         log(f"no second side: {result}; falling back to the ratio gate")
         return run_ratio_fallback(result, baseline, models=config.models, data_dir=data_dir, log=log)
     return result

@@ -1,40 +1,43 @@
 """The gate proves itself: real slowdowns injected from outside, and unchanged code, through the whole A/B gate.
 
 Both sides are this source tree and interpreter. Each side's workers get a `sitecustomize.py` (optcv.gate.inject)
-that imports the same modules in the same order; only the head's slows its target by the given fraction.
-Each run is a complete gate (fresh workers, its own seed), so the detection and false-alarm rates are those
-of the gate as CI runs it.
+that wraps the same entry points in the same order; the base's wrappers wait for nothing, the head's slow their
+targets by the given fractions, so the wrapper's own cost is on both sides and the measured change is the
+injected one. A run may slow one target at the boundary and another just below the threshold, so one gate
+run checks both a catch and a pass. Each run is a complete gate (fresh workers, its own seed), so detection
+and false-alarm rates are those of the gate as CI runs it.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optcv.data import default_cache_dir
 from optcv.env import environment_info
-from optcv.gate.config import GateConfig, case_specs
-from optcv.gate.inject import NONE, TARGETS, write_injection
+from optcv.gate.config import GateConfig, case_specs, recipes_for
+from optcv.gate.inject import TARGETS, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, measure, prepare_inputs
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, CaseFinding, PairedChange, Thresholds, Verdict, verdict_of
 from optcv.gate.workers import build_artifacts
 
-SELF_TEST_SCHEMA = "optcv-gate-self-test/1"
-LEVELS_PCT = (3.0, 5.0, 10.0)  # injected slowdowns
+SELF_TEST_SCHEMA = "optcv-gate-self-test/2"
+LEVELS_PCT = (1.5, 5.0, 10.0)  # injected slowdowns: below the default threshold, at the boundary, well above
 REPEATS = 10  # gate runs per target and level
 UNCHANGED_REPEATS = 20  # gate runs of unchanged code
 THRESHOLDS_PCT = (DEFAULT_THRESHOLD_PCT, 2.0)  # each run judged at each
 
+Injection = Mapping[str, float]  # target -> slowdown in %; empty: unchanged code
 
-def affected(target: str | None, case: str) -> bool:
-    """Whether an injection into `target` slows `case` down (None: nothing injected)."""
-    if target is None:
-        return False
+
+def affected(target: str, case: str) -> bool:
+    """Whether an injection into `target` slows `case` down."""
     if target == "shared":
         return True
     if target == "onnxruntime":
@@ -42,20 +45,49 @@ def affected(target: str | None, case: str) -> bool:
     return "/pytorch/" in case or "/train/" in case
 
 
+def nominal_pct(injected: Injection, case: str) -> float:
+    """The slowdown injected into `case`: the sum of the levels of the targets it goes through."""
+    return sum(pct for target, pct in injected.items() if affected(target, case))
+
+
+def injection_label(injected: Injection) -> str:
+    active = {t: pct for t, pct in injected.items() if pct}
+    return ", ".join(f"{t} +{pct:g} %" for t, pct in sorted(active.items())) or "unchanged"
+
+
 @dataclass
 class SelfTestRun:
-    target: str | None  # None: unchanged code
-    level_pct: float
+    injected: dict[str, float]  # target -> %; empty or all zero: unchanged code
     seed: int
     findings: list[CaseFinding]  # the gate's last word per case (the re-test's where there was one)
     seconds: float
     first_pass: dict[str, CaseFinding] = field(default_factory=dict)  # of the re-tested cases
+
+    @property
+    def unchanged(self) -> bool:
+        return not any(self.injected.values())
 
     def verdict(self, finding: CaseFinding, threshold_pct: float) -> Verdict:
         """What a gate at `threshold_pct` would have said: a first-pass failure stands only if its re-test
         (run at the lowest threshold judged, so every case that could fail was re-tested) fails too."""
         first = _verdict(self.first_pass.get(finding.case, finding), threshold_pct)
         return _verdict(finding, threshold_pct) if first is Verdict.REGRESSION else first
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One case under one injection, over every run of it: how often the gate failed it, and what it measured."""
+
+    injection: str
+    case: str
+    nominal_pct: float
+    failed: int
+    runs: int
+    measured_pct: tuple[float, ...]
+
+    @property
+    def median_measured_pct(self) -> float:
+        return statistics.median(self.measured_pct)
 
 
 @dataclass
@@ -66,26 +98,35 @@ class SelfTestResult:
     environment: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
-    def detections(self, target: str, level_pct: float, threshold_pct: float) -> dict[str, tuple[int, int]]:
-        """Per affected case: (runs that failed it, runs), judged at `threshold_pct`."""
-        out: dict[str, tuple[int, int]] = {}
+    def arms(self, threshold_pct: float) -> list[ArmResult]:
+        """Per injection and injected case (nominal change > 0), in the order first run."""
+        grouped: dict[tuple[str, str], list[tuple[float, bool, float]]] = {}
         for run in self.runs:
-            if run.target != target or run.level_pct != level_pct:
-                continue
             for f in run.findings:
-                if affected(target, f.case):
-                    caught, n = out.get(f.case, (0, 0))
-                    out[f.case] = (caught + (run.verdict(f, threshold_pct) is Verdict.REGRESSION), n + 1)
-        return out
+                nominal = nominal_pct(run.injected, f.case)
+                if nominal:
+                    failed = run.verdict(f, threshold_pct) is Verdict.REGRESSION
+                    grouped.setdefault((injection_label(run.injected), f.case), []).append((nominal, failed,
+                                                                                             f.change_pct))
+        return [ArmResult(label, case, seen[0][0], sum(x[1] for x in seen), len(seen), tuple(x[2] for x in seen))
+                for (label, case), seen in grouped.items()]
+
+    def arm(self, injection: Injection, case: str, threshold_pct: float) -> ArmResult:
+        label = injection_label(injection)
+        found = [a for a in self.arms(threshold_pct) if a.injection == label and a.case == case]
+        if not found:
+            raise KeyError(f"no self-test run injected {label} into {case}")
+        return found[0]
 
     def false_alarms(self, threshold_pct: float) -> tuple[int, int, int, int]:
-        """(unchanged gate runs that failed, unchanged runs, unaffected cases failed in any run, such cases)."""
+        """(unchanged gate runs that failed, unchanged runs, cases with nothing injected that failed in any run,
+        such cases)."""
         failed_runs = runs = failed_cases = cases = 0
         for run in self.runs:
-            unaffected = [f for f in run.findings if not affected(run.target, f.case)]
-            flagged = [f for f in unaffected if run.verdict(f, threshold_pct) is Verdict.REGRESSION]
-            failed_cases, cases = failed_cases + len(flagged), cases + len(unaffected)
-            if run.target is None:
+            untouched = [f for f in run.findings if not nominal_pct(run.injected, f.case)]
+            flagged = [f for f in untouched if run.verdict(f, threshold_pct) is Verdict.REGRESSION]
+            failed_cases, cases = failed_cases + len(flagged), cases + len(untouched)
+            if run.unchanged:
                 runs += 1
                 failed_runs += bool(flagged)
         return failed_runs, runs, failed_cases, cases
@@ -93,10 +134,16 @@ class SelfTestResult:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SELF_TEST_SCHEMA, "config": self.config, "environment": self.environment,
                 "thresholds": list(self.thresholds), "notes": self.notes,
-                "runs": [{"target": r.target, "level_pct": r.level_pct, "seed": r.seed, "seconds": r.seconds,
+                "runs": [{"injected_pct": r.injected, "seed": r.seed, "seconds": r.seconds,
                           "findings": [{**asdict(f), "verdict": f.verdict.value} for f in r.findings],
                           "first_pass_of_retested": [asdict(f) for f in r.first_pass.values()]}
                          for r in self.runs]}
+
+
+def default_plan(targets: Sequence[str] = TARGETS, levels_pct: Sequence[float] = LEVELS_PCT,
+                 repeats: int = REPEATS, unchanged_repeats: int = UNCHANGED_REPEATS) -> list[dict[str, float]]:
+    """Unchanged runs, then `repeats` runs of each target alone at each level."""
+    return [{}] * unchanged_repeats + [{t: level} for level in levels_pct for t in targets for _ in range(repeats)]
 
 
 def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
@@ -104,37 +151,34 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
     return verdict_of(change, threshold_pct)
 
 
-def run_self_test(config: GateConfig = GateConfig(), *, targets: Sequence[str] = TARGETS,
-                  levels_pct: Sequence[float] = LEVELS_PCT, repeats: int = REPEATS,
-                  unchanged_repeats: int = UNCHANGED_REPEATS, thresholds: Sequence[float] = THRESHOLDS_PCT,
-                  data_dir: str | Path | None = None,
+def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] | None = None, *,
+                  thresholds: Sequence[float] = THRESHOLDS_PCT, data_dir: str | Path | None = None,
                   log: Log = lambda _m: None, progress: bool = False) -> SelfTestResult:
-
-    tree = HEAD_TREE
-    plan: list[tuple[str | None, float]] = [(None, 0.0)] * unchanged_repeats
-    plan += [(t, level) for level in levels_pct for t in targets for _ in range(repeats)]
-    case_specs(config)  # fails early on a pattern that matches no case
+    """One complete gate per entry of `plan` (default: `default_plan()`), judged at each threshold."""
+    injections = [dict(p) for p in (default_plan() if plan is None else plan)]
+    wrapped = sorted({t for injected in injections for t in injected})  # every run wraps these, on both sides
+    specs = case_specs(config)  # fails early on a pattern that matches no case
     runs: list[SelfTestRun] = []
     with tempfile.TemporaryDirectory(prefix="optcv-selftest-") as tmp:
         workdir = Path(tmp)
         _, root = prepare_inputs(workdir, data_dir)
-        plain = Side("base", sys.executable, tree)
-        built = build_artifacts(plain, workdir, config.models, root, default_cache_dir())
-        for index, (target, level) in enumerate(plan):
-            # Both sides get a sitecustomize.py, in folders of the same name length, importing the same
-            # modules in the same order; only the head's wraps its target.
-            base = Side("base", sys.executable, tree,
-                        extra_path=(write_injection(workdir / f"inject-b-{index:04d}", NONE, 0.0),))
-            head = Side("head", sys.executable, tree, extra_path=(write_injection(
-                workdir / f"inject-h-{index:04d}", target or NONE, level / 100),))
+        built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, recipes_for(specs), root,
+                                default_cache_dir())
+        for index, injected in enumerate(injections):
+            # Folders of the same name length on both sides; the same wrappers, only the head's wait.
+            base = Side("base", sys.executable, HEAD_TREE, extra_path=(
+                write_injection(workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0)),))
+            head = Side("head", sys.executable, HEAD_TREE, extra_path=(write_injection(
+                workdir / f"inject-h-{index:04d}", {t: injected.get(t, 0.0) / 100 for t in wrapped}),))
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
             result = measure(base, head, run_config, Thresholds(min(thresholds)), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
                              artifacts={"base": built, "head": built})
-            runs.append(SelfTestRun(target, level, run_config.seed, result.findings, result.seconds,
+            runs.append(SelfTestRun(injected, run_config.seed, result.findings, result.seconds,
                                     {f.case: f for f in result.retested}))
             worst = max(result.findings, key=lambda f: f.change_pct)
-            log(f"self-test run {index + 1}/{len(plan)}: {target or 'unchanged'} +{level:g} %: "
+            log(f"self-test run {index + 1}/{len(injections)}: {injection_label(injected)}: "
                 f"{len(result.regressions)} case(s) failed; largest change {worst.case} {worst.change_pct:+.1f} % "
                 f"({result.seconds:.0f} s)")
-    return SelfTestResult(runs, tuple(thresholds), asdict(config), environment_info())
+    return SelfTestResult(runs, tuple(thresholds), {**asdict(config), "wrapped_on_both_sides": wrapped},
+                          environment_info())

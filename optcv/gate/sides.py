@@ -44,7 +44,9 @@ class Side:
     def env(self, pad: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*self.extra_path, self.tree))
+        # The side's tree first, so its optcv wins; then whatever the user had (a monorepo's packages).
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in (*self.extra_path, self.tree)), *inherited])
         env["PYTHONHASHSEED"] = "0"
         env.update(MALLOC_ENV)
         env.pop("PYTHONSTARTUP", None)

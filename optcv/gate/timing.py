@@ -12,7 +12,7 @@ import numpy as np
 
 from optcv.data import load_cifar10, resolve_data_dir
 from optcv.env import environment_info
-from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs
+from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, recipes_for
 from optcv.gate.sides import Side, same_length_trees
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
@@ -93,8 +93,9 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     missing = [side for side in (base, head) if side.label not in artifacts]
     for side in missing:
         log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
-    artifacts.update(build_all_artifacts(missing, workdir, config.models, root, cache_dir))
     specs = case_specs(config)
+    if missing:
+        artifacts.update(build_all_artifacts(missing, workdir, recipes_for(specs), root, cache_dir))
     setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
              for label in artifacts}
     findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)

@@ -36,6 +36,7 @@ SIDE_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("optcv.training.train", "optcv.train"),
     "export": ("optcv.backends.onnx_export", "optcv.export"),
     "runtime": ("optcv.runtime",),
+    "quantize": ("optcv.backends.onnxruntime_int8", "optcv.quantize"),
     "data": ("optcv.data",),
     "cache": ("optcv.cache",),
 }
@@ -81,33 +82,60 @@ def _model_config(recipe: dict[str, Any]) -> Any:
 
 
 def build(request: dict[str, Any]) -> dict[str, Any]:
-    """Train and export each requested model with this side's code, or reuse its cached copy."""
-    data_module, models, train = side_module("data"), side_module("models"), side_module("train")
+    """Train and export each requested model with this side's code, or reuse its cached copy; quantise it
+    where the recipe asks (its int8 twin beside the ONNX file, made again when the settings change)."""
     code, versions = _side_code_hash(), _versions()
-    data = None
+    data: list[Any] = []  # loaded once, on first need
     built = {}
     for name, recipe in request["models"].items():
-        material = json.dumps({"recipe": recipe, "recipe_version": RECIPE_VERSION, "code": code,
+        fp32 = {k: v for k, v in recipe.items() if k != "int8"}
+        material = json.dumps({"recipe": fp32, "recipe_version": RECIPE_VERSION, "code": code,
                                "versions": versions}, sort_keys=True)
         key = hashlib.sha256(material.encode()).hexdigest()[:16]
         folder = Path(request["cache_dir"]) / "gate-artifacts" / f"{name}-{key}"
         checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
         if not (checkpoint.is_file() and onnx_path.is_file()):
-            if data is None:
-                data = data_module.load_cifar10(request["data_dir"], progress=False)
-            model_config = _model_config(recipe)
-            config = train.TrainConfig(recipe["optimizer"], lr=recipe["lr"], epochs=recipe["epochs"],
-                                       batch_size=recipe["batch_size"], seed=recipe["seed"])
-            model = models.build_model(model_config, seed=recipe["seed"])
-            subset = data_module.stratified_subset(data.train, recipe["train_images"], seed=0)
-            train.train(model, subset, data_module.stratified_subset(data.test, 500, seed=0), config, progress=False)
-            models.save_checkpoint(checkpoint, models.Checkpoint(model_config, model.state_dict(),
-                                                                 info={"trained_for": "gate"}))
-            side_module("export").export_onnx(checkpoint, onnx_path, check_images=data.test.images[:64].numpy())
+            _train_and_export(fp32, checkpoint, onnx_path, _data(request, data))
             (folder / "key.json").write_text(material)
+        if "int8" in recipe:
+            _quantize(recipe["int8"], onnx_path, lambda: _data(request, data))
         side_module("cache").mark_used(folder)
         built[name] = {"checkpoint": str(checkpoint), "onnx": str(onnx_path)}
     return {"models": built, "code_hash": code, "versions": versions, "optcv_file": _optcv_file()}
+
+
+def _data(request: dict[str, Any], loaded: list[Any]) -> Any:
+    if not loaded:
+        loaded.append(side_module("data").load_cifar10(request["data_dir"], progress=False))
+    return loaded[0]
+
+
+def _train_and_export(recipe: dict[str, Any], checkpoint: Path, onnx_path: Path, data: Any) -> None:
+    data_module, models, train = side_module("data"), side_module("models"), side_module("train")
+    model_config = _model_config(recipe)
+    config = train.TrainConfig(recipe["optimizer"], lr=recipe["lr"], epochs=recipe["epochs"],
+                               batch_size=recipe["batch_size"], seed=recipe["seed"])
+    model = models.build_model(model_config, seed=recipe["seed"])
+    subset = data_module.stratified_subset(data.train, recipe["train_images"], seed=0)
+    train.train(model, subset, data_module.stratified_subset(data.test, 500, seed=0), config, progress=False)
+    info = {"trained_for": "gate"}
+    models.save_checkpoint(checkpoint, models.Checkpoint(model_config, model.state_dict(), info=info))
+    side_module("export").export_onnx(checkpoint, onnx_path, check_images=data.test.images[:64].numpy())
+
+
+def _quantize(settings: dict[str, Any], onnx_path: Path, data: Any) -> None:
+    try:
+        quantize = side_module("quantize")
+    except ModuleNotFoundError:
+        raise RuntimeError("this side has no onnxruntime-int8 backend (no optcv quantisation module)") from None
+    recorded = onnx_path.parent / "int8-settings.json"
+    wanted = json.dumps(settings, sort_keys=True)
+    if quantize.int8_path(onnx_path).is_file() and recorded.is_file() and recorded.read_text() == wanted:
+        return
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    calibration = side_module("data").stratified_subset(data().train, fields["calibration_images"], seed=1)
+    quantize.quantize_onnx(onnx_path, calibration.images.numpy(), settings=quantize.QuantizeSettings(**fields))
+    recorded.write_text(wanted)
 
 
 def _optcv_file() -> str:
@@ -156,8 +184,10 @@ class Case:
     def _setup_predict(self, model: dict[str, str], images: np.ndarray) -> None:
         runtime = side_module("runtime")
         source = runtime.ModelSource(Path(model["checkpoint"]), Path(model["onnx"]))
-        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"])
         batch = self.spec["batch"]
+        # A compiling backend prepares the case's batch size here, in the set-up, never inside a timing.
+        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
+        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"], **options)
         self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
         self.position = 0
         self.settings = self.predictor.describe()

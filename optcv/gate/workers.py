@@ -11,7 +11,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from optcv.gate.config import build_recipes
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError
 
@@ -96,19 +95,20 @@ class Worker:
         self._log.close()
 
 
-def build_artifacts(side: Side, workdir: Path, models: Sequence[str], data_dir: str | Path,
+def build_artifacts(side: Side, workdir: Path, recipes: dict[str, Any], data_dir: str | Path,
                     cache_dir: Path) -> dict[str, Any]:
-    """Each model trained and exported by the side's own code (or taken from its cache)."""
-    return build_all_artifacts([side], workdir, models, data_dir, cache_dir)[side.label]
+    """Each model (optcv.gate.config.build_recipes) trained, exported and, where asked, quantised by the side's
+    own code (or taken from its cache)."""
+    return build_all_artifacts([side], workdir, recipes, data_dir, cache_dir)[side.label]
 
 
-def build_all_artifacts(sides: Sequence[Side], workdir: Path, models: Sequence[str], data_dir: str | Path,
+def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str, Any], data_dir: str | Path,
                         cache_dir: Path) -> dict[str, dict[str, Any]]:
     """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
     import json
 
     # Absolute: a side's worker runs in its own folder, where a path relative to the caller's means nothing.
-    request = json.dumps({"models": build_recipes(models), "data_dir": str(Path(data_dir).absolute()),
+    request = json.dumps({"models": recipes, "data_dir": str(Path(data_dir).absolute()),
                           "cache_dir": str(Path(cache_dir).absolute())})
     builders = [Worker(side, "build", workdir) for side in sides]
     answers: dict[str, dict[str, Any]] = {}

@@ -6,7 +6,7 @@ from typing import Any
 
 from optcv.gate.ratio import DEFAULT_MARGIN, RatioFallback
 from optcv.gate.run import GateOutcome, SameCode
-from optcv.gate.selftest import affected
+from optcv.gate.selftest import SelfTestResult
 from optcv.gate.verdict import GateResult
 from optcv.report.tables import markdown_table, signed_pct
 
@@ -75,47 +75,45 @@ def gate_markdown(result: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def self_test_markdown(result: Any) -> str:
+def self_test_rows(result: SelfTestResult, threshold: float) -> list[dict[str, Any]]:
+    rows = []
+    for arm in result.arms(threshold):
+        should_fail = arm.nominal_pct >= threshold
+        rows.append({"injected": arm.injection, "case": arm.case, "nominal": f"+{arm.nominal_pct:g} %",
+                     "measured (median, range)": f"{signed_pct(arm.median_measured_pct)} "
+                                                 f"({min(arm.measured_pct):+.1f} … {max(arm.measured_pct):+.1f})",
+                     "should": "fail" if should_fail else "pass",
+                     "did": f"failed {arm.failed}/{arm.runs}" if should_fail
+                     else f"passed {arm.runs - arm.failed}/{arm.runs}"})
+    return rows
 
-    levels = sorted({r.level_pct for r in result.runs if r.target})
-    targets = [t for t in ("onnxruntime", "pytorch", "shared") if any(r.target == t for r in result.runs)]
-    cases = [f.case for f in result.runs[0].findings] if result.runs else []
+
+def self_test_markdown(result: SelfTestResult) -> str:
+    wrapped = ", ".join(result.config.get("wrapped_on_both_sides", [])) or "nothing"
     lines = ["## optcv gate self-test", "",
              f"Injected: a busy-wait of the given fraction of each call's own time, from a sitecustomize.py on the "
-             f"head's PYTHONPATH; cells: runs that failed the case / runs. Machine: {result.environment['cpu']} "
-             f"({result.environment['cpu_count']} cores).", ""]
+             f"head's PYTHONPATH; the base's wraps the same entry points ({wrapped}) and waits for nothing. "
+             f"Measured: the gate's change for the case (its last word, after any re-test). Machine: "
+             f"{result.environment['cpu']} ({result.environment['cpu_count']} cores).", ""]
     for threshold in result.thresholds:
-        rows = []
-        for target in targets:
-            for level in levels:
-                found = result.detections(target, level, threshold)
-                row: dict[str, Any] = {"injected": f"{target} +{level:g} %"}
-                for case in cases:
-                    row[case] = "—" if not affected(target, case) else "{}/{}".format(*found.get(case, (0, 0)))
-                rows.append(row)
+        rows = self_test_rows(result, threshold)
         runs_failed, runs, cases_failed, n_cases = result.false_alarms(threshold)
         lines += [f"### threshold {threshold:g} %", "", markdown_table(rows) if rows else "(no injected runs)", "",
                   f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed; "
-                  f"{cases_failed} of {n_cases} unaffected case measurements (all runs) failed.", ""]
+                  f"{cases_failed} of {n_cases} case measurements with nothing injected (all runs) failed.", ""]
     return "\n".join(lines)
 
 
-def ratio_fallback_markdown(fallback: Any) -> str:
-
-    lines = ["## optcv gate: RATIO FALLBACK (no base revision to time against)", "",
+def ratio_fallback_markdown(fallback: RatioFallback) -> str:
+    lines = ["## optcv gate: RATIO FALLBACK (no base revision to time against; --allow-no-base)", "",
              f"- why: {fallback.reason}",
              f"- gated instead: PyTorch ÷ ONNX Runtime speed-ups measured interleaved in this run against "
-             f"{fallback.baseline}; a speed-up fails when even its interval's upper end is more than "
-             f"{100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, not a slower "
-             "PyTorch or shared path."]
-    if not fallback.comparable:
-        lines.append("- **NOT COMPARED: the baseline was recorded on another machine**: "
-                     + "; ".join(fallback.machine_differences) + ". Its ratios are shown, never enforced; refresh "
-                     "it on this machine (`pytest benchmarks -k ratio_gate --ratio-save`)")
-    elif fallback.machine_differences:
-        lines.append("- the baseline was recorded with other software: " + "; ".join(fallback.machine_differences))
-    enforced = "" if fallback.comparable else "(not enforced) "
-    lines += ["", "\n".join(f"- {enforced}{f.message()}" for f in fallback.findings)]
+             f"this machine's entry in {fallback.baseline}; a speed-up fails when even its interval's upper end "
+             f"is more than {100 * DEFAULT_MARGIN:g} % below the baseline's. This sees a slower ONNX Runtime, "
+             "not a slower PyTorch or shared path."]
+    if fallback.software_differences:
+        lines.append("- recorded on this machine with other software: " + "; ".join(fallback.software_differences))
+    lines += ["", "\n".join(f"- {f.message()}" for f in fallback.findings)]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ import torch
 from conftest import make_image_folder
 from optcv.backends.onnx_export import export_onnx
 from optcv.cli import main
+from optcv.env import machine_fingerprint
 from optcv.gate.ratio import BASELINE_SCHEMA
 from optcv.measure.latency import RESULT_SCHEMA
 from optcv.training.models import Checkpoint, TunableNetConfig, TutorialNetConfig, build_model, save_checkpoint
@@ -136,8 +137,14 @@ def _gate_files(tmp: Path, results: object, baseline: object) -> list[str]:
     return ["gate", _json_file(tmp, "results.json", results), "--baseline", _json_file(tmp, "baseline.json", baseline)]
 
 
-RATIOS = {"schema": BASELINE_SCHEMA, "ratios": {"tutorial:pytorch/onnxruntime": {"ratio": 4.0, "ci": [3.9, 4.1]}}}
-NO_RATIO_KEY = {"schema": BASELINE_SCHEMA, "ratios": {"tutorial:pytorch/onnxruntime": {"ci": [3.9, 4.1]}}}
+RATIOS = {"schema": BASELINE_SCHEMA, "machines": [{"fingerprint": machine_fingerprint(),
+                                                  "ratios": {"tutorial:pytorch/onnxruntime": {"ratio": 4.0}}}]}
+OTHER_MACHINE = {"schema": BASELINE_SCHEMA, "machines": [{"fingerprint": {**machine_fingerprint(), "cpu": "Other CPU"},
+                                                         "ratios": RATIOS["machines"][0]["ratios"]}]}
+BENCH = {"schema": RESULT_SCHEMA, "model": "tutorial",
+         "ratios": {"pytorch/onnxruntime": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1}}}
+NO_RATIO_KEY = {"schema": BASELINE_SCHEMA, "machines": [{"fingerprint": machine_fingerprint(),
+                                                        "ratios": {"tutorial:pytorch/onnxruntime": {"ci": [3.9]}}}]}
 
 
 @dataclass(frozen=True)
@@ -271,13 +278,15 @@ CASES = [
     # ---- results and baselines
     case("gate/results-missing", lambda f, t: ["gate", str(t / "r.json"), "--baseline", str(t / "b.json")],
          "r.json", "does not exist"),
-    case("gate/results-truncated", lambda f, t: _gate_files(t, json.dumps(RATIOS)[:30], RATIOS), "results.json",
+    case("gate/results-truncated", lambda f, t: _gate_files(t, json.dumps(BENCH)[:30], RATIOS), "results.json",
          "not valid JSON"),
     case("gate/results-other-schema", lambda f, t: _gate_files(t, {"schema": "pytest-benchmark"}, RATIOS),
          "pytest-benchmark", RESULT_SCHEMA),
-    case("gate/baseline-missing-ratio-key", lambda f, t: _gate_files(t, RATIOS, NO_RATIO_KEY), "ratio",
+    case("gate/baseline-missing-ratio-key", lambda f, t: _gate_files(t, BENCH, NO_RATIO_KEY), "ratio",
          "refresh"),
-    case("gate/results-without-baseline", lambda f, t: ["gate", _json_file(t, "r.json", RATIOS)], "--baseline",
+    case("gate/baseline-of-another-machine", lambda f, t: _gate_files(t, BENCH, OTHER_MACHINE), "Other CPU",
+         "--ratio-save"),
+    case("gate/results-without-baseline", lambda f, t: ["gate", _json_file(t, "r.json", BENCH)], "--baseline",
          "ratios.json"),
     case("gate/thresholds-truncated", lambda f, t: ["gate", "--thresholds", _json_file(t, "th.json", "{\"sch"),
                                                     "--data-dir", str(f.data)], "th.json", "fix it"),

@@ -14,11 +14,12 @@ from optcv.cli.common import (
     positive_int,
     progress,
 )
+from optcv.env import machine_fingerprint
 from optcv.errors import OptcvError
 from optcv.gate import selftest
-from optcv.gate.config import MODELS, GateConfig
+from optcv.gate.config import BACKENDS, MODELS, GateConfig
 from optcv.gate.inject import TARGETS
-from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, load_json, ratio_gate, ratios_of
+from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, baseline_for, load_json, ratio_gate, ratios_of
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
@@ -42,7 +43,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help=f"a case fails above this slowdown (%%) when significant; default {DEFAULT_THRESHOLD_PCT:g}")
     gate.add_argument("--thresholds", metavar="FILE", help="per-case thresholds (benchmarks/gate_thresholds.json)")
     gate.add_argument("--models", nargs="+", default=list(default.models), choices=list(MODELS))
-    gate.add_argument("--cases", nargs="+", metavar="GLOB", help="only these cases, e.g. '*/b1/*'")
+    gate.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+    gate.add_argument("--cases", nargs="+", metavar="GLOB", default=list(default.cases),
+                      help="the cases to time, as globs over names like tutorial/onnxruntime/b1/t1 or "
+                           "resnet18/train/b64/t1; 'all' for every case of the models and backends (nightly); "
+                           f"default: the pull-request set, {' '.join(default.cases)}")
     gate.add_argument("--workers", type=positive_int, default=default.workers_per_side, help="workers per side")
     gate.add_argument("--case-seconds", type=positive_float, default=default.case_seconds,
                       help="timed work per case, both sides together")
@@ -55,10 +60,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="fail on the first pass, without re-timing failing cases with fresh workers")
     gate.add_argument("--json", help="write every number to this JSON file")
     gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
-    gate.add_argument("--baseline", help="ratio baseline for bench files, or for the fallback without a base revision")
+    gate.add_argument("--allow-no-base", action="store_true",
+                      help="where there is no base revision (a first commit, a shallow clone), gate on the ratios "
+                           "recorded for this machine instead of failing with exit 2")
+    gate.add_argument("--baseline", help="ratio baseline: needed for bench files; for --allow-no-base, by default "
+                                         f"{DEFAULT_BASELINE.relative_to(DEFAULT_BASELINE.parents[2])}")
     gate.add_argument("--margin", type=float,
                       help=f"ratio gate only: allowed fall below the baseline (default {DEFAULT_MARGIN:g})")
-    gate.add_argument("--self-test", action="store_true", help="inject real slowdowns and report the detection rates")
+    gate.add_argument("--self-test", action="store_true",
+                      help="inject real slowdowns (below, at and above the threshold) and report how often each was "
+                           "caught, with the change measured beside the one injected")
     gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
     gate.add_argument("--levels", nargs="+", type=positive_float, default=list(selftest.LEVELS_PCT),
                       help="self-test %%")
@@ -88,7 +99,10 @@ def _gate_files(args: argparse.Namespace) -> int:
     measured: dict[str, dict[str, object]] = {}
     for path in args.results:
         measured.update(ratios_of(load_json(path, "results file")))
-    findings = ratio_gate(measured, load_json(args.baseline, "baseline"), margin)
+    recorded, differences = baseline_for(load_json(args.baseline, "baseline"), machine_fingerprint())
+    if differences:
+        print("baseline recorded on this machine with other software: " + "; ".join(differences))
+    findings = ratio_gate(measured, recorded, margin)
     for finding in findings:
         print(finding.message())
     failed = [f for f in findings if not f.passed]
@@ -101,8 +115,9 @@ def _gate_files(args: argparse.Namespace) -> int:
 
 
 def _gate_config(args: argparse.Namespace) -> GateConfig:
-    return GateConfig(models=tuple(args.models), workers_per_side=args.workers, case_seconds=args.case_seconds,
-                      max_case_seconds=max(args.case_seconds, args.max_case_seconds), cases=tuple(args.cases or ()),
+    return GateConfig(models=tuple(args.models), backends=tuple(args.backends), workers_per_side=args.workers,
+                      case_seconds=args.case_seconds, max_case_seconds=max(args.case_seconds, args.max_case_seconds),
+                      cases=tuple(args.cases),
                       seed=args.seed, retest_failures=args.retest)
 
 
@@ -122,7 +137,8 @@ def _gate_ab(args: argparse.Namespace) -> int:
     outcome = run_gate(_gate_config(args), Thresholds.load(args.thresholds, args.threshold), against=args.against,
                        base_python=args.base_python, data_dir=args.data_dir,
                        baseline=args.baseline or DEFAULT_BASELINE,
-                       even_if_unchanged=args.even_if_unchanged, log=log, progress=progress(args))
+                       even_if_unchanged=args.even_if_unchanged, allow_no_base=args.allow_no_base, log=log,
+                       progress=progress(args))
     markdown = outcome_markdown(outcome)
     print(markdown)
     _publish(args, markdown, outcome.to_dict())
@@ -133,8 +149,8 @@ def _gate_ab(args: argparse.Namespace) -> int:
 
 def _gate_self_test(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    result = run_self_test(_gate_config(args), targets=args.targets, levels_pct=args.levels, repeats=args.repeat,
-                           unchanged_repeats=args.unchanged, thresholds=tuple(args.self_test_thresholds),
+    plan = selftest.default_plan(args.targets, args.levels, args.repeat, args.unchanged)
+    result = run_self_test(_gate_config(args), plan, thresholds=tuple(args.self_test_thresholds),
                            data_dir=args.data_dir, log=log, progress=progress(args))
     markdown = self_test_markdown(result)
     print(markdown)
