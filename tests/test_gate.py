@@ -12,6 +12,7 @@ import pytest
 from optcv.cli import main
 from optcv.env import fingerprint_differences, machine_fingerprint
 from optcv.errors import BaselineInvalid, BaselineMissing, BaselineOtherMachine, OptcvError, ParityFailure
+from optcv.gate.attribution import OUTSIDE, attribution, named_changes, operator_changes, outside_us
 from optcv.gate.config import GateConfig, case_specs
 from optcv.gate.inject import write_injection
 from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
@@ -169,6 +170,19 @@ def test_injection_wraps_each_target_from_outside_a_fraction_of_zero_included(tm
         write_injection(tmp_path, {"nothing": 0.05})
 
 
+def test_an_extra_operator_injection_spends_its_time_in_an_operator_the_profiler_sees(tmp_path):
+    probe = ("import torch; from torch.profiler import profile; m = torch.nn.Linear(8, 8); x = torch.randn(4, 8)\n"
+             "with profile() as p:\n    [m(x) for _ in range(5)]\n"
+             "print(sum(e.count for e in p.key_averages() if e.key == 'aten::exp'))")
+
+    def exp_calls(fraction):
+        env = {**os.environ, "PYTHONPATH": str(write_injection(tmp_path / str(fraction), {"pytorch-op": fraction}))}
+        return int(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                                  check=True).stdout.split()[-1])
+
+    assert exp_calls(0.0) == 0 and exp_calls(1.0) >= 5
+
+
 def test_a_sides_workers_keep_the_users_pythonpath_after_the_sides_tree(tmp_path, monkeypatch):
     """A monorepo's packages on PYTHONPATH stay importable in the workers, and the side's optcv still wins over an
     optcv found there."""
@@ -270,18 +284,47 @@ def test_the_committed_ratio_baseline_records_each_machine_with_its_isa_flags():
     assert entries and all(e["fingerprint"]["isa"] and e["fingerprint"]["cpu_count"] for e in entries)
 
 
-def test_gate_markdown_names_the_failing_case_and_its_profile():
+def _profiles(n, seed, extra_op=0.0, outside_wait=0.0, extra_name="aten::gelu"):
+    """n profiles of a call with a 100 µs convolution, 20 µs of other operators and 15 µs outside, ±2 % noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        noise = rng.normal(1.0, 0.02, 4)
+        profile = {"aten::conv2d": 100 * noise[0], "aten::relu": 20 * noise[1], OUTSIDE: (15 + outside_wait) * noise[2]}
+        if extra_op:
+            profile[extra_name] = extra_op * noise[3]
+        out.append(profile)
+    return out
+
+
+def test_attribution_names_an_added_operator_or_a_wait_outside_and_nothing_unchanged():
+    base = _profiles(8, seed=1)
+    added = named_changes(attribution(base, _profiles(8, seed=2, extra_op=10.0), calls=50))
+    assert [c.operator for c in added] == ["aten::gelu"] and 9 < added[0].change_us < 11
+    waited = named_changes(attribution(base, _profiles(8, seed=3, outside_wait=15.0), calls=50))
+    assert [c.operator for c in waited] == [OUTSIDE] and 12 < waited[0].change_us < 18
+    assert named_changes(attribution(base, _profiles(8, seed=4), calls=50)) == []
+    assert outside_us(90.0, {"a": 60.0, "b": 50.0}) == 0.0  # operators on two threads can outlast the call
+    with pytest.raises(ValueError, match="paired"):
+        operator_changes(base, base[:3])
+
+
+def test_gate_markdown_names_the_failing_case_and_only_the_operators_that_changed():
     from optcv.report.gate import gate_failure_lines, gate_markdown
 
-    finding = CaseFinding("tutorial/onnxruntime/b1/t1", 25.0, 27.5, 10.0, 8.0, 12.0, 3.0, Verdict.REGRESSION, 30, 200,
-                          profile={"base": {"ops_us_per_call": {"Conv": 10.0}, "wall_us_per_call": 25.0},
-                                   "head": {"ops_us_per_call": {"Conv": 12.5}, "wall_us_per_call": 27.5}})
+    profile = attribution(_profiles(8, seed=1), _profiles(8, seed=2, extra_op=10.0), calls=50)
+    finding = CaseFinding("tutorial/pytorch/b1/t1", 135.0, 145.0, 7.4, 6.0, 9.0, 3.0, Verdict.REGRESSION, 30, 200,
+                          profile=profile)
     side = {"revision": "HEAD~1 (abc)", "tree": "/t", "python": "py", "versions": {"torch": "x"}, "code_hash": "h"}
     result = GateResult(side, {**side, "revision": None}, [finding], {"workers_per_side": 2, "seed": 0,
                         "statistic": "s"}, {"cpu": "cpu", "cpu_count": 2}, 60.0)
     text = gate_markdown(result)
-    assert "1 of 1 cases slower" in text and "**REGRESSION**" in text and "| Conv" in text
-    assert gate_failure_lines(result)[0].startswith("SPEED REGRESSION: tutorial/onnxruntime/b1/t1 +10.0 %")
+    assert "1 of 1 cases slower" in text and "**REGRESSION**" in text and "8 profiles of 50 calls" in text
+    named = [line for line in text.splitlines() if line.rstrip(" |").endswith("yes")]
+    assert len(named) == 1 and "aten::gelu" in named[0]
+    assert "2 other operators (no change named)" in text and "time outside operators" in text
+    line = gate_failure_lines(result)[0]
+    assert line.startswith("SPEED REGRESSION: tutorial/pytorch/b1/t1 +7.4 %") and "; where: aten::gelu +" in line
 
 
 def test_cli_gate_set_up_errors_exit_2_with_one_line(tmp_path, capsys):
@@ -374,3 +417,22 @@ def test_self_test_reports_each_arm_with_its_nominal_and_measured_change_and_wha
 
 def _change(pct):
     return PairedChange(pct, pct - 1.0, pct + 1.0, 30)
+
+
+def test_self_test_checks_that_each_slowdown_is_named_where_it_was_put():
+    from optcv.gate.selftest import SelfTestResult, SelfTestRun
+    from optcv.report.gate import self_test_markdown
+
+    def failing(case, profile):
+        return dataclasses.replace(_finding(case, 8.0, Verdict.REGRESSION), profile=profile)
+
+    base = _profiles(8, seed=1)
+    extra_op = attribution(base, _profiles(8, seed=2, extra_op=10.0, extra_name="aten::exp"), calls=50)
+    waited = attribution(base, _profiles(8, seed=3, outside_wait=15.0), calls=50)
+    runs = [SelfTestRun({"pytorch-op": 5.0}, 0, [failing("m/pytorch/b1/t1", extra_op)], 1.0),
+            SelfTestRun({"pytorch-op": 5.0}, 1, [failing("m/pytorch/b1/t1", waited)], 1.0),  # wrongly placed
+            SelfTestRun({"onnxruntime": 5.0}, 2, [failing("m/onnxruntime/b1/t1", waited),
+                                                  failing("m/onnxruntime-int8/b1/t1", waited)], 1.0)]
+    result = SelfTestResult(runs, (3.0,), {}, {"cpu": "c", "cpu_count": 2})
+    assert result.attribution() == {"pytorch-op": (1, 2), "onnxruntime": (2, 2)}
+    assert "1/2 failing cases" in self_test_markdown(result) and "aten::exp" in self_test_markdown(result)

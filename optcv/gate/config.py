@@ -50,7 +50,7 @@ class GateConfig:
     batch_sizes: tuple[int, ...] = (64, 256)
     train_batch: int = 64
     cases: tuple[str, ...] = DEFAULT_CASES  # glob patterns; ("all",): every case of the models and backends
-    profile_ms: float = 500.0  # per side, for a failing case's operator comparison
+    profile_ms: float = 2000.0  # per side, for a failing case's operator comparison (in PROFILE_REPEATS parts)
     # A case that fails is timed again with a fresh pool of workers before the gate says so: a process's
     # memory placement alone moved identical code by +17 % once in CI, and a real slowdown survives the re-test.
     retest_failures: bool = True

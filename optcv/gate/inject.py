@@ -8,6 +8,8 @@ which is what the other side gets (the wrapper's own cost, then, is on both side
 
 - onnxruntime: `InferenceSession.run`;
 - pytorch: the outermost `nn.Module.__call__` (forward) and `torch.autograd.backward`;
+- pytorch-op: the outermost `nn.Module.__call__`, the extra time spent in an extra operator (`aten::exp` on the
+  input, repeated) instead of a wait, so that the gate's per-operator comparison can be checked to name it;
 - shared: optcv's own path every case goes through: the `predict` of the pytorch and onnxruntime predictors
   (optcv.backends) and `optcv.training.train.train`.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-TARGETS = ("onnxruntime", "pytorch", "shared")
+TARGETS = ("onnxruntime", "pytorch", "pytorch-op", "shared")
 
 _SITECUSTOMIZE = '''\
 # Written by optcv's gate self-test: slows each target by its fraction of each call's own time: {fractions!r}
@@ -27,7 +29,7 @@ import time
 _clock = time.perf_counter_ns
 
 
-def _slowed(fn, fraction, outermost_only=False):
+def _slowed(fn, fraction, outermost_only=False, extra_op=None):
     depth = [0]
 
     @functools.wraps(fn)
@@ -42,7 +44,8 @@ def _slowed(fn, fraction, outermost_only=False):
             depth[0] -= 1
             end = _clock() + int((_clock() - started) * fraction)
             while _clock() < end:
-                pass
+                if extra_op is not None:
+                    extra_op(args)
     return wrapper
 
 
@@ -61,6 +64,12 @@ def _inject(fractions):
     if "pytorch" in fractions:
         torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch"], outermost_only=True)
         torch.autograd.backward = _slowed(torch.autograd.backward, fractions["pytorch"])
+    if "pytorch-op" in fractions:
+        def exp_of_input(args):
+            torch.exp(args[1])  # (module, input): an operator the profiler sees, its result dropped
+
+        torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch-op"], outermost_only=True,
+                                           extra_op=exp_of_input)
     if "shared" in fractions:
         for module in (torch_backend, ort_backend):
             for value in list(vars(module).values()):

@@ -20,6 +20,7 @@ from typing import Any
 
 from optcv.data import default_cache_dir
 from optcv.env import environment_info
+from optcv.gate.attribution import OUTSIDE, named_changes
 from optcv.gate.config import GateConfig, case_specs, recipes_for
 from optcv.gate.inject import TARGETS, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
@@ -34,15 +35,18 @@ UNCHANGED_REPEATS = 20  # gate runs of unchanged code
 THRESHOLDS_PCT = (DEFAULT_THRESHOLD_PCT, 2.0)  # each run judged at each
 
 Injection = Mapping[str, float]  # target -> slowdown in %; empty: unchanged code
+# Where the per-operator comparison must put each injected slowdown: a wait is outside every operator.
+EXPECTED_OPERATOR = {"pytorch-op": "aten::exp"}
 
 
 def affected(target: str, case: str) -> bool:
-    """Whether an injection into `target` slows `case` down."""
-    if target == "shared":
-        return True
-    if target == "onnxruntime":
-        return "/onnxruntime/" in case
-    return "/pytorch/" in case or "/train/" in case
+    """Whether an injection into `target` (optcv.gate.inject) slows `case` down."""
+    backend = case.split("/")[1]
+    if target == "shared":  # the predict of optcv's PyTorch and ONNX Runtime predictors, and train
+        return backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "train")
+    if target == "onnxruntime":  # InferenceSession.run: fp32 and int8 alike
+        return backend in ("onnxruntime", "onnxruntime-int8")
+    return backend in ("pytorch", "train")  # nn.Module.__call__; a compiled model's call goes around it
 
 
 def nominal_pct(injected: Injection, case: str) -> float:
@@ -118,6 +122,23 @@ class SelfTestResult:
             raise KeyError(f"no self-test run injected {label} into {case}")
         return found[0]
 
+    def attribution(self) -> dict[str, tuple[int, int]]:
+        """Per injected target, over the failing cases it alone slowed that were profiled: (cases whose largest
+        named change is where the slowdown was put, such cases). An extra operator must be named as that
+        operator, a wait as time outside operators."""
+        out: dict[str, tuple[int, int]] = {}
+        for run in self.runs:
+            active = [t for t, pct in run.injected.items() if pct]
+            for f in run.findings:
+                hit = [t for t in active if affected(t, f.case)]
+                if len(hit) != 1 or not f.failed or not f.profile:
+                    continue
+                named = named_changes(f.profile)
+                right = bool(named) and named[0].operator == EXPECTED_OPERATOR.get(hit[0], OUTSIDE)
+                found, n = out.get(hit[0], (0, 0))
+                out[hit[0]] = (found + right, n + 1)
+        return out
+
     def false_alarms(self, threshold_pct: float) -> tuple[int, int, int, int]:
         """(unchanged gate runs that failed, unchanged runs, cases with nothing injected that failed in any run,
         such cases)."""
@@ -152,9 +173,11 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
 
 
 def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] | None = None, *,
-                  thresholds: Sequence[float] = THRESHOLDS_PCT, data_dir: str | Path | None = None,
-                  log: Log = lambda _m: None, progress: bool = False) -> SelfTestResult:
-    """One complete gate per entry of `plan` (default: `default_plan()`), judged at each threshold."""
+                  thresholds: Sequence[float] = THRESHOLDS_PCT, attribution: bool = False,
+                  data_dir: str | Path | None = None, log: Log = lambda _m: None,
+                  progress: bool = False) -> SelfTestResult:
+    """One complete gate per entry of `plan` (default: `default_plan()`), judged at each threshold; with
+    `attribution`, failing cases are profiled as a gate profiles them, to check where the time is put."""
     injections = [dict(p) for p in (default_plan() if plan is None else plan)]
     wrapped = sorted({t for injected in injections for t in injected})  # every run wraps these, on both sides
     specs = case_specs(config)  # fails early on a pattern that matches no case
@@ -170,7 +193,8 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
                 write_injection(workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0)),))
             head = Side("head", sys.executable, HEAD_TREE, extra_path=(write_injection(
                 workdir / f"inject-h-{index:04d}", {t: injected.get(t, 0.0) / 100 for t in wrapped}),))
-            run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": 0.0})
+            profile_ms = config.profile_ms if attribution else 0.0
+            run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": profile_ms})
             result = measure(base, head, run_config, Thresholds(min(thresholds)), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
                              artifacts={"base": built, "head": built})

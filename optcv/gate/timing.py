@@ -12,6 +12,7 @@ import numpy as np
 
 from optcv.data import load_cifar10, resolve_data_dir
 from optcv.env import environment_info
+from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS, attribution
 from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, recipes_for
 from optcv.gate.sides import Side, same_length_trees
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
@@ -57,13 +58,18 @@ def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.
         rounds = min(most, rounds + max(5, rounds // 4))
 
 
-def profile_case(workers: Sequence[Worker], case: str, calls: int) -> dict[str, Any]:
-    """Operator times per call on one worker of each side, for a failing case."""
-    out = {}
-    for label in ("base", "head"):
-        worker = next(w for w in workers if w.side.label == label)
-        out[label] = worker.ask({"op": "profile", "case": case, "calls": calls})
-    return out
+def profile_case(workers: Sequence[Worker], case: str, calls: int, rng: np.random.Generator,
+                 repeats: int = PROFILE_REPEATS, seed: int = 0) -> dict[str, Any]:
+    """Per-operator changes with intervals (optcv.gate.attribution), from `repeats` profiles of `calls` calls
+    on the first worker pair, base and head in a random order each repeat."""
+    pair = [next(w for w in workers if w.side.label == label and w.pair == 0) for label in ("base", "head")]
+    profiles: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+    for _ in range(repeats):
+        for index in rng.permutation(2):
+            worker = pair[int(index)]
+            answer = worker.ask({"op": "profile", "case": case, "calls": calls})
+            profiles[worker.side.label].append({**answer["ops_us_per_call"], OUTSIDE: answer["outside_us_per_call"]})
+    return attribution(profiles["base"], profiles["head"], calls, seed=seed)
 
 
 def prepare_inputs(workdir: Path, data_dir: str | Path | None) -> tuple[dict[str, str], str]:
@@ -135,8 +141,9 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
                             thresholds.for_case(spec["id"]), samples.calls_per_turn, seed=config.seed)
             last_word = attempt == 1 or not config.retest_failures
             if finding.failed and last_word and config.profile_ms > 0:
-                calls = max(5, int(config.profile_ms * 1000 / max(finding.base_median_us, 1.0)))
-                finding = replace(finding, profile=profile_case(workers, spec["id"], min(calls, 5000)))
+                calls = max(3, int(config.profile_ms * 1000 / PROFILE_REPEATS / max(finding.base_median_us, 1.0)))
+                finding = replace(finding, profile=profile_case(workers, spec["id"], min(calls, 2000), rng,
+                                                                seed=config.seed))
             findings.append(finding)
             log(f"{finding.case}: {finding.change_pct:+.1f} % ({finding.ci_low_pct:+.1f} … "
                 f"{finding.ci_high_pct:+.1f}) → {finding.verdict.value}")

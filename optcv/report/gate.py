@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from optcv.gate.attribution import OUTSIDE, OperatorChange, named_changes
 from optcv.gate.ratio import DEFAULT_MARGIN, RatioFallback
 from optcv.gate.run import GateOutcome, SameCode
-from optcv.gate.selftest import SelfTestResult
+from optcv.gate.selftest import EXPECTED_OPERATOR, SelfTestResult
 from optcv.gate.verdict import GateResult
 from optcv.report.tables import markdown_table, signed_pct
 
 
 def gate_failure_lines(result: Any) -> list[str]:
-    """One line per failing case, for a CI log."""
+    """One line per failing case, for a CI log, with the operators whose change was named."""
     return [f"SPEED REGRESSION: {f.case} {signed_pct(f.change_pct)} (95 % CI {signed_pct(f.ci_low_pct)} … "
             f"{signed_pct(f.ci_high_pct)}; base {f.base_median_us:,.1f} µs → head {f.head_median_us:,.1f} µs per call; "
-            f"threshold {f.threshold_pct:g} %)" for f in result.regressions]
+            f"threshold {f.threshold_pct:g} %){_named_text(f.profile)}" for f in result.regressions]
+
+
+def _named_text(profile: dict[str, Any] | None) -> str:
+    if not profile:
+        return ""
+    named = named_changes(profile)
+    return "; where: " + (", ".join(f"{c.operator} {c.change_us:+.1f} µs" for c in named) or "no change named")
 
 
 def gate_rows(result: Any) -> list[dict[str, Any]]:
@@ -27,16 +35,24 @@ def gate_rows(result: Any) -> list[dict[str, Any]]:
 
 
 def profile_rows(profile: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
-    """Operators by their head time per call, with the base's and the change; the rest outside operators."""
-    base, head = profile["base"]["ops_us_per_call"], profile["head"]["ops_us_per_call"]
-    names = sorted(set(base) | set(head), key=lambda k: -max(head.get(k, 0.0), base.get(k, 0.0)))
-    rows = [{"operator": k, "base µs/call": base.get(k, 0.0), "head µs/call": head.get(k, 0.0),
-             "change µs": head.get(k, 0.0) - base.get(k, 0.0)} for k in names[:top]]
-    outside = {side: profile[side]["wall_us_per_call"] - sum(profile[side]["ops_us_per_call"].values())
-               for side in ("base", "head")}
-    rows.append({"operator": "(unprofiled call time minus operators)", "base µs/call": outside["base"],
-                 "head µs/call": outside["head"], "change µs": outside["head"] - outside["base"]})
+    """The operators whose change's interval excludes zero (at most `top`), largest first, and always the time
+    outside operators; the rest are summed in one row, so the rows add up to the call."""
+    changes = [OperatorChange(**c) for c in profile["changes"]]
+    named = [c for c in changes if c.significant and c.operator != OUTSIDE][:top]
+    outside = next(c for c in changes if c.operator == OUTSIDE)
+    rest = [c for c in changes if c not in named and c is not outside]
+    rows = [_change_row(c.operator, c) for c in named]
+    rows.append({"operator": f"{len(rest)} other operators (no change named)",
+                 "base µs/call": sum(c.base_us for c in rest), "head µs/call": sum(c.head_us for c in rest),
+                 "change µs (95% CI)": f"{sum(c.change_us for c in rest):+.1f}", "named": ""})
+    rows.append(_change_row("time outside operators (Python, optcv's path)", outside))
     return rows
+
+
+def _change_row(label: str, change: OperatorChange) -> dict[str, Any]:
+    return {"operator": label, "base µs/call": change.base_us, "head µs/call": change.head_us,
+            "change µs (95% CI)": f"{change.change_us:+.1f} ({change.ci_low_us:+.1f} … {change.ci_high_us:+.1f})",
+            "named": "yes" if change.significant else ""}
 
 
 def _side_line(side: dict[str, Any]) -> str:
@@ -64,7 +80,10 @@ def gate_markdown(result: Any) -> str:
              markdown_table(gate_rows(result))]
     for finding in failed:
         if finding.profile:
-            lines += ["", f"### Where the time went: {finding.case}", "", markdown_table(profile_rows(finding.profile))]
+            lines += ["", f"### Where the time went: {finding.case}", "",
+                      f"{finding.profile['repeats']} profiles of {finding.profile['calls_per_profile']} calls per "
+                      "side, interleaved; a change is named where its interval excludes zero.", "",
+                      markdown_table(profile_rows(finding.profile), digits=1)]
     if result.retested:
         final = {f.case: f for f in result.findings}
         lines += ["", "Re-tested with fresh workers (a case fails only if the re-test confirms it):", "",
@@ -101,6 +120,12 @@ def self_test_markdown(result: SelfTestResult) -> str:
         lines += [f"### threshold {threshold:g} %", "", markdown_table(rows) if rows else "(no injected runs)", "",
                   f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed; "
                   f"{cases_failed} of {n_cases} case measurements with nothing injected (all runs) failed.", ""]
+    attribution = result.attribution()
+    if attribution:
+        lines += ["### Where the time went, checked", "",
+                  markdown_table([{"injected": target, "should be named": EXPECTED_OPERATOR.get(target, OUTSIDE),
+                                   "named first": f"{right}/{n} failing cases"}
+                                  for target, (right, n) in sorted(attribution.items())]), ""]
     return "\n".join(lines)
 
 

@@ -70,6 +70,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--self-test", action="store_true",
                       help="inject real slowdowns (below, at and above the threshold) and report how often each was "
                            "caught, with the change measured beside the one injected")
+    gate.add_argument("--attribution", action="store_true",
+                      help="self-test: profile the failing cases as a gate does, and report whether each slowdown "
+                           "was named where it was put (an extra operator as that operator, a wait as time outside "
+                           "operators)")
     gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
     gate.add_argument("--levels", nargs="+", type=positive_float, default=list(selftest.LEVELS_PCT),
                       help="self-test %%")
@@ -151,7 +155,7 @@ def _gate_self_test(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     plan = selftest.default_plan(args.targets, args.levels, args.repeat, args.unchanged)
     result = run_self_test(_gate_config(args), plan, thresholds=tuple(args.self_test_thresholds),
-                           data_dir=args.data_dir, log=log, progress=progress(args))
+                           attribution=args.attribution, data_dir=args.data_dir, log=log, progress=progress(args))
     markdown = self_test_markdown(result)
     print(markdown)
     _publish(args, markdown, result.to_dict())
