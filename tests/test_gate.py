@@ -18,6 +18,7 @@ from optcv.gate.inject import write_injection
 from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
 from optcv.gate.sides import check_python
 from optcv.gate.verdict import (
+    DEFAULT_THRESHOLD_PCT,
     CaseFinding,
     GateResult,
     GateSetupError,
@@ -436,3 +437,15 @@ def test_self_test_checks_that_each_slowdown_is_named_where_it_was_put():
     result = SelfTestResult(runs, (3.0,), {}, {"cpu": "c", "cpu_count": 2})
     assert result.attribution() == {"pytorch-op": (1, 2), "onnxruntime": (2, 2)}
     assert "1/2 failing cases" in self_test_markdown(result) and "aten::exp" in self_test_markdown(result)
+
+
+def test_the_committed_per_case_thresholds_each_name_a_case_and_give_their_measured_resolution():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_thresholds.json"
+    thresholds = Thresholds.load(path)
+    every = [s["id"] for s in case_specs(GateConfig(cases=("all",)))]
+    measured = json.loads(path.read_text())["why"]["half_width_pct"]
+    for pattern, pct in thresholds.per_case:
+        assert [case for case in every if case == pattern], f"{pattern} names no gate case"
+        assert pct >= max(measured[pattern]) >= DEFAULT_THRESHOLD_PCT  # no finer than the gate resolved there
