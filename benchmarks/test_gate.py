@@ -28,12 +28,11 @@ from optcv.gate.config import GateConfig, build_recipes
 from optcv.gate.ratio import (
     RATIO_THREADS,
     RatioFallback,
-    baseline_for,
-    load_json,
     make_baseline,
     ratio_bench_config,
     ratio_gate,
     ratios_of,
+    recorded_ratios,
 )
 from optcv.gate.run import run_ab, run_gate
 from optcv.gate.sides import HEAD_TREE, Side
@@ -252,8 +251,7 @@ def test_speedup_ratio_gate(request, model_sources, test_images, model):
         assert ratio.ci_low <= ratio.ratio <= ratio.ci_high
     if not request.config.getoption("ratio_gate"):
         return  # measured and reported in the summary; --ratio-gate turns it into a gate
-    recorded, differences = baseline_for(load_json(request.config.getoption("ratio_baseline"), "ratio baseline"),
-                                         machine_fingerprint())
+    recorded, differences = recorded_ratios(request.config.getoption("ratio_baseline"))
     if differences:
         request.config._optcv_gate_lines.append(f"ratio baseline recorded on this machine with other software "
                                                 f"({model}): " + "; ".join(differences))

@@ -134,6 +134,11 @@ def baseline_for(baseline: dict[str, Any], fingerprint: dict[str, Any]) -> tuple
                                "`pytest benchmarks -k ratio_gate --ratio-save` and commit the file")
 
 
+def recorded_ratios(baseline_path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """The ratios the baseline file holds for this machine, and how its software differs from the recording."""
+    return baseline_for(load_json(baseline_path, "ratio baseline"), machine_fingerprint())
+
+
 def make_baseline(results: Sequence[dict[str, Any]], existing: dict[str, Any] | None = None) -> dict[str, Any]:
     """A baseline file with this machine's ratios from `results`, beside the other machines of `existing`."""
     fingerprint = machine_fingerprint()
@@ -200,7 +205,7 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
                        ) -> RatioFallback:
     """Speed-ups over PyTorch of each backend the baseline holds, at one thread, interleaved in this run, against
     the ratios recorded on this machine (BaselineOtherMachine when there are none)."""
-    recorded, differences = baseline_for(load_json(baseline_path, "ratio baseline"), machine_fingerprint())
+    recorded, differences = recorded_ratios(baseline_path)
     # The backends the baseline holds per model, reference first (keys 'model:pytorch/backend').
     backends: dict[str, list[str]] = {}
     for key in recorded:

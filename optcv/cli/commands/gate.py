@@ -14,12 +14,11 @@ from optcv.cli.common import (
     positive_int,
     progress,
 )
-from optcv.env import machine_fingerprint
 from optcv.errors import OptcvError
 from optcv.gate import selftest
 from optcv.gate.config import BACKENDS, MODELS, GateConfig
 from optcv.gate.inject import TARGETS
-from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, baseline_for, load_json, ratio_gate, ratios_of
+from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, load_json, ratio_gate, ratios_of, recorded_ratios
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
@@ -103,7 +102,7 @@ def _gate_files(args: argparse.Namespace) -> int:
     measured: dict[str, dict[str, object]] = {}
     for path in args.results:
         measured.update(ratios_of(load_json(path, "results file")))
-    recorded, differences = baseline_for(load_json(args.baseline, "baseline"), machine_fingerprint())
+    recorded, differences = recorded_ratios(args.baseline)
     if differences:
         print("baseline recorded on this machine with other software: " + "; ".join(differences))
     findings = ratio_gate(measured, recorded, margin)
