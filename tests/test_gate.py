@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +170,37 @@ def test_injection_wraps_each_target_from_outside_a_fraction_of_zero_included(tm
     assert wrapped(write_injection(tmp_path / "none", {})) == ["False", "False"]
     with pytest.raises(ValueError, match="unknown injection target"):
         write_injection(tmp_path, {"nothing": 0.05})
+
+
+def test_the_openvino_and_shared_targets_reach_openvino_and_every_predictor(tmp_path):
+    probe = ("from openvino import _ov_api; from optcv.backends import onnxruntime, openvino, pytorch, torch_compile\n"
+             "print(hasattr(_ov_api.InferRequest.infer, '__wrapped__'), *(hasattr(p.predict, '__wrapped__') for p in ("
+             "onnxruntime.OrtPredictor, openvino.OpenVinoPredictor, pytorch.TorchPredictor, "
+             "torch_compile.CompiledTorchPredictor)))")
+
+    def wrapped(folder):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(Path(__file__).parents[1])])}
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert wrapped(write_injection(tmp_path / "ov", {"openvino": 0.05})) == ["True"] + ["False"] * 4
+    assert wrapped(write_injection(tmp_path / "shared", {"shared": 0.0})) == ["False"] + ["True"] * 4
+
+
+def test_the_self_test_plan_gives_each_target_each_level_and_shares_runs_only_between_disjoint_targets():
+    from optcv.gate.inject import TOUCHES
+    from optcv.gate.selftest import default_plan, disjoint_groups
+
+    targets = ["pytorch", "onnxruntime", "openvino", "pytorch-op", "shared"]
+    assert disjoint_groups(targets) == [["pytorch", "onnxruntime", "openvino"], ["pytorch-op"], ["shared"]]
+    plan = default_plan(targets, (1.5, 5.0), repeats=10, unchanged_repeats=20)
+    assert len(plan) == 20 + 3 * 2 * 10 and sum(not run for run in plan) == 20
+    for target in targets:
+        levels = [run[target] for run in plan if target in run]
+        assert sorted(levels) == [1.5] * 10 + [5.0] * 10, target
+    for run in plan:
+        assert all(not TOUCHES[a] & TOUCHES[b] for a in run for b in run if a < b), run
+        assert len(set(run.values())) == min(len(run), 2), run  # a shared run: a catch and a pass
 
 
 def test_an_extra_operator_injection_spends_its_time_in_an_operator_the_profiler_sees(tmp_path):

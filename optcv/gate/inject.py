@@ -6,12 +6,14 @@ would arrive: nothing in the measured code knows about it. Each target has its o
 can slow one backend at the boundary and another just below it; a fraction of 0 wraps without waiting,
 which is what the other side gets (the wrapper's own cost, then, is on both sides).
 
-- onnxruntime: `InferenceSession.run`;
+- onnxruntime: `InferenceSession.run` (fp32 and int8 alike);
+- openvino: `InferRequest.infer`;
 - pytorch: the outermost `nn.Module.__call__` (forward) and `torch.autograd.backward`;
 - pytorch-op: the outermost `nn.Module.__call__`, the extra time spent in an extra operator (`aten::exp` on the
   input, repeated) instead of a wait, so that the gate's per-operator comparison can be checked to name it;
-- shared: optcv's own path every case goes through: the `predict` of the pytorch and onnxruntime predictors
-  (optcv.backends) and `optcv.training.train.train`.
+- shared: optcv's own path every case goes through: the `predict` of every predictor (optcv.backends) and
+  `optcv.training.train.train`. It is the only target that reaches torch-compile, whose compiled call goes
+  around `nn.Module.__call__`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-TARGETS = ("onnxruntime", "pytorch", "pytorch-op", "shared")
+# Which cases each target slows, by the backend part of the case name ("train" for a training step).
+TOUCHES: dict[str, frozenset[str]] = {
+    "onnxruntime": frozenset({"onnxruntime", "onnxruntime-int8"}),
+    "openvino": frozenset({"openvino"}),
+    "pytorch": frozenset({"pytorch", "train"}),
+    "pytorch-op": frozenset({"pytorch", "train"}),
+    "shared": frozenset({"pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile", "train"}),
+}
+TARGETS = tuple(TOUCHES)
 
 _SITECUSTOMIZE = '''\
 # Written by optcv's gate self-test: slows each target by its fraction of each call's own time: {fractions!r}
@@ -56,11 +66,17 @@ def _inject(fractions):
     import torch
     from onnxruntime.capi import onnxruntime_inference_collection as ort
     import optcv.backends.onnxruntime as ort_backend
+    import optcv.backends.openvino as ov_backend
     import optcv.backends.pytorch as torch_backend
+    import optcv.backends.torch_compile as compile_backend
     import optcv.training.train as train
 
     if "onnxruntime" in fractions:
         ort.InferenceSession.run = _slowed(ort.InferenceSession.run, fractions["onnxruntime"])
+    if "openvino" in fractions:  # imported only where wrapped: both sides wrap the same targets
+        from openvino import _ov_api
+
+        _ov_api.InferRequest.infer = _slowed(_ov_api.InferRequest.infer, fractions["openvino"])
     if "pytorch" in fractions:
         torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch"], outermost_only=True)
         torch.autograd.backward = _slowed(torch.autograd.backward, fractions["pytorch"])
@@ -71,7 +87,7 @@ def _inject(fractions):
         torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch-op"], outermost_only=True,
                                            extra_op=exp_of_input)
     if "shared" in fractions:
-        for module in (torch_backend, ort_backend):
+        for module in (torch_backend, ort_backend, ov_backend, compile_backend):
             for value in list(vars(module).values()):
                 if isinstance(value, type) and value.__module__ == module.__name__ and "predict" in vars(value):
                     value.predict = _slowed(value.predict, fractions["shared"])

@@ -22,7 +22,7 @@ from optcv.data import default_cache_dir
 from optcv.env import environment_info
 from optcv.gate.attribution import OUTSIDE, named_changes
 from optcv.gate.config import GateConfig, case_specs, recipes_for
-from optcv.gate.inject import TARGETS, write_injection
+from optcv.gate.inject import TARGETS, TOUCHES, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, measure, prepare_inputs
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, CaseFinding, PairedChange, Thresholds, Verdict, verdict_of
@@ -41,12 +41,7 @@ EXPECTED_OPERATOR = {"pytorch-op": "aten::exp"}
 
 def affected(target: str, case: str) -> bool:
     """Whether an injection into `target` (optcv.gate.inject) slows `case` down."""
-    backend = case.split("/")[1]
-    if target == "shared":  # the predict of optcv's PyTorch and ONNX Runtime predictors, and train
-        return backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "train")
-    if target == "onnxruntime":  # InferenceSession.run: fp32 and int8 alike
-        return backend in ("onnxruntime", "onnxruntime-int8")
-    return backend in ("pytorch", "train")  # nn.Module.__call__; a compiled model's call goes around it
+    return case.split("/")[1] in TOUCHES[target]
 
 
 def nominal_pct(injected: Injection, case: str) -> float:
@@ -163,8 +158,28 @@ class SelfTestResult:
 
 def default_plan(targets: Sequence[str] = TARGETS, levels_pct: Sequence[float] = LEVELS_PCT,
                  repeats: int = REPEATS, unchanged_repeats: int = UNCHANGED_REPEATS) -> list[dict[str, float]]:
-    """Unchanged runs, then `repeats` runs of each target alone at each level."""
-    return [{}] * unchanged_repeats + [{t: level} for level in levels_pct for t in targets for _ in range(repeats)]
+    """`repeats` runs of each target at each level and `unchanged_repeats` runs of unchanged code spread evenly
+    among them, so that a slow hour of the machine falls on both. Targets that slow disjoint sets of cases share
+    runs, each at another level in each run (a Latin square), so that one run checks a catch in some cases and a
+    pass in others, at no cost to either."""
+    injected = [{t: levels_pct[(i + j) % len(levels_pct)] for j, t in enumerate(group)}
+                for group in disjoint_groups(targets) for i in range(len(levels_pct) * repeats)]
+    total = len(injected) + unchanged_repeats
+    unchanged_at = {round(k * total / unchanged_repeats) for k in range(unchanged_repeats)}
+    runs = iter(injected)
+    return [{} if i in unchanged_at else next(runs) for i in range(total)]
+
+
+def disjoint_groups(targets: Sequence[str]) -> list[list[str]]:
+    """`targets` in groups, in order, such that no two of a group slow the same case."""
+    groups: list[list[str]] = []
+    for target in targets:
+        group = next((g for g in groups if all(not TOUCHES[target] & TOUCHES[t] for t in g)), None)
+        if group is None:
+            groups.append([target])
+        else:
+            group.append(target)
+    return groups
 
 
 def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
