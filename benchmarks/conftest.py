@@ -18,7 +18,7 @@ from optcv.backends.base import Predictor
 from optcv.data import CIFAR10, default_cache_dir, load_cifar10
 from optcv.env import cpu_model, package_versions
 from optcv.env import usable_cores as default_threads
-from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, load_json, make_baseline
+from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, RECORD_BASELINE, load_json, make_baseline
 from optcv.measure.latency import pick_fastest
 from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS, build_reference
 from optcv.runtime import (
@@ -113,7 +113,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from optcv._io import write_json
 
         path = Path(config.getoption("ratio_baseline"))
-        existing = load_json(path, "ratio baseline") if path.is_file() else None
+        existing = load_json(path, "ratio baseline", RECORD_BASELINE) if path.is_file() else None
         write_json(path, make_baseline(results, existing))
 
 

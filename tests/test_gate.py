@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -481,3 +482,31 @@ def test_the_committed_per_case_thresholds_each_name_a_case_and_give_their_measu
     for pattern, pct in thresholds.per_case:
         assert [case for case in every if case == pattern], f"{pattern} names no gate case"
         assert pct >= max(measured[pattern]) >= DEFAULT_THRESHOLD_PCT  # no finer than the gate resolved there
+
+
+def test_an_interrupted_self_test_goes_on_from_its_record_and_refuses_another_plans(tmp_path, monkeypatch):
+    from optcv.gate import selftest
+
+    measured = []
+
+    def fake_measure(base, head, config, thresholds, **_kwargs):
+        if len(measured) == 1 and not (tmp_path / "interrupted").exists():
+            (tmp_path / "interrupted").touch()
+            raise KeyboardInterrupt
+        measured.append(config.seed)
+        finding = _finding("tutorial/pytorch/b1/t1", 0.5, Verdict.NO_CHANGE)
+        return SimpleNamespace(findings=[finding], retested=[], seconds=1.0, regressions=[])
+
+    monkeypatch.setattr(selftest, "measure", fake_measure)
+    monkeypatch.setattr(selftest, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    monkeypatch.setattr(selftest, "build_artifacts", lambda *a, **k: {"code_hash": "h", "versions": {}})
+    config = GateConfig(models=("tutorial",), cases=("tutorial/pytorch/b1/t1",))
+    plan, record = [{}, {"pytorch": 5.0}, {}], tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        selftest.run_self_test(config, plan, record=record)
+    assert measured == [0] and len(json.loads(record.read_text())["runs"]) == 1  # the finished run is kept
+    result = selftest.run_self_test(config, plan, record=record)
+    assert measured == [0, 1, 2] and [r.seed for r in result.runs] == [0, 1, 2]
+    assert result.runs[0].findings[0].verdict is Verdict.NO_CHANGE  # read back, typed
+    with pytest.raises(OptcvError, match="other settings or another plan"):
+        selftest.run_self_test(config, [{"pytorch": 1.5}, {}, {}], record=record)

@@ -67,17 +67,22 @@ class GateFinding:
                 f"vs baseline {self.baseline:.2f}×; fails below {self.threshold:.2f}×")
 
 
-def load_json(path: str | Path, what: str) -> dict[str, Any]:
+def load_json(path: str | Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object, or a typed error naming the file and `fix` (how to make a good one)."""
     path = Path(path)
     if not path.is_file():
-        raise BaselineMissing(f"{what} {path} does not exist")
+        raise BaselineMissing(f"{what} {path} does not exist; {fix}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BaselineInvalid(f"{what} {path} is not valid JSON ({exc})") from exc
+        raise BaselineInvalid(f"{what} {path} is not valid JSON ({exc}); {fix}") from exc
     if not isinstance(data, dict):
-        raise BaselineInvalid(f"{what} {path} is not a JSON object")
+        raise BaselineInvalid(f"{what} {path} is not a JSON object; {fix}")
     return data
+
+
+RECORD_BASELINE = "record this machine's ratios with `pytest benchmarks -k ratio_gate --ratio-save`"
+WRITE_RESULTS = "write one with `optcv bench MODEL --json RESULTS.json`"
 
 
 def ratios_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -136,7 +141,7 @@ def baseline_for(baseline: dict[str, Any], fingerprint: dict[str, Any]) -> tuple
 
 def recorded_ratios(baseline_path: str | Path) -> tuple[dict[str, Any], list[str]]:
     """The ratios the baseline file holds for this machine, and how its software differs from the recording."""
-    return baseline_for(load_json(baseline_path, "ratio baseline"), machine_fingerprint())
+    return baseline_for(load_json(baseline_path, "ratio baseline", RECORD_BASELINE), machine_fingerprint())
 
 
 def make_baseline(results: Sequence[dict[str, Any]], existing: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ and false-alarm rates are those of the gate as CI runs it.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -18,8 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optcv._io import read_json_object, write_json
 from optcv.data import default_cache_dir
 from optcv.env import environment_info
+from optcv.errors import OptcvError
 from optcv.gate.attribution import OUTSIDE, named_changes
 from optcv.gate.config import GateConfig, case_specs, recipes_for
 from optcv.gate.inject import TARGETS, TOUCHES, write_injection
@@ -150,10 +153,43 @@ class SelfTestResult:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SELF_TEST_SCHEMA, "config": self.config, "environment": self.environment,
                 "thresholds": list(self.thresholds), "notes": self.notes,
-                "runs": [{"injected_pct": r.injected, "seed": r.seed, "seconds": r.seconds,
-                          "findings": [{**asdict(f), "verdict": f.verdict.value} for f in r.findings],
-                          "first_pass_of_retested": [asdict(f) for f in r.first_pass.values()]}
-                         for r in self.runs]}
+                "runs": [run_to_dict(r) for r in self.runs]}
+
+
+def run_to_dict(run: SelfTestRun) -> dict[str, Any]:
+    return {"injected_pct": run.injected, "seed": run.seed, "seconds": run.seconds,
+            "findings": [_finding_to_dict(f) for f in run.findings],
+            "first_pass_of_retested": [_finding_to_dict(f) for f in run.first_pass.values()]}
+
+
+def _finding_to_dict(finding: CaseFinding) -> dict[str, Any]:
+    return {**asdict(finding), "verdict": finding.verdict.value}
+
+
+def _finding_from_dict(data: dict[str, Any]) -> CaseFinding:
+    return CaseFinding(**{**data, "verdict": Verdict(data["verdict"]),
+                          "pair_changes_pct": tuple(data.get("pair_changes_pct", ()))})
+
+
+def run_from_dict(data: dict[str, Any]) -> SelfTestRun:
+    first = [_finding_from_dict(f) for f in data.get("first_pass_of_retested", [])]
+    return SelfTestRun(dict(data["injected_pct"]), int(data["seed"]), [_finding_from_dict(f) for f in data["findings"]],
+                       float(data["seconds"]), {f.case: f for f in first})
+
+
+def resumable_runs(record: Path, config: dict[str, Any], plan: Sequence[Injection]) -> list[SelfTestRun]:
+    """The runs a self-test record holds when it was made with the same settings and its runs follow `plan`;
+    none when there is no record. A record of other settings is refused rather than overwritten."""
+    if not record.is_file():
+        return []
+    data = read_json_object(record, "self-test record", "delete it to start again")
+    runs = [run_from_dict(r) for r in data.get("runs", [])]
+    same = (data.get("schema") == SELF_TEST_SCHEMA and data.get("config") == json.loads(json.dumps(config))
+            and len(runs) <= len(plan) and all(r.injected == dict(p) for r, p in zip(runs, plan, strict=False)))
+    if not same:
+        raise OptcvError(f"{record} records a self-test of other settings or another plan; give another --json path, "
+                         "or delete it to start again")
+    return runs
 
 
 def default_plan(targets: Sequence[str] = TARGETS, levels_pct: Sequence[float] = LEVELS_PCT,
@@ -190,19 +226,27 @@ def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
 def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] | None = None, *,
                   thresholds: Sequence[float] = THRESHOLDS_PCT, attribution: bool = False,
                   data_dir: str | Path | None = None, log: Log = lambda _m: None,
-                  progress: bool = False) -> SelfTestResult:
+                  progress: bool = False, record: str | Path | None = None) -> SelfTestResult:
     """One complete gate per entry of `plan` (default: `default_plan()`), judged at each threshold; with
-    `attribution`, failing cases are profiled as a gate profiles them, to check where the time is put."""
+    `attribution`, failing cases are profiled as a gate profiles them, to check where the time is put. With
+    `record`, every finished run is written there at once, and a self-test started again with the same settings
+    goes on after the runs it holds."""
     injections = [dict(p) for p in (default_plan() if plan is None else plan)]
     wrapped = sorted({t for injected in injections for t in injected})  # every run wraps these, on both sides
     specs = case_specs(config)  # fails early on a pattern that matches no case
-    runs: list[SelfTestRun] = []
+    settings = {**asdict(config), "wrapped_on_both_sides": wrapped, "attribution": attribution,
+                "retest_threshold_pct": min(thresholds)}
+    runs = resumable_runs(Path(record), settings, injections) if record else []
+    if runs:
+        log(f"self-test: {len(runs)} of {len(injections)} runs recorded in {record}; going on from run {len(runs) + 1}")
     with tempfile.TemporaryDirectory(prefix="optcv-selftest-") as tmp:
         workdir = Path(tmp)
         _, root = prepare_inputs(workdir, data_dir)
         built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, recipes_for(specs), root,
                                 default_cache_dir())
         for index, injected in enumerate(injections):
+            if index < len(runs):
+                continue
             # Folders of the same name length on both sides; the same wrappers, only the head's wait.
             base = Side("base", sys.executable, HEAD_TREE, extra_path=(
                 write_injection(workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0)),))
@@ -215,9 +259,10 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
                              artifacts={"base": built, "head": built})
             runs.append(SelfTestRun(injected, run_config.seed, result.findings, result.seconds,
                                     {f.case: f for f in result.retested}))
+            if record:
+                write_json(record, SelfTestResult(runs, tuple(thresholds), settings, environment_info()).to_dict())
             worst = max(result.findings, key=lambda f: f.change_pct)
             log(f"self-test run {index + 1}/{len(injections)}: {injection_label(injected)}: "
                 f"{len(result.regressions)} case(s) failed; largest change {worst.case} {worst.change_pct:+.1f} % "
                 f"({result.seconds:.0f} s)")
-    return SelfTestResult(runs, tuple(thresholds), {**asdict(config), "wrapped_on_both_sides": wrapped},
-                          environment_info())
+    return SelfTestResult(runs, tuple(thresholds), settings, environment_info())

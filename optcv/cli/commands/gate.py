@@ -18,7 +18,15 @@ from optcv.errors import OptcvError
 from optcv.gate import selftest
 from optcv.gate.config import BACKENDS, MODELS, GateConfig
 from optcv.gate.inject import TARGETS
-from optcv.gate.ratio import DEFAULT_BASELINE, DEFAULT_MARGIN, load_json, ratio_gate, ratios_of, recorded_ratios
+from optcv.gate.ratio import (
+    DEFAULT_BASELINE,
+    DEFAULT_MARGIN,
+    WRITE_RESULTS,
+    load_json,
+    ratio_gate,
+    ratios_of,
+    recorded_ratios,
+)
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
@@ -101,7 +109,7 @@ def _gate_files(args: argparse.Namespace) -> int:
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
     measured: dict[str, dict[str, object]] = {}
     for path in args.results:
-        measured.update(ratios_of(load_json(path, "results file")))
+        measured.update(ratios_of(load_json(path, "results file", WRITE_RESULTS)))
     recorded, differences = recorded_ratios(args.baseline)
     if differences:
         print("baseline recorded on this machine with other software: " + "; ".join(differences))
@@ -154,7 +162,8 @@ def _gate_self_test(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     plan = selftest.default_plan(args.targets, args.levels, args.repeat, args.unchanged)
     result = run_self_test(_gate_config(args), plan, thresholds=tuple(args.self_test_thresholds),
-                           attribution=args.attribution, data_dir=args.data_dir, log=log, progress=progress(args))
+                           attribution=args.attribution, data_dir=args.data_dir, log=log, progress=progress(args),
+                           record=args.json)
     markdown = self_test_markdown(result)
     print(markdown)
     _publish(args, markdown, result.to_dict())
