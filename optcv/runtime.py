@@ -8,41 +8,64 @@ gate and the benchmark suite then reach it by name.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optcv._io import sha256_file
-from optcv.backends.base import Predictor
-from optcv.backends.onnx_export import read_onnx_metadata
+from optcv._io import atomic_path, sha256_file
+from optcv.backends.base import InferenceSource, Predictor
+from optcv.backends.onnx_export import export_declared, read_onnx_metadata
 from optcv.backends.onnxruntime import OrtPredictor
-from optcv.backends.onnxruntime_int8 import int8_path
+from optcv.backends.onnxruntime_int8 import QuantizeSettings, int8_path, quantize_onnx
 from optcv.backends.pytorch import TorchPredictor
-from optcv.env import usable_cores
+from optcv.cache import KEY_FILE, mark_used
+from optcv.data import default_cache_dir
+from optcv.declared.build import DeclaredNet, build_declared, class_names, onnx_classes
+from optcv.declared.config import DeclaredModel, InputSpec
+from optcv.declared.inputs import sample_inputs
+from optcv.env import package_versions, usable_cores
 from optcv.errors import OptcvError
 from optcv.training.models import load_checkpoint
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """What a predictor is built from: a checkpoint (.pt) and/or its ONNX export."""
+    """What a predictor is built from: a checkpoint (.pt) and/or its ONNX export; or a user's declared model
+    (optcv.declared): its built net (None for an ONNX-only one), its ONNX file, its input and classes."""
 
     checkpoint: Path | None = None
     onnx: Path | None = None
+    declared: DeclaredNet | None = None
+    input_spec: InputSpec | None = None  # None: optcv's own uint8 (N, 3, 32, 32) images
+    classes: tuple[str, ...] = ()
+    name: str | None = None  # a declared model's name
+
+
+def _torch_source(source: ModelSource, backend: str) -> InferenceSource:
+    if source.declared is not None:
+        return source.declared
+    if source.checkpoint is None:
+        if source.input_spec is not None:
+            raise OptcvError(f"the {backend} backend needs PyTorch code, and declared model {source.name!r} is an "
+                             "ONNX file; declare a factory to time PyTorch")
+        raise OptcvError(f"the {backend} backend needs the checkpoint (.pt) the ONNX model was exported from")
+    return load_checkpoint(source.checkpoint)
 
 
 def _torch_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
-    if source.checkpoint is None:
-        raise OptcvError("the pytorch backend needs the checkpoint (.pt) the ONNX model was exported from")
-    return TorchPredictor(load_checkpoint(source.checkpoint), threads, **options)
+    return TorchPredictor(_torch_source(source, "pytorch"), threads, **options)
 
 
 def _ort_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
     if source.onnx is None:
         raise OptcvError("the onnxruntime backend needs an ONNX model: run `optcv export CHECKPOINT -o model.onnx`")
-    return OrtPredictor(source.onnx, threads, **options)
+    return OrtPredictor(source.onnx, threads, input_spec=source.input_spec, classes=source.classes, **options)
 
 
 def _ort_int8_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
@@ -51,15 +74,14 @@ def _ort_int8_backend(source: ModelSource, threads: int, **options: Any) -> Pred
     path = int8_path(source.onnx)
     if not path.is_file():
         raise OptcvError(f"{path} does not exist: quantise the model with `optcv export CHECKPOINT --int8`")
-    return OrtPredictor(path, threads, name="onnxruntime-int8", **options)
+    return OrtPredictor(path, threads, name="onnxruntime-int8", input_spec=source.input_spec, classes=source.classes,
+                        **options)
 
 
 def _torch_compile_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
     from optcv.backends.torch_compile import CompiledTorchPredictor  # lazy: imports torch._dynamo and inductor
 
-    if source.checkpoint is None:
-        raise OptcvError("the torch-compile backend needs the checkpoint (.pt) the ONNX model was exported from")
-    return CompiledTorchPredictor(load_checkpoint(source.checkpoint), threads, **options)
+    return CompiledTorchPredictor(_torch_source(source, "torch-compile"), threads, **options)
 
 
 def _openvino_backend(source: ModelSource, threads: int, **options: Any) -> Predictor:
@@ -67,7 +89,7 @@ def _openvino_backend(source: ModelSource, threads: int, **options: Any) -> Pred
 
     if source.onnx is None:
         raise OptcvError("the openvino backend reads the ONNX model: run `optcv export CHECKPOINT -o model.onnx`")
-    return OpenVinoPredictor(source.onnx, threads, **options)
+    return OpenVinoPredictor(source.onnx, threads, input_spec=source.input_spec, classes=source.classes, **options)
 
 
 @dataclass(frozen=True)
@@ -149,3 +171,46 @@ def check_pair(checkpoint: Path, onnx: Path) -> None:
     if recorded is not None and recorded != sha256_file(checkpoint):
         raise OptcvError(f"{onnx} is not the export of {checkpoint} (its metadata names another checkpoint); "
                          f"export it again with `optcv export {checkpoint} -o {onnx}`")
+
+
+DECLARED_AREA = "declared-models"
+
+
+def declared_source(model: DeclaredModel, cache_dir: Path | None = None) -> ModelSource:
+    """A declared model ready for every backend it lists: a factory's net built and exported to ONNX (an ONNX
+    file copied), and for onnxruntime-int8 quantised on its sample inputs; all kept in the cache under a key of
+    the declaration, the weights (or file) and the factory's code, so that an edited forward is exported again.
+    Nothing is written into the user's repository."""
+    net = build_declared(model) if model.factory is not None else None
+    if net is None:
+        assert model.onnx is not None
+        content, classes = sha256_file(model.onnx), class_names(model, onnx_classes(model))
+    else:
+        content, classes = f"{net.weights_digest()} {net.code_digest}", net.classes
+    material = json.dumps({"declaration": dataclasses.asdict(model), "content": content,
+                           "versions": package_versions()}, sort_keys=True, default=str)
+    folder = Path(cache_dir or default_cache_dir()) / DECLARED_AREA / \
+        f"{model.name}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+    onnx = folder / "model.onnx"
+    if (onnx.is_file() and (int8_path(onnx).is_file() or "onnxruntime-int8" not in model.backends)):
+        mark_used(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        if net is not None and not onnx.is_file():
+            export_declared(net, onnx)
+        elif model.onnx is not None and not onnx.is_file():
+            with atomic_path(onnx) as tmp:
+                shutil.copyfile(model.onnx, tmp)
+        if "onnxruntime-int8" in model.backends:
+            _quantise_declared(model, onnx)
+        (folder / KEY_FILE).write_text(material)
+    return ModelSource(onnx=onnx, declared=net, input_spec=model.input, classes=classes, name=model.name)
+
+
+def _quantise_declared(model: DeclaredModel, onnx: Path) -> None:
+    import onnx as onnx_lib
+
+    settings = QuantizeSettings()
+    graph = onnx_lib.load(str(onnx), load_external_data=False).graph
+    quantize_onnx(onnx, sample_inputs(model.input, settings.calibration_images), settings=settings,
+                  input_spec=model.input, input_name=graph.input[0].name)

@@ -65,7 +65,7 @@ def test_calls_scale_with_a_models_cost_within_bounds():
     assert calls_for(0.05, config) == 200
 
 
-@pytest.mark.parametrize("config, message", [(HowFastConfig(models=("vgg",)), "unknown reference model vgg"),
+@pytest.mark.parametrize("config, message", [(HowFastConfig(models=("vgg",)), "unknown model vgg"),
                                              (HowFastConfig(backends=("tvm",)), "unknown backend 'tvm'")])
 def test_bad_models_or_backends_are_named_before_any_work(config, message):
     with pytest.raises(OptcvError, match=message):

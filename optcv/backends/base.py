@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from optcv.data import IMAGE_SHAPE
+from optcv.declared.config import InputSpec
 from optcv.errors import OptcvError
 
 
@@ -32,6 +33,20 @@ class Predictor(Protocol):
     def __enter__(self) -> Predictor: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class InferenceSource(Protocol):
+    """What a PyTorch predictor is made from: an optcv checkpoint, or a user's declared model."""
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    @property
+    def input_spec(self) -> InputSpec | None:
+        """None: optcv's own uint8 (N, 3, 32, 32) images."""
+        ...
+
+    def build_inference(self) -> torch.nn.Module: ...
 
 
 class Closing:
@@ -68,3 +83,17 @@ def check_images(images: Any) -> np.ndarray:
         raise OptcvError(f"images must be uint8 shaped (N, 3, 32, 32) with N >= 1, "
                          f"got {images.dtype} {tuple(images.shape)}{hint}")
     return images
+
+
+def check_input(inputs: Any, spec: InputSpec | None) -> np.ndarray:
+    """`inputs` as the model's declared input (N, *spec.shape) of spec.dtype; optcv's images when spec is None."""
+    if spec is None:
+        return check_images(inputs)
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.numpy()
+    if not isinstance(inputs, np.ndarray):
+        raise OptcvError(f"inputs must be a NumPy array, got {type(inputs).__name__}")
+    if inputs.dtype != np.dtype(spec.dtype) or inputs.shape[1:] != spec.shape or inputs.shape[0] == 0:
+        raise OptcvError(f"inputs must be {spec.dtype} shaped (N, {', '.join(map(str, spec.shape))}) with N >= 1, "
+                         f"got {inputs.dtype} {tuple(inputs.shape)}")
+    return inputs

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from optcv._io import atomic_path, sha256_file
+from optcv.declared.build import DeclaredNet, describe_input
+from optcv.declared.inputs import sample_inputs
 from optcv.env import package_versions
 from optcv.errors import OptcvError, first_line
 from optcv.training.models import load_checkpoint
@@ -48,12 +50,8 @@ def export_onnx(
     After export: onnx.checker, shape inference, and ONNX Runtime's logits compared with PyTorch's on
     `check_images` (random images when None); a difference above `atol` fails the export and writes nothing.
     """
-    import onnx
-
-    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = checkpoint.build_inference()
-    example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # batch >= 2 keeps the batch dim dynamic
     metadata = {
         "optcv_version": package_versions()["optcv"],
         "arch": checkpoint.arch,
@@ -66,14 +64,41 @@ def export_onnx(
     }
     if check_images is None:
         check_images = np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+    return export_module(checkpoint.build_inference(), check_images, out_path, metadata, opset=opset, atol=atol,
+                         what=str(checkpoint_path))
 
+
+def export_declared(net: DeclaredNet, out_path: str | Path, *, opset: int = DEFAULT_OPSET,
+                    atol: float | None = None) -> ExportResult:
+    """Export a user's declared model; the numbers are checked on its sample inputs at `atol`, else its declared
+    onnxruntime tolerance, else DEFAULT_ATOL."""
+    model = net.model
+    metadata = {"optcv_version": package_versions()["optcv"], "arch": f"declared:{model.name}",
+                "classes": json.dumps(list(net.classes)), "input": describe_input(model.input), "opset": str(opset),
+                "factory": model.factory or "", "factory_code_sha256": net.code_digest}
+    return export_module(net.build_inference(), sample_inputs(model.input, 8), out_path, metadata, opset=opset,
+                         atol=atol or model.tolerances.get("onnxruntime", DEFAULT_ATOL),
+                         what=f"declared model {model.name!r}",
+                         fix=f"raise tolerances.onnxruntime of {model.name!r} in {model.source.name} if that is "
+                             "acceptable")
+
+
+def export_module(model: torch.nn.Module, check_inputs: np.ndarray, out_path: str | Path, metadata: dict[str, str],
+                  *, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, what: str = "the model",
+                  fix: str = "") -> ExportResult:
+    """Export `model` (eval mode) to ONNX, its input named "images" with a dynamic batch, checked as export_onnx
+    says; `check_inputs` (two or more) give the example's shape and dtype and the numbers compared."""
+    import onnx
+
+    out_path = Path(out_path)
+    example = torch.from_numpy(np.ascontiguousarray(check_inputs[:2]))  # batch >= 2 keeps the batch dim dynamic
     with atomic_path(out_path) as tmp:
         try:
             _torch_export(model, example, tmp, opset)
         except OSError:
             raise  # a full disk or an unwritable folder: the CLI names the path and the fix
         except Exception as exc:
-            raise OptcvError(f"torch.onnx.export failed for {checkpoint_path}: {first_line(exc)}") from exc
+            raise OptcvError(f"torch.onnx.export failed for {what}: {first_line(exc)}") from exc
         proto = onnx.load(str(tmp))
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
@@ -82,10 +107,10 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
         onnx.save(proto, str(tmp))
-        max_abs_diff = _max_abs_diff(model, tmp, check_images)
+        max_abs_diff = _max_abs_diff(model, tmp, check_inputs)
         if not max_abs_diff <= atol:
             raise OptcvError(f"exported model differs from PyTorch by {max_abs_diff:.3g} (> tolerance {atol:g}); "
-                             "nothing was written")
+                             f"{fix + '; ' if fix else ''}nothing was written")
     return ExportResult(out_path, opset, max_abs_diff, atol, metadata)
 
 
@@ -99,7 +124,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
         logger.setLevel(logging.ERROR)
         try:
             torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes={INPUT_NAME: {0: batch}}, opset_version=opset, external_data=False,
+                              dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
                               verbose=False)
         finally:
             logger.setLevel(level)

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from optcv.backends.base import Closing, check_images
+from optcv.backends.base import Closing, check_input
 from optcv.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
+from optcv.declared.config import InputSpec
 from optcv.env import usable_cores
 from optcv.errors import OptcvError, first_line
 
@@ -17,7 +18,10 @@ GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 class OrtPredictor(Closing):
     def __init__(self, onnx_path: str | Path, threads: int | None = None, graph_optimization: str = "all",
-                 spinning: bool = True, name: str = "onnxruntime"):
+                 spinning: bool = True, name: str = "onnxruntime", input_spec: InputSpec | None = None,
+                 classes: tuple[str, ...] = ()):
+        """`input_spec` None: optcv's own export (input "images", uint8 (N, 3, 32, 32)); otherwise a user's model,
+        whose first input and first output are used, whatever their names."""
         import onnxruntime as ort
 
         metadata = read_onnx_metadata(onnx_path)
@@ -25,7 +29,8 @@ class OrtPredictor(Closing):
             raise OptcvError(f"unknown graph optimisation level {graph_optimization!r}: "
                              f"choose from {', '.join(GRAPH_LEVELS)}")
         self.name = name
-        self.classes = tuple(metadata.get("classes") or ())
+        self.classes = tuple(metadata.get("classes") or classes)
+        self.input_spec = input_spec
         self.threads = threads or usable_cores()
         self.graph_optimization = graph_optimization
         options = ort.SessionOptions()
@@ -47,14 +52,17 @@ class OrtPredictor(Closing):
         except Exception as exc:
             raise OptcvError(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from exc
         inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != [INPUT_NAME]:
+        if input_spec is not None:
+            self._input, self._outputs = inputs[0], [self.session.get_outputs()[0].name]
+        elif inputs != [INPUT_NAME]:
             raise OptcvError(f"{onnx_path} takes inputs {inputs}, not optcv's single {INPUT_NAME!r}; "
                              "export it with `optcv export`")
-        self._input, self._outputs = INPUT_NAME, [OUTPUT_NAME]
+        else:
+            self._input, self._outputs = INPUT_NAME, [OUTPUT_NAME]
         self._version = ort.__version__
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_input(images, self.input_spec)
         return self.session.run(self._outputs, {self._input: images})[0]
 
     def describe(self) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from optcv._io import atomic_path, sha256_file
-from optcv.backends.base import check_images
+from optcv.backends.base import check_input
 from optcv.backends.onnx_export import INPUT_NAME, read_onnx_metadata
 from optcv.data import load_cifar10, stratified_subset
+from optcv.declared.config import InputSpec
 from optcv.env import isa_flags
 from optcv.errors import OptcvError, first_line
 
@@ -75,14 +76,16 @@ def nodes_kept_fp32(model: Any, kinds: tuple[str, ...]) -> list[str]:
     return sorted(set(names))
 
 
-def _batches(images: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _batches(images: np.ndarray, batch_size: int, name: str) -> Iterator[dict[str, np.ndarray]]:
     for start in range(0, len(images), batch_size):
-        yield {INPUT_NAME: images[start:start + batch_size]}
+        yield {name: images[start:start + batch_size]}
 
 
 def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_path: str | Path | None = None,
-                  settings: QuantizeSettings = QuantizeSettings()) -> Path:
-    """Write the int8 QDQ model of `onnx_path`, calibrated on `calibration_images` (uint8, N×3×32×32)."""
+                  settings: QuantizeSettings = QuantizeSettings(), input_spec: InputSpec | None = None,
+                  input_name: str = INPUT_NAME) -> Path:
+    """Write the int8 QDQ model of `onnx_path`, calibrated on `calibration_images` (uint8, N×3×32×32; or a
+    declared model's inputs, `input_spec`, fed to its input `input_name`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -97,14 +100,14 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_pat
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path is not None else int8_path(onnx_path)
     metadata = read_onnx_metadata(onnx_path)
-    images = check_images(calibration_images)
+    images = check_input(calibration_images, input_spec)
     if settings.calibrate_method not in CalibrationMethod.__members__:
         raise OptcvError(f"unknown calibration method {settings.calibrate_method!r}: choose from "
                          f"{', '.join(CalibrationMethod.__members__)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = _batches(images, settings.batch_size)
+            self._batches = _batches(images, settings.batch_size, input_name)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from optcv.backends.base import Closing, check_images
+from optcv.backends.base import Closing, check_input
 from optcv.backends.onnx_export import INPUT_NAME, read_onnx_metadata
+from optcv.declared.config import InputSpec
 from optcv.errors import OptcvError, first_line
 
 
@@ -27,14 +28,16 @@ def openvino_version() -> str | None:
 
 
 class OpenVinoPredictor(Closing):
-    def __init__(self, onnx_path: str | Path, threads: int, hint: str = "LATENCY", name: str = "openvino"):
+    def __init__(self, onnx_path: str | Path, threads: int, hint: str = "LATENCY", name: str = "openvino",
+                 input_spec: InputSpec | None = None, classes: tuple[str, ...] = ()):
         try:
             import openvino as ov
         except ImportError as exc:
             raise OptcvError("the openvino backend needs OpenVINO: pip install 'optcv[openvino]'") from exc
 
         self.name = name
-        self.classes = tuple(read_onnx_metadata(onnx_path).get("classes") or ())
+        self.classes = tuple(read_onnx_metadata(onnx_path).get("classes") or classes)
+        self.input_spec = input_spec
         self.threads = threads
         self.hint = hint
         self._core = ov.Core()
@@ -42,7 +45,7 @@ class OpenVinoPredictor(Closing):
             self._model = self._core.read_model(str(onnx_path))
         except Exception as exc:
             raise OptcvError(f"OpenVINO cannot read {onnx_path}: {first_line(exc)}") from exc
-        self._input = INPUT_NAME
+        self._input = INPUT_NAME if input_spec is None else self._model.inputs[0].get_any_name()
         self._config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint, "NUM_STREAMS": 1,
                         "INFERENCE_PRECISION_HINT": "f32"}
         self._requests: dict[int, Any] = {}
@@ -62,7 +65,7 @@ class OpenVinoPredictor(Closing):
         self._request(batch)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_input(images, self.input_spec)
         request = self._request(len(images))
         request.infer({0: images})
         return np.array(request.get_output_tensor(0).data, copy=True)

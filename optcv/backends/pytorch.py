@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from optcv.backends.base import Closing, check_images
+from optcv.backends.base import Closing, InferenceSource, check_input
 from optcv.env import usable_cores
 from optcv.torch_settings import SettingsLease
-from optcv.training.models import Checkpoint
 
 
 class TorchPredictor(Closing):
@@ -19,10 +18,11 @@ class TorchPredictor(Closing):
     mkldnn=True to measure PyTorch's stock setting.
     """
 
-    def __init__(self, checkpoint: Checkpoint, threads: int | None = None, mkldnn: bool = False,
+    def __init__(self, checkpoint: InferenceSource, threads: int | None = None, mkldnn: bool = False,
                  channels_last: bool = False, name: str = "pytorch"):
         self.name = name
         self.classes = checkpoint.classes
+        self.input_spec = checkpoint.input_spec
         self.threads = threads or usable_cores()
         self.mkldnn = mkldnn
         self.channels_last = channels_last
@@ -34,7 +34,7 @@ class TorchPredictor(Closing):
             parameter.requires_grad_(False)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_input(images, self.input_spec)
         self._settings.apply()
         with torch.inference_mode():
             x = torch.from_numpy(images)

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from optcv.backends.base import Closing, check_images
+from optcv.backends.base import Closing, InferenceSource, check_input
 from optcv.data import IMAGE_SHAPE, default_cache_dir
 from optcv.errors import OptcvError
 from optcv.torch_settings import SettingsLease
-from optcv.training.models import Checkpoint
 
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 # Compiled and every call with oneDNN on (PyTorch's default): a convolution inductor leaves to eager picks its
@@ -69,10 +68,11 @@ def inductor_settings(cache_dir: Path) -> Iterator[None]:
 
 
 class CompiledTorchPredictor(Closing):
-    def __init__(self, checkpoint: Checkpoint, threads: int, batch_sizes: Sequence[int] = (1,),
+    def __init__(self, checkpoint: InferenceSource, threads: int, batch_sizes: Sequence[int] = (1,),
                  mode: str = COMPILE_MODE, cache_dir: Path | None = None, name: str = "torch-compile"):
         self.name = name
         self.classes = checkpoint.classes
+        self.input_spec = checkpoint.input_spec
         self.threads = threads
         self._settings = SettingsLease(threads, ONEDNN)
         self.mode = mode
@@ -90,7 +90,9 @@ class CompiledTorchPredictor(Closing):
         started = time.perf_counter()
         try:
             with inductor_settings(self.cache_dir):
-                self._run(np.zeros((batch, *IMAGE_SHAPE), dtype=np.uint8))
+                spec = self.input_spec
+                shape, dtype = (IMAGE_SHAPE, "uint8") if spec is None else (spec.shape, spec.dtype)
+                self._run(np.zeros((batch, *shape), dtype=dtype))
         except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
                 torch._inductor.exc.InductorError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -104,7 +106,7 @@ class CompiledTorchPredictor(Closing):
             return self.compiled(torch.from_numpy(images)).numpy()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_input(images, self.input_spec)
         if len(images) not in self.compile_seconds:
             self._compile_for(len(images))
         return self._run(images)

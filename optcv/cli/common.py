@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from optcv.runtime import BACKENDS, DEFAULT_BACKENDS
+from optcv.declared.config import (
+    OPTCV_TOML,
+    PYPROJECT,
+    DeclarationError,
+    DeclaredModel,
+    find_declarations,
+    load_declarations,
+)
+from optcv.errors import OptcvError
+from optcv.runtime import BACKENDS, DEFAULT_BACKENDS, ModelSource, declared_source, resolve_sources
 
 EXIT_REGRESSION = 1
 
@@ -29,10 +39,45 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx)")
-    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=list(BACKENDS),
-                        metavar="BACKEND", help=f"any of {', '.join(BACKENDS)} (default: pytorch onnxruntime); "
-                                            "the first is the reference for agreement and speed-ups")
+    parser.add_argument("models", nargs="+", help="a checkpoint (.pt) and/or its ONNX export (.onnx), or the name of "
+                                                  "a model declared in pyproject.toml or optcv.toml")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), metavar="BACKEND",
+                        help=f"any of {', '.join(BACKENDS)} (default: {' '.join(DEFAULT_BACKENDS)}, or a declared "
+                             "model's own); the first is the reference for agreement and speed-ups")
+    parser.add_argument("--declarations", type=Path, metavar="FILE",
+                        help=f"the {PYPROJECT} or {OPTCV_TOML} that declares the model (default: the nearest one)")
+
+
+def declarations_path(given: Path | None) -> Path:
+    path = given or find_declarations()
+    if path is None:
+        raise DeclarationError(f"no {OPTCV_TOML} or {PYPROJECT} with a [tool.optcv] table here or in a parent folder; "
+                               "declare your models there (see the README's \"Your own model\")")
+    return path
+
+
+def is_declared_name(text: str) -> bool:
+    """A bare name (no suffix, no folder) names a declared model; anything else is a model file."""
+    return not Path(text).suffix and "/" not in text
+
+
+def declared_model(name: str, declarations: Path | None) -> DeclaredModel:
+    path = declarations_path(declarations)
+    declared = load_declarations(path, known_backends=tuple(BACKENDS))
+    if name not in declared:
+        raise DeclarationError(f"no model {name!r} is declared in {path}; declared: {', '.join(declared)}")
+    return declared[name]
+
+
+def chosen_model(args: argparse.Namespace) -> tuple[ModelSource, tuple[str, ...], DeclaredModel | None]:
+    """(what the predictors are made from, the backends to run, the declared model if one was named)."""
+    named = [m for m in args.models if is_declared_name(m)]
+    if not named:
+        return resolve_sources(args.models), tuple(args.backends or DEFAULT_BACKENDS), None
+    if len(args.models) != 1:
+        raise OptcvError(f"name one declared model or model files (.pt/.onnx), not both: got {' '.join(args.models)}")
+    model = declared_model(named[0], args.declarations)
+    return declared_source(model), tuple(args.backends or model.backends), model
 
 
 def positive_int(text: str) -> int:

@@ -23,6 +23,7 @@ import torch
 from optcv.backends.base import all_closed
 from optcv.backends.onnx_export import export_onnx
 from optcv.backends.onnxruntime_int8 import int8_path
+from optcv.data import IMAGE_SHAPE
 from optcv.errors import OptcvError
 from optcv.measure.latency import time_interleaved
 from optcv.runtime import ModelSource, make_predictor
@@ -154,8 +155,13 @@ def limits_of_source(result: Any, source: Any, images: np.ndarray) -> Limits:
     import tempfile
 
 
-    if source.checkpoint is None:
+    if source.declared is not None:  # a user's model: its own input, and optcv's images for the identity model
+        spec = source.declared.input_spec
+        macs = count_macs(source.declared.build_inference(), (1, *spec.shape), getattr(torch, spec.dtype))
+        images = np.random.default_rng(0).integers(0, 256, (64, *IMAGE_SHAPE), dtype=np.uint8)
+    elif source.checkpoint is None:
         raise OptcvError("the limits need the model's checkpoint (.pt) beside its ONNX file, to count its MACs")
-    macs = count_macs(load_checkpoint(source.checkpoint).build())
+    else:
+        macs = count_macs(load_checkpoint(source.checkpoint).build())
     with tempfile.TemporaryDirectory(prefix="optcv-limits-") as folder:
         return machine_limits(result, macs, images, folder)

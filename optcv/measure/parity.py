@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +16,11 @@ from optcv.metrics import Agreement, accuracy, agreement, per_class_accuracy, to
 
 def predict_split(predictor: Predictor, split: Split, batch_size: int = 256) -> np.ndarray:
     """Logits of `predictor` for every image of `split`, in order."""
-    images = split.images.numpy()
-    return np.concatenate([predictor.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return predict_all(predictor, split.images.numpy(), batch_size)
+
+
+def predict_all(predictor: Predictor, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([predictor.predict(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
 @dataclass
@@ -82,10 +85,6 @@ def evaluate_backends(predictors: Sequence[Predictor], split: Split, batch_size:
     return evaluation
 
 
-
-
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Parity: how far each backend may stray from the reference (PyTorch).
 
@@ -148,3 +147,46 @@ def parity(evaluation: Evaluation, backend: str,
     return ParityResult(backend, reference.backend, tolerances.get(backend, EXACT), evaluation.n_images,
                         evaluation.agreements[backend].n_disagree, 100 * (other.accuracy - reference.accuracy),
                         evaluation.classes[worst], float(diffs[worst]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agreement without labels: a user's declared model with no labelled folder is held to the reference's top-1.
+
+# int8's bar without labels: the reference's class on 98 % of inputs, the 2 points per class it may lose with them.
+INT8_MIN_AGREEMENT = 0.98
+
+
+@dataclass(frozen=True)
+class AgreementResult:
+    backend: str
+    reference: str
+    n_inputs: int
+    n_disagree: int
+    max_abs_diff: float
+    min_agreement: float  # the share of inputs whose top-1 must be the reference's
+    max_abs_tolerance: float | None  # the declared bar on |logit difference|; None: reported, not judged
+
+    @property
+    def agreement(self) -> float:
+        return 1 - self.n_disagree / self.n_inputs
+
+    @property
+    def passed(self) -> bool:
+        within = self.max_abs_tolerance is None or self.max_abs_diff <= self.max_abs_tolerance
+        return self.agreement >= self.min_agreement and within
+
+
+def agreement_on_inputs(predictors: Sequence[Predictor], inputs: np.ndarray,
+                        tolerances: Mapping[str, float] | None = None, batch_size: int = 64) -> list[AgreementResult]:
+    """Each predictor after the first against the first on `inputs`: fp32 backends must give the reference's
+    top-1 on every input, int8 on INT8_MIN_AGREEMENT of them; |logit difference| judged where `tolerances` say."""
+    tolerances = tolerances or {}
+    reference = predict_all(predictors[0], inputs, batch_size)
+    results = []
+    for predictor in predictors[1:]:
+        found = agreement(reference, predict_all(predictor, inputs, batch_size))
+        exact = PARITY_TOLERANCES.get(predictor.name, EXACT).exact
+        results.append(AgreementResult(predictor.name, predictors[0].name, found.n_images, found.n_disagree,
+                                       found.max_abs_diff, 1.0 if exact else INT8_MIN_AGREEMENT,
+                                       tolerances.get(predictor.name)))
+    return results

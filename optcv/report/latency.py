@@ -86,7 +86,7 @@ def how_fast_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             batched = by_key[(backend, int(batch))]
             ratio = ratios.get(backend)
             rows.append({
-                "model": m["model"], "accuracy": f"{100 * m['accuracy']['test_accuracy']:.1f} %",
+                "model": m["model"], "accuracy": _accuracy_text(m["accuracy"].get("test_accuracy")),
                 "backend": backend, "b1 µs/image": b["latency_us"]["median_us"], "b1 threads": one["threads"],
                 "b1 vs pytorch": "1" if ratio is None else
                 speedup_text(ratio["ratio"], ratio["ci_low"], ratio["ci_high"]),
@@ -95,6 +95,10 @@ def how_fast_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"b{batch} GMAC/s": batched["achieved_gmac_per_s"],
                 f"b{batch} % of peak": f"{100 * batched['peak_fraction']:.0f} %"})
     return rows
+
+
+def _accuracy_text(accuracy: float | None) -> str:
+    return "—" if accuracy is None else f"{100 * accuracy:.1f} %"
 
 
 def how_fast_markdown(result: dict[str, Any]) -> str:
@@ -115,8 +119,9 @@ def how_fast_markdown(result: dict[str, Any]) -> str:
                       "speed-up = median over chunks of the per-chunk median ratio, 95 % bootstrap CI. Each "
                       "backend at its fastest calibrated setting; batched images/s: the median over interleaved "
                       "rounds of one backend after another, 95 % bootstrap CI. Accuracy: the reference model's own "
-                      "test accuracy when it was built (optcv.measure.reference). int8 rows count their MACs against "
-                      "the fp32 peak, so they can pass 100 %: int8 kernels (VNNI, AMX) do more MACs per cycle.",
+                      "test accuracy when it was built (optcv.measure.reference); — for a declared model. int8 rows "
+                      "count their MACs against the fp32 peak, so they can pass 100 %: int8 kernels (VNNI, AMX) do "
+                      "more MACs per cycle.",
                       *_compile_notes(result)])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optcv.data import CLASSES, SHORT_NAMES
-from optcv.measure.parity import Evaluation, ParityResult
+from optcv.measure.parity import AgreementResult, Evaluation, ParityResult
 from optcv.report.tables import markdown_table
 
 
@@ -55,3 +55,14 @@ def evaluation_text(evaluation: Evaluation, verdicts: list[ParityResult]) -> str
         lines += [f"  image {d['image']}: {d['reference_class']} vs {d['other_class']}, "
                   f"top-2 margin {d['reference_top2_margin']:.2g}" for d in evaluation.near_ties[name][:10]]
     return "\n".join([*lines, "", *(parity_line(v) for v in verdicts)])
+
+
+def agreement_line(result: AgreementResult) -> str:
+    """One line for an agreement verdict on unlabelled inputs."""
+    bar = "every input" if result.min_agreement == 1 else f"{100 * result.min_agreement:g} % of inputs"
+    logits = ("" if result.max_abs_tolerance is None else
+              f" and max |logit difference| at most {result.max_abs_tolerance:g}")
+    status = "PASS" if result.passed else "PARITY FAILURE"
+    return (f"{status}: {result.backend} vs {result.reference} on {result.n_inputs:,} inputs: top-1 agrees on "
+            f"{100 * result.agreement:.1f} % ({result.n_disagree} differ); max |logit difference| "
+            f"{result.max_abs_diff:.3g}; required: the reference's class on {bar}{logits}")

@@ -210,7 +210,8 @@ def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:
         return model_type(config)
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), dtype: torch.dtype = torch.float32
+               ) -> int:
     """Multiply-accumulates of one forward pass over conv and linear layers (per image at batch 1)."""
     total = 0
 
@@ -225,7 +226,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(input_shape))
+            model.eval()(torch.zeros(input_shape, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -245,6 +246,11 @@ class Checkpoint:
     @property
     def arch(self) -> str:
         return arch_name(self.config)
+
+    @property
+    def input_spec(self) -> None:
+        """optcv's own input: uint8 images (N, 3, 32, 32), normalised inside the model."""
+        return None
 
     def build(self) -> nn.Module:
         model = build_model(self.config)

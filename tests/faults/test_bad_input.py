@@ -23,6 +23,7 @@ from optcv.env import machine_fingerprint
 from optcv.gate.ratio import BASELINE_SCHEMA
 from optcv.measure.latency import RESULT_SCHEMA
 from optcv.training.models import Checkpoint, TunableNetConfig, TutorialNetConfig, build_model, save_checkpoint
+from tests.user_repo import TINY, write_labelled, write_onnx, write_user_repo
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,26 @@ def _edited_checkpoint(src: Path, dst: Path, edit: Callable[[dict], object]) -> 
     edit(raw)
     torch.save(raw, dst)
     return str(dst)
+
+
+def _declared(tmp: Path, change: Callable[[str], str],
+              prepare: Callable[[Path], object] = lambda root: None) -> list[str]:
+    """`optcv models` on a user's repository whose declaration `change` spoiled."""
+    prepare(tmp)
+    return ["models", "--declarations", str(write_user_repo(tmp / "repo", change(TINY)))]
+
+
+def _one_channel(declaration: str) -> str:
+    return (declaration.replace("shape = [3, 16, 16]", "shape = [1, 16, 16]").replace("[0.5, 0.5, 0.5]", "[0.5]")
+            .replace("[0.25, 0.25, 0.25]", "[0.25]"))
+
+
+def _onnx_in_repo(tmp: Path) -> None:
+    (tmp / "repo").mkdir(parents=True, exist_ok=True)
+    write_onnx(tmp / "repo" / "plain.onnx", shape=(3, 16, 16))
+
+
+PLAIN = '[tool.optcv.models.plain]\nonnx = "plain.onnx"\ninput = { shape = [3, 8, 8] }\nbackends = ["onnxruntime"]\n'
 
 
 class _RunsCode:
@@ -277,7 +298,7 @@ CASES = [
          "pytorch", "checkpoint"),
     # ---- results and baselines
     case("gate/results-missing", lambda f, t: ["gate", str(t / "r.json"), "--baseline", str(t / "b.json")],
-         "r.json", "does not exist"),
+         "r.json", "optcv bench MODEL --json"),
     case("gate/results-truncated", lambda f, t: _gate_files(t, json.dumps(BENCH)[:30], RATIOS), "results.json",
          "not valid JSON"),
     case("gate/results-other-schema", lambda f, t: _gate_files(t, {"schema": "pytest-benchmark"}, RATIOS),
@@ -286,6 +307,8 @@ CASES = [
          "refresh"),
     case("gate/baseline-of-another-machine", lambda f, t: _gate_files(t, BENCH, OTHER_MACHINE), "Other CPU",
          "--ratio-save"),
+    case("gate/baseline-missing", lambda f, t: ["gate", _json_file(t, "r.json", BENCH), "--baseline",
+                                                str(t / "nope.json")], "nope.json", "--ratio-save"),
     case("gate/results-without-baseline", lambda f, t: ["gate", _json_file(t, "r.json", BENCH)], "--baseline",
          "ratios.json"),
     case("gate/thresholds-truncated", lambda f, t: ["gate", "--thresholds", _json_file(t, "th.json", "{\"sch"),
@@ -314,6 +337,24 @@ CASES = [
                                               "--quiet"], "taken", "choose another path"),
     case("how-fast/data-missing", lambda f, t: ["how-fast", "--out", str(t / "hf"), "--data-dir", str(t / "nowhere")],
          "nowhere", "--data-dir"),
+    # ---- a user's own models, declared in their pyproject.toml
+    case("declared/factory-does-not-import", lambda f, t: _declared(t, lambda d: d.replace(
+        "usernets.nets:build", "usernets.gone:build")), "usernets.gone:build", "give a module importable"),
+    case("declared/factory-raises", lambda f, t: _declared(t, lambda d: d.replace(
+        "usernets.nets:build", "usernets.nets:broken")), "the factory is broken", "fix the factory"),
+    case("declared/input-rejected", lambda f, t: _declared(t, _one_channel), "rejects the declared input",
+         "set input.shape"),
+    case("declared/onnx-input-differs", lambda f, t: _declared(t, lambda d: PLAIN, _onnx_in_repo), "plain.onnx",
+         "declare the file's input"),
+    case("declared/samples-missing", lambda f, t: _declared(t, lambda d: d.replace(
+        "input = { ", 'input = { samples = "shots", ')), "input.samples", "give a folder"),
+    case("declared/samples-empty", lambda f, t: _declared(t, lambda d: d.replace(
+        "input = { ", 'input = { samples = "shots", '), lambda root: (root / "repo" / "shots").mkdir(parents=True)),
+         "input.samples", "add some or remove samples"),
+    case("declared/labels-other-class-count", lambda f, t: _declared(
+        t, lambda d: d + 'labels = "val"\n', lambda root: write_labelled(root / "repo" / "val", 3, 1)),
+         "3 class folders but the model returns 5 logits", "one sub-folder per class"),
+    case("declared/unknown-model-name", lambda f, t: _declared(t, lambda d: d) + ["nope"], "nope", "declared: tiny"),
 ]
 
 

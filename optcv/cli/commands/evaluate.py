@@ -6,19 +6,24 @@ import argparse
 import sys
 from dataclasses import asdict
 
+import torch
+
 from optcv._io import write_json
 from optcv.backends.base import all_closed
 from optcv.cli.common import (
     EXIT_REGRESSION,
     add_data_options,
     add_model_options,
+    chosen_model,
     positive_int,
     progress,
 )
-from optcv.data import load_cifar10, stratified_subset
-from optcv.measure.parity import evaluate_backends, parity
-from optcv.report.parity import evaluation_text
-from optcv.runtime import make_predictor, resolve_sources
+from optcv.data import Split, load_cifar10, stratified_subset
+from optcv.declared.config import DeclaredModel
+from optcv.declared.inputs import labelled_inputs, sample_inputs
+from optcv.measure.parity import agreement_on_inputs, evaluate_backends, parity
+from optcv.report.parity import agreement_line, evaluation_text
+from optcv.runtime import ModelSource, make_predictor
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -33,10 +38,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = resolve_sources(args.models)
-    data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
-    split = stratified_subset(data.test, args.test_size, seed=0)
-    with all_closed([make_predictor(b, source, args.threads) for b in args.backends]) as predictors:
+    source, backends, declared = chosen_model(args)
+    if declared is not None and declared.labels is None:
+        return _agreement(args, source, backends, declared)
+    if declared is not None:
+        assert declared.labels is not None
+        inputs, labels, classes = labelled_inputs(declared.input, declared.labels)
+        split = stratified_subset(Split(torch.from_numpy(inputs), torch.from_numpy(labels), classes), args.test_size)
+    else:
+        data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
+        split = stratified_subset(data.test, args.test_size, seed=0)
+    with all_closed([make_predictor(b, source, args.threads) for b in backends]) as predictors:
         evaluation = evaluate_backends(predictors, split)
     verdicts = [parity(evaluation, b.backend) for b in evaluation.backends[1:]]
     print(evaluation_text(evaluation, verdicts))
@@ -48,5 +60,24 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: "
               f"{', '.join(v.backend for v in failed)}", file=sys.stderr)
+        return EXIT_REGRESSION
+    return 0
+
+
+def _agreement(args: argparse.Namespace, source: ModelSource, backends: tuple[str, ...], model: DeclaredModel) -> int:
+    inputs = sample_inputs(model.input, args.test_size or model.agreement_inputs)
+    with all_closed([make_predictor(b, source, args.threads) for b in backends]) as predictors:
+        results = agreement_on_inputs(predictors, inputs, model.tolerances)
+    print(f"{model.name}: no labels declared, so each backend is held to {backends[0]}'s top-1 on {len(inputs):,} "
+          f"{'sample' if model.input.samples else 'synthetic'} inputs")
+    print("\n".join(agreement_line(r) for r in results))
+    if args.json:
+        write_json(args.json, {"model": model.name, "n_inputs": len(inputs),
+                               "agreement": [{**asdict(r), "passed": r.passed} for r in results]})
+        print(f"\nwrote {args.json}")
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: "
+              f"{', '.join(r.backend for r in failed)}", file=sys.stderr)
         return EXIT_REGRESSION
     return 0

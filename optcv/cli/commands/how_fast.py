@@ -9,12 +9,16 @@ from pathlib import Path
 from optcv._io import write_json, write_text
 from optcv.cli.common import (
     add_data_options,
+    declarations_path,
     positive_float,
     positive_int,
 )
+from optcv.declared.config import find_declarations, load_declarations
 from optcv.measure.howfast import HowFastConfig, run_how_fast
+from optcv.measure.reference import REFERENCE_MODELS
 from optcv.report.figures import plot_how_fast
 from optcv.report.latency import how_fast_markdown
+from optcv.runtime import BACKENDS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -24,7 +28,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                           "backend on each at batch 1 and batched, interleaved, against the fp32 GEMM "
                                           "peak and each runtime's per-call overhead measured in the same run; writes "
                                           "how-fast.md, .json and .png (the README's 'How fast, and why').")
-    how.add_argument("--models", nargs="+", default=list(default.models), choices=list(default.models))
+    how.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
+                     help=f"reference models ({', '.join(default.models)}; default all) or models declared in "
+                          "pyproject.toml or optcv.toml")
+    how.add_argument("--declarations", type=Path, metavar="FILE",
+                     help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
     how.add_argument("--backends", nargs="+", default=list(default.backends), metavar="BACKEND")
     how.add_argument("--batch-size", type=positive_int, default=default.batch_size)
     how.add_argument("--seconds", type=positive_float, default=default.seconds_per_backend,
@@ -39,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     config = HowFastConfig(models=tuple(args.models), backends=tuple(args.backends), batch_size=args.batch_size,
                            seconds_per_backend=args.seconds)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    result = run_how_fast(config, args.data_dir, log=log).to_dict()
+    declared = None
+    # With no declarations anywhere, a name that is not a reference model is reported as unknown (with the choices).
+    if any(m not in REFERENCE_MODELS for m in args.models) and (args.declarations or find_declarations()):
+        declared = load_declarations(declarations_path(args.declarations), known_backends=tuple(BACKENDS))
+    result = run_how_fast(config, args.data_dir, log=log, declared=declared).to_dict()
     out = Path(args.out)
     markdown = how_fast_markdown(result)
     print(markdown)
