@@ -394,7 +394,7 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
         return passes[attempt], {"base": {}, "head": {}}
 
     monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
-    monkeypatch.setattr(timing, "case_specs", lambda config: specs)
+    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: specs)
     monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
     built = {"code_hash": "h", "versions": {}}

@@ -14,8 +14,9 @@ from optcv.torch_settings import SettingsLease
 
 class TorchPredictor(Closing):
     """oneDNN (mkldnn) convolutions cost more in per-call set-up than they save on a 32x32 image at batch 1
-    on these nets (see ../shared/NOTES.md and `optcv bench`), so they are off by default; pass
-    mkldnn=True to measure PyTorch's stock setting.
+    on the reference nets (see ../shared/NOTES.md and `optcv bench`), so they are off by default here; the
+    registry turns them on for a user's declared model (optcv.runtime), and mkldnn=True measures PyTorch's stock
+    setting on any model.
     """
 
     def __init__(self, checkpoint: InferenceSource, threads: int | None = None, mkldnn: bool = False,

@@ -20,6 +20,7 @@ from optcv.declared.config import DeclarationError, DeclaredModel, InputSpec
 from optcv.declared.inputs import labelled_inputs, synthetic_inputs
 from optcv.errors import first_line
 
+FACTORY_SEED = 0
 # ONNX TensorProto element types of the dtypes a declaration may name.
 ONNX_DTYPES = {"float32": 1, "uint8": 2, "int64": 7, "float16": 10}
 
@@ -60,7 +61,11 @@ def build_torch_model(model: DeclaredModel) -> torch.nn.Module:
     """The factory's model with its weights, in eval mode, checked on the declared input."""
     factory = import_factory(model)
     try:
-        net = factory(**model.kwargs)
+        # Seeded, so a factory that initialises at random (no weights file) gives the same model in every process:
+        # both sides of a gate and every cached export agree. The caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(FACTORY_SEED)
+            net = factory(**model.kwargs)
     except Exception as exc:
         raise _refuse(model, f"factory {model.factory!r} raised {type(exc).__name__}: {first_line(exc)}; fix the "
                              "factory or its kwargs") from exc

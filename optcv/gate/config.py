@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from optcv.declared.config import DeclaredModel, load_declarations
 from optcv.env import usable_cores
 from optcv.errors import OptcvError
 from optcv.measure.reference import REFERENCE_MODELS
@@ -55,9 +57,16 @@ class GateConfig:
     # memory placement alone moved identical code by +17 % once in CI, and a real slowdown survives the re-test.
     retest_failures: bool = True
     seed: int = 0
+    # The file declaring a user's models, relative to the trees compared: set, the trees are the user's
+    # repository (each side's models built from its own revision), `models` may name the declared ones, and
+    # optcv itself is the same on both sides. None: the trees are optcv's own.
+    declarations: str | None = None
 
     def __post_init__(self) -> None:
-        for kind, given, known in (("model", self.models, MODELS), ("backend", self.backends, BACKENDS)):
+        checks = [("backend", self.backends, BACKENDS)]
+        if self.declarations is None:  # declared names are checked against the declarations (case_specs)
+            checks.insert(0, ("model", self.models, MODELS))
+        for kind, given, known in checks:
             unknown = sorted(set(given) - set(known))
             if unknown or not given:
                 name = unknown[0] if unknown else "(none)"
@@ -66,12 +75,18 @@ class GateConfig:
             raise OptcvError("the gate needs at least 1 worker per side and 5 rounds")
 
 
-def _all_specs(config: GateConfig) -> list[dict[str, Any]]:
-    """Per model: every backend at batch 1 on one thread (PyTorch and ONNX Runtime on all cores too), batched
-    at each of the model's batch sizes on one thread, and a training step."""
+def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[dict[str, Any]]:
+    """Per reference model: every backend at batch 1 on one thread (PyTorch and ONNX Runtime on all cores too),
+    batched at each of the model's batch sizes on one thread, and a training step. Per declared model: what its
+    declaration lists (backends × batch sizes × threads) among the gate's backends."""
     cores = usable_cores()
     specs: list[dict[str, Any]] = []
-    for model in config.models:
+    for model in (m for m in config.models if m in declared):
+        specs += [{"model": model, "kind": "predict", "backend": backend, "batch": batch, "threads": threads,
+                   "declared": True}
+                  for backend in declared[model].backends if backend in config.backends
+                  for batch in declared[model].batch_sizes for threads in declared[model].threads]
+    for model in (m for m in config.models if m not in declared):
         for backend in config.backends:
             threads = sorted({1, cores}) if backend in DEFAULT_BACKENDS else [1]
             specs += [{"model": model, "kind": "predict", "backend": backend, "batch": 1, "threads": n}
@@ -88,12 +103,18 @@ def _all_specs(config: GateConfig) -> list[dict[str, Any]]:
     return specs
 
 
-def case_specs(config: GateConfig) -> list[dict[str, Any]]:
+def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None = None) -> list[dict[str, Any]]:
     """The gated cases: those of the models and backends chosen that match `config.cases` (all of them for
-    ("all",))."""
-    specs = _all_specs(config)
+    ("all",)). A declared model's cases are all gated by default: its declaration chose them."""
+    declared = declared or {}
+    unknown = [m for m in config.models if m not in MODELS and m not in declared]
+    if unknown:
+        own = "" if declared else " (your own models: declare them, see the README's \"Your own model\")"
+        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *declared])}{own}")
+    specs = _all_specs(config, declared)
     if config.cases != (ALL_CASES,):
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s["id"], p) for p in config.cases)]
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s["id"], p) for p in config.cases)
+                 or (s.get("declared") and config.cases == DEFAULT_CASES)]
     if not specs:
         raise OptcvError(f"no gate case matches {' '.join(config.cases)} for models {', '.join(config.models)} "
                          f"and backends {', '.join(config.backends)}; case names look like "
@@ -125,7 +146,21 @@ def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str
     return recipes
 
 
-def recipes_for(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The build recipes of the models the cases use."""
-    return build_recipes(list(dict.fromkeys(s["model"] for s in specs)),
-                         {s["model"] for s in specs if s["backend"] == "onnxruntime-int8"})
+def recipes_for(specs: Sequence[dict[str, Any]], declarations: str | None = None) -> dict[str, dict[str, Any]]:
+    """The build recipes of the models the cases use; a declared model's recipe is where it is declared (each
+    side reads it from its own tree) and the backends it needs built for."""
+    reference = [s for s in specs if not s.get("declared")]
+    recipes = build_recipes(list(dict.fromkeys(s["model"] for s in reference)),
+                            {s["model"] for s in reference if s["backend"] == "onnxruntime-int8"})
+    for spec in (s for s in specs if s.get("declared")):
+        recipe = recipes.setdefault(spec["model"], {"declared": spec["model"], "declarations": declarations,
+                                                    "backends": []})
+        recipe["backends"] = sorted({*recipe["backends"], spec["backend"]})
+    return recipes
+
+
+def declared_models(config: GateConfig, tree: Path) -> dict[str, DeclaredModel]:
+    """The models `config.declarations` declares in `tree` (none when the gate is on optcv's own trees)."""
+    if config.declarations is None:
+        return {}
+    return load_declarations(tree / config.declarations, known_backends=BACKENDS)

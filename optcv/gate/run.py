@@ -13,7 +13,7 @@ from typing import Any
 from optcv.data import default_cache_dir
 from optcv.gate.config import GateConfig
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
-from optcv.gate.sides import Side, code_hash, sides_for
+from optcv.gate.sides import Side, code_hash, sides_for, subject_hash
 from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import GateResult, GateSetupError, Thresholds
 
@@ -54,6 +54,8 @@ def run_gate(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresho
     result = run_ab(config, thresholds, against=against, base_python=base_python, head_tree=head_tree, repo=repo,
                     data_dir=data_dir, even_if_unchanged=even_if_unchanged, log=log, progress=progress)
     if isinstance(result, str):
+        if config.declarations is not None:  # no ratios are recorded for a user's models
+            raise GateSetupError(f"no base to time against: {result}; give --against REV")
         if not allow_no_base:
             raise GateSetupError(f"no base to time against: {result}; give --against REV, or --allow-no-base to "
                                  "gate on the ratios recorded for this machine instead")
@@ -68,7 +70,8 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
            progress: bool = False) -> GateResult | SameCode | str:
     """The A/B gate alone; without a second side, the reason why not."""
     with ExitStack() as stack:
-        sides = stack.enter_context(sides_for(against, base_python, head_tree, repo))
+        sides = stack.enter_context(sides_for(against, base_python, head_tree, repo,
+                                              user_repository=config.declarations is not None))
         if isinstance(sides, str):
             return sides
         if not even_if_unchanged and (same := _same_code(*sides)):
@@ -80,7 +83,8 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
 
 
 def _same_code(base: Side, head: Side) -> SameCode | None:
-    found = code_hash(head.tree)
-    if base.python != head.python or code_hash(base.tree) != found:
+    hash_of = subject_hash if head.harness else code_hash
+    found = hash_of(head.tree)
+    if base.python != head.python or hash_of(base.tree) != found:
         return None
     return SameCode(base.revision or str(base.tree), head.revision or str(head.tree), found)

@@ -20,9 +20,30 @@ HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this op
 
 def code_hash(tree: Path) -> str:
     """optcv's source in `tree`, hashed as a worker hashes the side it runs in (optcv/gate/worker.py)."""
-    root = tree / "optcv"
+    return _files_hash(tree / "optcv", sorted((tree / "optcv").rglob("*.py")))
+
+
+# What can change a user's model: its code, its declarations, and the files they name (a README or a CI file
+# cannot). A hash of these tells a commit that needs timing from one that does not.
+SUBJECT_SUFFIXES = (".py", ".toml", ".onnx", ".pt", ".pth", ".bin", ".safetensors", ".json", ".cfg", ".yaml", ".yml")
+
+
+def subject_hash(tree: Path) -> str:
+    """The hash of what a user's repository's models are made from: its files of SUBJECT_SUFFIXES that git
+    tracks or would track (what .gitignore leaves out, a venv or build output, is no part of a revision)."""
+    listed = subprocess.run(["git", "-C", str(tree), "ls-files", "-co", "--exclude-standard", "-z", "."],
+                            capture_output=True)
+    if listed.returncode == 0:
+        candidates = [tree / name for name in listed.stdout.decode().split("\0") if name]
+    else:
+        candidates = [p for p in tree.rglob("*") if not any(part.startswith(".") for part in p.relative_to(tree).parts)]
+    files = {p for p in candidates if p.suffix in SUBJECT_SUFFIXES and p.is_file()}
+    return _files_hash(tree, sorted(files))
+
+
+def _files_hash(root: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 # glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large
@@ -31,6 +52,11 @@ def code_hash(tree: Path) -> str:
 # +13.9 % here. A fixed threshold puts every large buffer at a page boundary in every worker: unchanged
 # pairs then agreed within 1 % and the 5 % read +3.8 … +5.4 %. Both sides get the same settings.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "0"}
+# A user's model may be ImageNet-sized: there a 64 KiB threshold maps and faults in every activation on every
+# call, and ResNet-50 at batch 1 ran 1.75× slower in PyTorch (288 against 164 ms here), which dilutes every change
+# the gate measures (+10 % of its MACs read +5.4 %). Their gates keep buffers up to glibc's largest threshold
+# (32 MiB) in the heap, never trimmed; the threshold is still fixed, so it does not move with the process's history.
+USER_MALLOC_ENV = {**MALLOC_ENV, "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024)}
 
 
 @dataclass(frozen=True)
@@ -40,21 +66,33 @@ class Side:
     tree: Path  # the folder that holds the `optcv` package
     revision: str | None = None  # the commit, or None for a working tree
     extra_path: tuple[Path, ...] = ()  # put before the tree on PYTHONPATH (the self-test's injection)
+    # When the tree is a user's repository (their declared models are gated), the folder of the optcv that
+    # measures them: the same on both sides. None: the tree is optcv's own, and each side runs its own optcv.
+    harness: Path | None = None
+
+    @property
+    def optcv_root(self) -> Path:
+        """The folder whose optcv package the side's workers must import."""
+        return self.harness or self.tree
 
     def env(self, pad: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
         # The side's tree first, so its optcv wins; then whatever the user had (a monorepo's packages).
         inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in (*self.extra_path, self.tree)), *inherited])
+        # A user's tree comes before the harness, so a package of theirs also installed beside optcv is taken
+        # from the revision being timed.
+        own = (*self.extra_path, self.tree, *((self.harness,) if self.harness else ()))
+        env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in own), *inherited])
         env["PYTHONHASHSEED"] = "0"
-        env.update(MALLOC_ENV)
+        env.update(USER_MALLOC_ENV if self.harness else MALLOC_ENV)
         env.pop("PYTHONSTARTUP", None)
         return env
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "python": self.python, "tree": str(self.tree.resolve()), "revision": self.revision,
-                "injection": [str(p) for p in self.extra_path]}
+                "injection": [str(p) for p in self.extra_path],
+                "harness": str(self.harness) if self.harness else None}
 
 
 def check_python(python: str) -> str:
@@ -81,14 +119,16 @@ def same_length_trees(side: Side, workdir: Path) -> Side:
 
 
 @contextmanager
-def sides_for(against: str | None, base_python: str | None, head_tree: Path | None, repo: Path | None
-              ) -> Iterator[tuple[Side, Side] | str]:
-    """The base and head sides, or (when there is no second side) the reason why not."""
+def sides_for(against: str | None, base_python: str | None, head_tree: Path | None, repo: Path | None,
+              user_repository: bool = False) -> Iterator[tuple[Side, Side] | str]:
+    """The base and head sides, or (when there is no second side) the reason why not. With `user_repository`,
+    the trees are a user's repository (its declared models are gated) and both sides measure with this optcv."""
     head_tree = (head_tree or HEAD_TREE).resolve()
-    head = Side("head", sys.executable, head_tree)
+    harness = HEAD_TREE if user_repository else None
+    head = Side("head", sys.executable, head_tree, harness=harness)
     python = check_python(base_python) if base_python else sys.executable
     if against is None and base_python:
-        yield Side("base", python, head_tree), head
+        yield Side("base", python, head_tree, harness=harness), head
         return
     repo = repo or repo_root(head_tree)
     if repo is None:
@@ -106,6 +146,8 @@ def sides_for(against: str | None, base_python: str | None, head_tree: Path | No
             raise GateSetupError(f"revision {against} does not exist in {repo}; name a commit, branch or tag")
         return
     with revision_tree(repo, commit) as tree:
-        if not (tree / "optcv" / "__init__.py").is_file():
+        if not user_repository and not (tree / "optcv" / "__init__.py").is_file():
             raise GateSetupError(f"revision {revision} has no optcv package at its root; pick a later revision")
-        yield Side("base", python, tree, revision=f"{revision} ({commit[:12]})"), head
+        # A user's repository at `repo` may be a sub-folder of its git root: the base is the same sub-folder.
+        base_tree = tree / head_tree.relative_to(repo.resolve()) if user_repository else tree
+        yield Side("base", python, base_tree, revision=f"{revision} ({commit[:12]})", harness=harness), head

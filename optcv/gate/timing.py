@@ -13,8 +13,8 @@ import numpy as np
 from optcv.data import load_cifar10, resolve_data_dir
 from optcv.env import environment_info
 from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS, attribution
-from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, recipes_for
-from optcv.gate.sides import Side, same_length_trees
+from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_models, recipes_for
+from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
 from optcv.stats import BOOTSTRAP_RESAMPLES
@@ -94,14 +94,16 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     """Build both sides' artifacts (unless given), time every case A/B, judge each, profile the failing ones."""
     started = time.perf_counter()
     base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
-    inputs, root = prepare_inputs(workdir, data_dir)
+    specs = case_specs(config, declared_models(config, head.tree))
+    # A gate of declared models alone needs no CIFAR-10: each model's inputs come from its declaration.
+    inputs, root = prepare_inputs(workdir, data_dir) if any(not s.get("declared") for s in specs) else ({}, None)
     artifacts = dict(artifacts or {})
     missing = [side for side in (base, head) if side.label not in artifacts]
     for side in missing:
         log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
-    specs = case_specs(config)
     if missing:
-        artifacts.update(build_all_artifacts(missing, workdir, recipes_for(specs), root, cache_dir))
+        artifacts.update(build_all_artifacts(missing, workdir, recipes_for(specs, config.declarations), root,
+                                             cache_dir))
     setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
              for label in artifacts}
     findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)
@@ -114,7 +116,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
         confirmed = {f.case: f for f in again}
         retested = [f for f in findings if f.case in confirmed]
         findings = [confirmed.get(f.case, f) for f in findings]
-    side_info = {label: {**side.describe(), "code_hash": artifacts[label]["code_hash"],
+    side_info = {label: {**side.describe(), "code_hash": _code_hash(side, artifacts[label]),
                          "versions": artifacts[label]["versions"], "settings": settings[label]}
                  for label, side in (("base", base), ("head", head))}
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
@@ -122,6 +124,11 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                 f"bootstrap (pairs, then rounds; {BOOTSTRAP_RESAMPLES})"}
     return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
                       time.perf_counter() - started, retested=retested)
+
+
+def _code_hash(side: Side, built: dict[str, Any]) -> str:
+    """What the side's timed code is: optcv's own source, or (a user's repository) what its models are made of."""
+    return subject_hash(side.tree) if side.harness else built["code_hash"]
 
 
 def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds,

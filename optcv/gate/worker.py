@@ -39,7 +39,10 @@ SIDE_MODULES: dict[str, tuple[str, ...]] = {
     "quantize": ("optcv.backends.onnxruntime_int8", "optcv.quantize"),
     "data": ("optcv.data",),
     "cache": ("optcv.cache",),
+    "declarations": ("optcv.declared.config",),
+    "declared_inputs": ("optcv.declared.inputs",),
 }
+DECLARED_INPUTS = 16  # distinct inputs a declared model's case cycles through (at least one batch)
 
 
 def side_module(name: str) -> Any:
@@ -88,6 +91,9 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     data: list[Any] = []  # loaded once, on first need
     built = {}
     for name, recipe in request["models"].items():
+        if "declared" in recipe:
+            built[name] = _build_declared(recipe, Path(request["tree"]), Path(request["cache_dir"]))
+            continue
         fp32 = {k: v for k, v in recipe.items() if k != "int8"}
         material = json.dumps({"recipe": fp32, "recipe_version": RECIPE_VERSION, "code": code,
                                "versions": versions}, sort_keys=True)
@@ -102,6 +108,46 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
         side_module("cache").mark_used(folder)
         built[name] = {"checkpoint": str(checkpoint), "onnx": str(onnx_path)}
     return {"models": built, "code_hash": code, "versions": versions, "optcv_file": _optcv_file()}
+
+
+def _declared_model(entry: dict[str, Any]) -> Any:
+    """A user's model as this side's revision declares it, to be built for the backends the gate needs."""
+    import dataclasses
+
+    path = Path(entry["tree"]) / entry["declarations"]
+    if not path.is_file():
+        raise RuntimeError(f"this revision has no {entry['declarations']}, so it declares no model "
+                           f"{entry['declared']!r}")
+    models = side_module("declarations").load_declarations(path)
+    if entry["declared"] not in models:
+        raise RuntimeError(f"this revision's {entry['declarations']} declares no model {entry['declared']!r} "
+                           f"(it declares {', '.join(models)})")
+    return dataclasses.replace(models[entry["declared"]], backends=tuple(entry["backends"]))
+
+
+def _build_declared(recipe: dict[str, Any], tree: Path, cache_dir: Path) -> dict[str, Any]:
+    """A declared model built from this side's tree (exported, quantised, cached by its code and weights); its
+    factory's module must come from that tree, or both sides would time the same code."""
+    entry = {**recipe, "tree": str(tree), "cache_dir": str(cache_dir)}
+    model = _declared_model(entry)
+    source = side_module("runtime").declared_source(model, cache_dir)
+    if model.factory is not None:
+        _check_factory_origin(sys.modules[model.factory.split(":")[0]], tree)
+    return {**entry, "onnx": str(source.onnx)}
+
+
+def _check_factory_origin(module: Any, tree: Path) -> None:
+    """The factory's module comes from this side's tree, or from an installed package (torchvision's models:
+    the same on both sides by right). From anywhere else (an editable install, a path on PYTHONPATH) the base
+    would run the working tree's code, and the gate would compare the head with itself."""
+    import sysconfig
+
+    origin = Path(getattr(module, "__file__", None) or "?").resolve()
+    installed = [Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")]
+    if not any(origin.is_relative_to(folder) for folder in (tree.resolve(), *installed)):
+        raise RuntimeError(f"the factory's module {module.__name__} was imported from {origin}, outside this "
+                           f"side's tree {tree} and the installed packages; declare a module inside the repository "
+                           "that is importable from the declaring file's folder")
 
 
 def _data(request: dict[str, Any], loaded: list[Any]) -> Any:
@@ -176,7 +222,9 @@ class Case:
         self.spec = spec
         self.cpus = case_cpus(spec["threads"])
         model = artifacts["models"][spec["model"]]
-        if spec["kind"] == "predict":
+        if spec.get("declared"):
+            self._setup_declared(model)
+        elif spec["kind"] == "predict":
             self._setup_predict(model, inputs["predict_images"])
         else:
             self._setup_train(model, inputs["train_images"], inputs["train_labels"])
@@ -192,6 +240,21 @@ class Case:
         self.position = 0
         self.settings = self.predictor.describe()
         self.onnx_path = model["onnx"]
+
+    def _setup_declared(self, entry: dict[str, Any]) -> None:
+        """A declared model's predictor, on inputs drawn from its declaration (the same seed on both sides)."""
+        runtime = side_module("runtime")
+        model = _declared_model(entry)
+        source = runtime.declared_source(model, Path(entry["cache_dir"]))
+        batch = self.spec["batch"]
+        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
+        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"], **options)
+        count = max(1, DECLARED_INPUTS // batch) * batch
+        images = side_module("declared_inputs").sample_inputs(model.input, count, seed=0)
+        self.inputs = [images[i:i + batch] for i in range(0, count, batch)]
+        self.position = 0
+        self.settings = self.predictor.describe()
+        self.onnx_path = entry["onnx"]
 
     def _setup_train(self, model: dict[str, str], images: np.ndarray, labels: np.ndarray) -> None:
         import torch

@@ -95,27 +95,27 @@ class Worker:
         self._log.close()
 
 
-def build_artifacts(side: Side, workdir: Path, recipes: dict[str, Any], data_dir: str | Path,
+def build_artifacts(side: Side, workdir: Path, recipes: dict[str, Any], data_dir: str | Path | None,
                     cache_dir: Path) -> dict[str, Any]:
     """Each model (optcv.gate.config.build_recipes) trained, exported and, where asked, quantised by the side's
     own code (or taken from its cache)."""
     return build_all_artifacts([side], workdir, recipes, data_dir, cache_dir)[side.label]
 
 
-def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str, Any], data_dir: str | Path,
+def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str, Any], data_dir: str | Path | None,
                         cache_dir: Path) -> dict[str, dict[str, Any]]:
     """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
     import json
 
     # Absolute: a side's worker runs in its own folder, where a path relative to the caller's means nothing.
-    request = json.dumps({"models": recipes, "data_dir": str(Path(data_dir).absolute()),
-                          "cache_dir": str(Path(cache_dir).absolute())})
+    request = {"models": recipes, "data_dir": str(Path(data_dir).absolute()) if data_dir else None,
+               "cache_dir": str(Path(cache_dir).absolute())}
     builders = [Worker(side, "build", workdir) for side in sides]
     answers: dict[str, dict[str, Any]] = {}
     try:
         for worker in builders:
             assert worker.process.stdin is not None
-            worker.process.stdin.write(request)
+            worker.process.stdin.write(json.dumps({**request, "tree": str(worker.side.tree)}))
             worker.process.stdin.close()
         for worker in builders:
             assert worker.process.stdout is not None
@@ -129,7 +129,7 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str,
                 worker.process.wait()
             worker._log.close()
     for side in sides:
-        expected = (side.tree / "optcv" / "__init__.py").resolve()
+        expected = (side.optcv_root / "optcv" / "__init__.py").resolve()
         if Path(answers[side.label]["optcv_file"]).resolve() != expected:
             raise GateSetupError(f"the {side.label} side imported optcv from {answers[side.label]['optcv_file']}, "
                                  f"not {expected}")
@@ -155,7 +155,7 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
             workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in sides]
         for worker in workers:  # started together, set up one by one: their imports overlap
             info = worker.ask(setup[worker.side.label])
-            expected = (worker.side.tree / "optcv" / "__init__.py").resolve()
+            expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
             if Path(info["optcv_file"]).resolve() != expected:
                 raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, "
                                      f"not {expected}")

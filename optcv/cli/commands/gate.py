@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from optcv._io import write_json, write_text
 from optcv.cli.common import (
     EXIT_REGRESSION,
     add_data_options,
+    declarations_path,
     positive_float,
     positive_int,
     progress,
 )
+from optcv.declared.config import find_declarations, load_declarations
 from optcv.errors import OptcvError
 from optcv.gate import selftest
 from optcv.gate.config import BACKENDS, MODELS, GateConfig
@@ -27,6 +30,7 @@ from optcv.gate.ratio import (
     ratios_of,
     recorded_ratios,
 )
+from optcv.gate.revisions import repo_root
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
@@ -49,7 +53,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--threshold", type=float, metavar="PCT",
                       help=f"a case fails above this slowdown (%%) when significant; default {DEFAULT_THRESHOLD_PCT:g}")
     gate.add_argument("--thresholds", metavar="FILE", help="per-case thresholds (benchmarks/gate_thresholds.json)")
-    gate.add_argument("--models", nargs="+", default=list(default.models), choices=list(MODELS))
+    gate.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
+                      help=f"reference models ({', '.join(MODELS)}; default all), or models declared in your "
+                           "repository's pyproject.toml or optcv.toml: then that repository's revisions are compared")
+    gate.add_argument("--declarations", type=Path, metavar="FILE",
+                      help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
     gate.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
     gate.add_argument("--cases", nargs="+", metavar="GLOB", default=list(default.cases),
                       help="the cases to time, as globs over names like tutorial/onnxruntime/b1/t1 or "
@@ -125,11 +133,35 @@ def _gate_files(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gate_config(args: argparse.Namespace) -> GateConfig:
+def _gate_config(args: argparse.Namespace, declarations: str | None = None) -> GateConfig:
     return GateConfig(models=tuple(args.models), backends=tuple(args.backends), workers_per_side=args.workers,
                       case_seconds=args.case_seconds, max_case_seconds=max(args.case_seconds, args.max_case_seconds),
-                      cases=tuple(args.cases),
-                      seed=args.seed, retest_failures=args.retest)
+                      cases=tuple(args.cases), seed=args.seed, retest_failures=args.retest, declarations=declarations)
+
+
+def _user_repository(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """For a gate of declared models: (the user's repository, its declaring file's path inside it); None for
+    optcv's reference models."""
+    declared = [m for m in args.models if m not in MODELS]
+    if not declared:
+        return None
+    path = args.declarations or find_declarations()
+    if path is None:
+        raise OptcvError(f"unknown gate model {declared[0]}: choose from {', '.join(MODELS)}, or declare your own "
+                         "in pyproject.toml (see the README's \"Your own model\")")
+    if len(declared) != len(args.models):
+        raise OptcvError("gate either optcv's reference models or your declared ones, not both: got "
+                         + " ".join(args.models))
+    path = declarations_path(path).resolve()
+    known = load_declarations(path, known_backends=BACKENDS)
+    unknown = [m for m in declared if m not in known]
+    if unknown:
+        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *known])}")
+    repo = repo_root(path.parent)
+    if repo is None:
+        raise OptcvError(f"{path} is not in a git repository, so there is no base revision to gate against; "
+                         "commit it to a git repository first")
+    return repo, str(path.relative_to(repo.resolve()))
 
 
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
@@ -145,8 +177,11 @@ def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -
 
 def _gate_ab(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    outcome = run_gate(_gate_config(args), Thresholds.load(args.thresholds, args.threshold), against=args.against,
-                       base_python=args.base_python, data_dir=args.data_dir,
+    user = _user_repository(args)
+    repo, declarations = user if user else (None, None)
+    outcome = run_gate(_gate_config(args, declarations), Thresholds.load(args.thresholds, args.threshold),
+                       against=args.against, base_python=args.base_python, head_tree=repo, repo=repo,
+                       data_dir=args.data_dir,
                        baseline=args.baseline or DEFAULT_BASELINE,
                        even_if_unchanged=args.even_if_unchanged, allow_no_base=args.allow_no_base, log=log,
                        progress=progress(args))

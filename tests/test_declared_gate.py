@@ -1,0 +1,142 @@
+"""The A/B gate on a user's declared models: the sides are revisions of their repository, each side's model is
+built from its own revision, and optcv itself is the same on both sides. Nothing here judges a speed: the
+gate's power on declared models is measured in benchmarks/ (alone on the machine)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from optcv.cli import main
+from optcv.declared.config import load_declarations
+from optcv.errors import OptcvError
+from optcv.gate.config import GateConfig, case_specs, recipes_for
+from optcv.gate.run import SameCode, _same_code, run_ab
+from optcv.gate.sides import HEAD_TREE, sides_for
+from optcv.gate.workers import build_all_artifacts
+from optcv.runtime import BACKENDS
+from tests.user_repo import NETS, TINY, write_user_repo
+
+SLOWER_FORWARD = NETS.replace("return self.head(self.conv(x).relu().mean((2, 3)))",
+                              "return self.head(self.conv(x).relu().exp().log().mean((2, 3)))")
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def _committed_repo(root, declarations=TINY, folder="."):
+    """A git repository whose `folder` holds the user's project, committed once."""
+    path = write_user_repo(root / folder, declarations)
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base")
+    return path
+
+
+def _config(**changes):
+    return dataclasses.replace(GateConfig(models=("tiny",), declarations="pyproject.toml"), **changes)
+
+
+def test_a_declared_models_cases_are_what_its_declaration_lists(tmp_path):
+    declared = load_declarations(write_user_repo(tmp_path), known_backends=tuple(BACKENDS))
+    ids = [s["id"] for s in case_specs(_config(), declared)]
+    assert ids == ["tiny/pytorch/b1/t1", "tiny/pytorch/b4/t1", "tiny/onnxruntime/b1/t1", "tiny/onnxruntime/b4/t1"]
+    assert [s["id"] for s in case_specs(_config(cases=("*/onnxruntime/b4/*",)), declared)] == [
+        "tiny/onnxruntime/b4/t1"]
+    assert [s["id"] for s in case_specs(_config(backends=("pytorch",)), declared)] == [
+        "tiny/pytorch/b1/t1", "tiny/pytorch/b4/t1"]
+    with pytest.raises(OptcvError, match="unknown gate model nope: choose from .*tiny"):
+        case_specs(_config(models=("nope",)), declared)
+    assert recipes_for(case_specs(_config(), declared), "pyproject.toml") == {
+        "tiny": {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["onnxruntime", "pytorch"]}}
+
+
+def test_a_user_repositorys_sides_are_its_revisions_measured_by_this_optcv(tmp_path):
+    _committed_repo(tmp_path, folder="app")
+    with sides_for("HEAD", None, tmp_path / "app", None, user_repository=True) as sides:
+        assert not isinstance(sides, str)
+        base, head = sides
+        assert base.tree.name == "app" and (base.tree / "usernets" / "nets.py").is_file()
+        assert base.tree.resolve() != head.tree.resolve() == (tmp_path / "app").resolve()
+        assert base.harness == head.harness == HEAD_TREE and base.optcv_root == HEAD_TREE
+        # The revision's own packages first, then the optcv that measures, then the user's own path.
+        path = base.env()["PYTHONPATH"].split(os.pathsep)
+        assert path[:2] == [str(base.tree), str(HEAD_TREE)]
+
+
+def test_each_side_builds_the_model_of_its_own_revision(tmp_path):
+    path = _committed_repo(tmp_path / "repo")
+    (path.parent / "usernets" / "nets.py").write_text(SLOWER_FORWARD)  # the head: an uncommitted edit
+    declared = load_declarations(path, known_backends=tuple(BACKENDS))
+    specs = case_specs(_config(backends=("onnxruntime",)), declared)
+    work = tmp_path / "work"
+    work.mkdir()
+    with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
+        assert not isinstance(sides, str)
+        built = build_all_artifacts(sides, work, recipes_for(specs, "pyproject.toml"), None, tmp_path / "cache")
+    ops = {label: [n.op_type for n in onnx.load(built[label]["models"]["tiny"]["onnx"]).graph.node]
+           for label in ("base", "head")}
+    assert "Exp" in ops["head"] and "Exp" not in ops["base"], ops
+
+
+def test_a_factory_from_outside_the_sides_tree_is_refused_naming_where_it_came_from(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    write_user_repo(elsewhere)
+    path = _committed_repo(tmp_path / "repo", TINY.replace("usernets.nets:build", "othernets.nets:build"))
+    (elsewhere / "usernets").rename(elsewhere / "othernets")
+    declared = load_declarations(path, known_backends=tuple(BACKENDS))
+    specs = case_specs(_config(backends=("onnxruntime",)), declared)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(elsewhere), os.environ.get("PYTHONPATH", "")])}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "environ", env)
+        with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
+            assert not isinstance(sides, str)
+            with pytest.raises(Exception, match="othernets.nets was imported from .*elsewhere.* outside this side"):
+                build_all_artifacts(sides, work, recipes_for(specs, "pyproject.toml"), None, tmp_path / "cache")
+
+
+def test_a_commit_that_changes_no_model_input_is_not_timed(tmp_path):
+    path = _committed_repo(tmp_path)
+    (tmp_path / "README.md").write_text("# their app\n")
+    assert isinstance(run_ab(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path), SameCode)
+    (path.parent / "usernets" / "nets.py").write_text(NETS + "# a comment\n")
+    with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
+        assert not isinstance(sides, str)
+        assert _same_code(*sides) is None  # the code changed, so it is timed (and must pass)
+
+
+def test_cli_gate_refuses_in_one_line_what_it_cannot_gate(tmp_path, monkeypatch, capsys):
+    path = _committed_repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["gate", "--models", "tiny"]) == 2  # one commit: no parent to time against
+    assert "no base to time against" in capsys.readouterr().err
+    assert main(["gate", "--models", "tiny", "tutorial"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["gate", "--models", "nope", "--declarations", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown gate model nope: choose from" in err and "tiny" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["gate", "--models", "vgg"]) == 2
+    assert "declare your own" in capsys.readouterr().err
+
+
+def test_a_declared_models_gate_times_both_revisions_end_to_end(tmp_path):
+    path = _committed_repo(tmp_path)
+    (path.parent / "usernets" / "nets.py").write_text(SLOWER_FORWARD)
+    config = _config(backends=("onnxruntime",), cases=("*/b1/*",), min_rounds=5, case_seconds=0.2,
+                     max_case_seconds=0.2, workers_per_side=1, retest_failures=False, profile_ms=0)
+    result = run_ab(config, against="HEAD", head_tree=path.parent, repo=tmp_path)
+    assert not isinstance(result, str | SameCode)
+    assert [f.case for f in result.findings] == ["tiny/onnxruntime/b1/t1"]
+    assert result.base["harness"] == result.head["harness"] == str(HEAD_TREE)
+    assert result.base["code_hash"] != result.head["code_hash"]
+    assert result.head["settings"]["tiny/onnxruntime/b1/t1"]["backend"] == "onnxruntime"
+    assert sys.executable == result.base["python"]
