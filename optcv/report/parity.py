@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optcv.data import CLASSES, SHORT_NAMES
+from optcv.measure.declared import DeclaredParity
 from optcv.measure.parity import AgreementResult, Evaluation, ParityResult
 from optcv.report.tables import markdown_table
 
@@ -66,3 +67,13 @@ def agreement_line(result: AgreementResult) -> str:
     return (f"{status}: {result.backend} vs {result.reference} on {result.n_inputs:,} inputs: top-1 agrees on "
             f"{100 * result.agreement:.1f} % ({result.n_disagree} differ); max |logit difference| "
             f"{result.max_abs_diff:.3g}; required: the reference's class on {bar}{logits}")
+
+
+def declared_parity_text(checked: DeclaredParity) -> str:
+    """`optcv evaluate NAME`'s output: per class with labels, else each backend's agreement line."""
+    if checked.evaluation is not None:
+        return evaluation_text(checked.evaluation, checked.verdicts)
+    reference = checked.agreement[0].reference if checked.agreement else "the reference"
+    lines = [f"{checked.model}: no labels declared, so each backend is held to {reference}'s top-1 on "
+             f"{checked.n_inputs:,} {checked.inputs} inputs"]
+    return "\n".join([*lines, *(agreement_line(r) for r in checked.agreement)])

@@ -6,8 +6,6 @@ import argparse
 import sys
 from dataclasses import asdict
 
-import torch
-
 from optcv._io import write_json
 from optcv.backends.base import all_closed
 from optcv.cli.common import (
@@ -18,11 +16,11 @@ from optcv.cli.common import (
     positive_int,
     progress,
 )
-from optcv.data import Split, load_cifar10, stratified_subset
+from optcv.data import load_cifar10, stratified_subset
 from optcv.declared.config import DeclaredModel
-from optcv.declared.inputs import labelled_inputs, sample_inputs
-from optcv.measure.parity import agreement_on_inputs, evaluate_backends, parity
-from optcv.report.parity import agreement_line, evaluation_text
+from optcv.measure.declared import check_declared
+from optcv.measure.parity import evaluate_backends, parity
+from optcv.report.parity import declared_parity_text, evaluation_text
 from optcv.runtime import ModelSource, make_predictor
 
 
@@ -39,15 +37,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     source, backends, declared = chosen_model(args)
-    if declared is not None and declared.labels is None:
-        return _agreement(args, source, backends, declared)
     if declared is not None:
-        assert declared.labels is not None
-        inputs, labels, classes = labelled_inputs(declared.input, declared.labels)
-        split = stratified_subset(Split(torch.from_numpy(inputs), torch.from_numpy(labels), classes), args.test_size)
-    else:
-        data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
-        split = stratified_subset(data.test, args.test_size, seed=0)
+        return _declared(args, source, backends, declared)
+    data = load_cifar10(args.data_dir, download=args.download, progress=progress(args))
+    split = stratified_subset(data.test, args.test_size, seed=0)
     with all_closed([make_predictor(b, source, args.threads) for b in backends]) as predictors:
         evaluation = evaluate_backends(predictors, split)
     verdicts = [parity(evaluation, b.backend) for b in evaluation.backends[1:]]
@@ -56,28 +49,21 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, {**evaluation.to_dict(),
                                "parity": [{**asdict(v), "passed": v.passed} for v in verdicts]})
         print(f"\nwrote {args.json}")
-    failed = [v for v in verdicts if not v.passed]
-    if failed:
-        print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: "
-              f"{', '.join(v.backend for v in failed)}", file=sys.stderr)
-        return EXIT_REGRESSION
-    return 0
+    return _verdict([v.backend for v in verdicts if not v.passed])
 
 
-def _agreement(args: argparse.Namespace, source: ModelSource, backends: tuple[str, ...], model: DeclaredModel) -> int:
-    inputs = sample_inputs(model.input, args.test_size or model.agreement_inputs)
-    with all_closed([make_predictor(b, source, args.threads) for b in backends]) as predictors:
-        results = agreement_on_inputs(predictors, inputs, model.tolerances)
-    print(f"{model.name}: no labels declared, so each backend is held to {backends[0]}'s top-1 on {len(inputs):,} "
-          f"{'sample' if model.input.samples else 'synthetic'} inputs")
-    print("\n".join(agreement_line(r) for r in results))
+def _declared(args: argparse.Namespace, source: ModelSource, backends: tuple[str, ...], model: DeclaredModel) -> int:
+    checked = check_declared(model, source, backends, args.threads, args.test_size)
+    print(declared_parity_text(checked))
     if args.json:
-        write_json(args.json, {"model": model.name, "n_inputs": len(inputs),
-                               "agreement": [{**asdict(r), "passed": r.passed} for r in results]})
+        write_json(args.json, checked.to_dict())
         print(f"\nwrote {args.json}")
-    failed = [r for r in results if not r.passed]
+    return _verdict(checked.failed)
+
+
+def _verdict(failed: list[str]) -> int:
     if failed:
-        print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: "
-              f"{', '.join(r.backend for r in failed)}", file=sys.stderr)
+        print(f"optcv evaluate: {len(failed)} backend(s) outside their parity tolerance: {', '.join(failed)}",
+              file=sys.stderr)
         return EXIT_REGRESSION
     return 0
