@@ -1,0 +1,66 @@
+"""optcv's pytest plugin (the `pytest11` entry point `optcv`): in a repository that declares its models,
+`pytest --optcv` adds their parity and latency cases (pytest-benchmark: `--benchmark-json`, `--benchmark-autosave`
+and `--benchmark-compare` work on them as on any benchmark) and `pytest --optcv-gate-against REV` adds the A/B
+gate of the working tree against REV on those models.
+
+Without these flags it only registers them: a test run of any project with optcv installed is unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CASES_MODULE = Path(__file__).resolve().with_name("cases.py")
+PLAN = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("optcv", "optcv: your declared models' parity, latency and A/B gate")
+    group.addoption("--optcv", action="store_true",
+                    help="add the parity and latency cases of the models declared in pyproject.toml or optcv.toml")
+    group.addoption("--optcv-declarations", metavar="FILE",
+                    help="the file declaring the models (default: the nearest to the rootdir)")
+    group.addoption("--optcv-models", metavar="NAME", nargs="+", help="only these declared models (default: all)")
+    group.addoption("--optcv-gate-against", metavar="REV",
+                    help="add the A/B gate of this working tree against revision REV on the declared models")
+    group.addoption("--optcv-gate-json", metavar="FILE", help="write every number of the gate to this JSON file")
+    group.addoption("--optcv-gate-cases", metavar="GLOB", nargs="+",
+                    help="the gate's cases, as globs over names like resnet50/onnxruntime/b1/t1 (default: every "
+                         "case the declarations list)")
+
+
+def active(config: pytest.Config) -> bool:
+    return bool(config.getoption("optcv") or config.getoption("optcv_gate_against"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not active(config):
+        return
+    if config.getoption("optcv") and not config.pluginmanager.hasplugin("benchmark"):
+        raise pytest.UsageError("optcv: --optcv times its cases with pytest-benchmark, which is not installed; "
+                                "pip install 'optcv[pytest]'")
+    from optcv.errors import OptcvError
+    from optcv.plugin.plan import make_plan
+
+    try:
+        config.stash[PLAN] = make_plan(config.getoption("optcv_declarations"), config.rootpath,
+                                       config.getoption("optcv_models"), bool(config.getoption("optcv")),
+                                       config.getoption("optcv_gate_against"), config.getoption("optcv_gate_cases"))
+    except OptcvError as exc:  # a bad declaration: one line, as from the CLI
+        raise pytest.UsageError(f"optcv: {exc}") from None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m deselect, so they select among these cases too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not active(config):
+        return
+    # Named "optcv" rather than by the module's path, which lies outside the user's rootdir.
+    module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="optcv")
+    # A kind of case the plan has none of (no gate asked for) would collect as an empty-parameter skip: left out.
+    plan = config.stash[PLAN]
+    wanted = {name for name, cases in (("test_optcv_parity", plan.parity), ("test_optcv_latency", plan.latency),
+                                       ("test_optcv_gate", plan.gate_against)) if cases}
+    items.extend(item for item in module.collect() if isinstance(item, pytest.Function) and item.originalname in wanted)
