@@ -259,7 +259,8 @@ def test_the_readmes_declaration_is_read_and_built_as_it_stands(tmp_path, capsys
     (tmp_path / "models").mkdir()
     write_onnx(tmp_path / "models" / "head.onnx", shape=(3, 224, 224), classes=4)
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "their-app"\n\n' + declaration)
-    assert main(["models", "--declarations", str(tmp_path / "pyproject.toml")]) == 0
+    # --no-backends: an ImageNet-sized export and int8 calibration would take minutes in a unit test.
+    assert main(["models", "--no-backends", "--declarations", str(tmp_path / "pyproject.toml")]) == 0
     out = capsys.readouterr().out
     assert "| resnet50 " in out and "| detector-head " in out and "23,528,522" in out, out
 
