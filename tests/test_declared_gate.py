@@ -19,6 +19,7 @@ from optcv.gate.config import GateConfig, case_specs, recipes_for
 from optcv.gate.run import SameCode, _same_code, run_ab
 from optcv.gate.sides import HEAD_TREE, sides_for
 from optcv.gate.workers import build_all_artifacts
+from optcv.report.gate import outcome_markdown
 from optcv.runtime import BACKENDS
 from tests.user_repo import NETS, TINY, write_user_repo
 
@@ -106,7 +107,9 @@ def test_a_factory_from_outside_the_sides_tree_is_refused_naming_where_it_came_f
 def test_a_commit_that_changes_no_model_input_is_not_timed(tmp_path):
     path = _committed_repo(tmp_path)
     (tmp_path / "README.md").write_text("# their app\n")
-    assert isinstance(run_ab(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path), SameCode)
+    same = run_ab(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path)
+    assert isinstance(same, SameCode) and same.user_models
+    assert "the same files their declared models are made of" in outcome_markdown(same)
     (path.parent / "usernets" / "nets.py").write_text(NETS + "# a comment\n")
     with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
         assert not isinstance(sides, str)

@@ -28,6 +28,7 @@ class SameCode:
     base: str
     head: str
     code_hash: str
+    user_models: bool = False  # the sides are a user's repository: what was compared is their models' files
 
     @property
     def regressions(self) -> list[Any]:
@@ -37,7 +38,8 @@ class SameCode:
         pass
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SAME_CODE_SCHEMA, "base": self.base, "head": self.head, "code_hash": self.code_hash}
+        return {"schema": SAME_CODE_SCHEMA, "base": self.base, "head": self.head, "code_hash": self.code_hash,
+                "user_models": self.user_models}
 
 
 GateOutcome = GateResult | RatioFallback | SameCode
@@ -87,4 +89,5 @@ def _same_code(base: Side, head: Side) -> SameCode | None:
     found = hash_of(head.tree)
     if base.python != head.python or hash_of(base.tree) != found:
         return None
-    return SameCode(base.revision or str(base.tree), head.revision or str(head.tree), found)
+    return SameCode(base.revision or str(base.tree), head.revision or str(head.tree), found,
+                    user_models=head.harness is not None)
