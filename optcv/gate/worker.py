@@ -136,6 +136,18 @@ def _build_declared(recipe: dict[str, Any], tree: Path, cache_dir: Path) -> dict
     return {**entry, "onnx": str(source.onnx)}
 
 
+_DECLARED: dict[str, Any] = {}
+
+
+def _declared_source(entry: dict[str, Any]) -> tuple[Any, Any]:
+    """(the declared model, its ModelSource), built once per worker: every case of a model shares them (the
+    factory, its forward check and the weights' digest cost seconds on an ImageNet-sized net)."""
+    if entry["declared"] not in _DECLARED:
+        model = _declared_model(entry)
+        _DECLARED[entry["declared"]] = model, side_module("runtime").declared_source(model, Path(entry["cache_dir"]))
+    return _DECLARED[entry["declared"]]
+
+
 def _check_factory_origin(module: Any, tree: Path) -> None:
     """The factory's module comes from this side's tree, or from an installed package (torchvision's models:
     the same on both sides by right). From anywhere else (an editable install, a path on PYTHONPATH) the base
@@ -230,31 +242,26 @@ class Case:
             self._setup_train(model, inputs["train_images"], inputs["train_labels"])
 
     def _setup_predict(self, model: dict[str, str], images: np.ndarray) -> None:
-        runtime = side_module("runtime")
-        source = runtime.ModelSource(Path(model["checkpoint"]), Path(model["onnx"]))
-        batch = self.spec["batch"]
-        # A compiling backend prepares the case's batch size here, in the set-up, never inside a timing.
-        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
-        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"], **options)
-        self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
-        self.position = 0
-        self.settings = self.predictor.describe()
-        self.onnx_path = model["onnx"]
+        source = side_module("runtime").ModelSource(Path(model["checkpoint"]), Path(model["onnx"]))
+        self._use_predictor(source, images, model["onnx"])
 
     def _setup_declared(self, entry: dict[str, Any]) -> None:
         """A declared model's predictor, on inputs drawn from its declaration (the same seed on both sides)."""
-        runtime = side_module("runtime")
-        model = _declared_model(entry)
-        source = runtime.declared_source(model, Path(entry["cache_dir"]))
-        batch = self.spec["batch"]
-        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
-        self.predictor = runtime.make_predictor(self.spec["backend"], source, self.spec["threads"], **options)
-        count = max(1, DECLARED_INPUTS // batch) * batch
+        model, source = _declared_source(entry)
+        count = max(1, DECLARED_INPUTS // self.spec["batch"]) * self.spec["batch"]
         images = side_module("declared_inputs").sample_inputs(model.input, count, seed=0)
-        self.inputs = [images[i:i + batch] for i in range(0, count, batch)]
+        self._use_predictor(source, images, entry["onnx"])
+
+    def _use_predictor(self, source: Any, images: np.ndarray, onnx_path: str) -> None:
+        batch = self.spec["batch"]
+        # A compiling backend prepares the case's batch size here, in the set-up, never inside a timing.
+        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
+        self.predictor = side_module("runtime").make_predictor(self.spec["backend"], source, self.spec["threads"],
+                                                               **options)
+        self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
         self.position = 0
         self.settings = self.predictor.describe()
-        self.onnx_path = entry["onnx"]
+        self.onnx_path = onnx_path
 
     def _setup_train(self, model: dict[str, str], images: np.ndarray, labels: np.ndarray) -> None:
         import torch
