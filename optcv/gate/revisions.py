@@ -24,6 +24,17 @@ def repo_root(tree: Path) -> Path | None:
     return Path(done.stdout.strip()) if done.returncode == 0 else None
 
 
+def declaring_repository(declarations: Path) -> tuple[Path, str]:
+    """(the git repository that holds a file declaring a user's models, the file's path inside it): the trees a
+    gate of those models compares, and where each revision declares them."""
+    declarations = declarations.resolve()
+    repo = repo_root(declarations.parent)
+    if repo is None:
+        raise GateSetupError(f"{declarations} is not in a git repository, so there is no base revision to gate "
+                             "against; commit it to a git repository first")
+    return repo, str(declarations.relative_to(repo.resolve()))
+
+
 def default_base_revision(repo: Path) -> str:
     """The merge-base with the main branch when on another branch, else HEAD~1."""
     branch = subprocess.run(["git", "-C", str(repo), "rev-parse", "--abbrev-ref", "HEAD"],

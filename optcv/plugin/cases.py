@@ -74,17 +74,15 @@ def test_optcv_latency(request: pytest.FixtureRequest, benchmark: Any, latency_c
 def test_optcv_gate(request: pytest.FixtureRequest, gate_against: str) -> None:
     from optcv._io import write_json
     from optcv.gate.config import GateConfig
-    from optcv.gate.revisions import repo_root
+    from optcv.gate.revisions import declaring_repository
     from optcv.gate.run import run_gate
     from optcv.gate.verdict import Thresholds
     from optcv.report.gate import outcome_failure_lines, outcome_markdown
 
     plan = request.config.stash[PLAN]
-    repo = repo_root(plan.declarations.parent)
-    assert repo is not None, f"{plan.declarations} is not in a git repository: the gate has no revisions"
+    repo, declarations = declaring_repository(plan.declarations)
     cases = {"cases": plan.gate_cases} if plan.gate_cases else {}
-    config = GateConfig(models=tuple(plan.models), declarations=str(plan.declarations.relative_to(repo.resolve())),
-                        **cases)
+    config = GateConfig(models=tuple(plan.models), declarations=declarations, **cases)
     outcome = run_gate(config, Thresholds(), against=gate_against, head_tree=repo, repo=repo)
     markdown = outcome_markdown(outcome)
     request.node.user_properties.append(("optcv_gate", markdown))

@@ -30,7 +30,7 @@ from optcv.gate.ratio import (
     ratios_of,
     recorded_ratios,
 )
-from optcv.gate.revisions import repo_root
+from optcv.gate.revisions import declaring_repository
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
@@ -157,11 +157,7 @@ def _user_repository(args: argparse.Namespace) -> tuple[Path, str] | None:
     unknown = [m for m in declared if m not in known]
     if unknown:
         raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *known])}")
-    repo = repo_root(path.parent)
-    if repo is None:
-        raise OptcvError(f"{path} is not in a git repository, so there is no base revision to gate against; "
-                         "commit it to a git repository first")
-    return repo, str(path.relative_to(repo.resolve()))
+    return declaring_repository(path)
 
 
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
