@@ -16,7 +16,7 @@ import pytest
 from conftest import skip_or_fail
 from optcv.backends.base import Predictor
 from optcv.data import CIFAR10, default_cache_dir, load_cifar10
-from optcv.env import cpu_model, package_versions
+from optcv.env import cpu_model, isa_flags, package_versions
 from optcv.env import usable_cores as default_threads
 from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, RECORD_BASELINE, load_json, make_baseline
 from optcv.measure.latency import pick_fastest
@@ -85,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_benchmark_generate_machine_info(config: pytest.Config) -> dict[str, Any]:
-    """Only what makes timings comparable: CPU, cores, Python and the runtimes' versions.
+    """Only what makes timings comparable: CPU, its ISA flags, cores, Python and the runtimes' versions.
 
     pytest-benchmark compares the whole dict and warns on any difference; the default one holds the
     hostname and the current clock, which differ on every run of a shared machine.
@@ -97,6 +97,7 @@ def pytest_benchmark_generate_machine_info(config: pytest.Config) -> dict[str, A
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "isa": isa_flags(),  # what `optcv history import` keeps machines apart by, with the CPU and cores
         "machine": platform.machine(),
         "python_implementation": platform.python_implementation(),
         "python_version": platform.python_version(),

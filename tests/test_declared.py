@@ -10,6 +10,7 @@ from optcv.cli import main
 from optcv.declared.build import build_torch_model, check_model
 from optcv.declared.config import DeclarationError, find_declarations, load_declarations
 from optcv.declared.inputs import labelled_inputs, sample_inputs, synthetic_inputs
+from optcv.history.store import HistoryStore
 from optcv.runtime import BACKENDS
 from tests.user_repo import TINY, write_images, write_labelled, write_onnx, write_user_repo
 
@@ -270,8 +271,14 @@ def test_bench_times_a_declared_model_on_its_own_inputs_with_its_limits(tmp_path
 
     path = write_user_repo(tmp_path / "repo")
     out = tmp_path / "bench.json"
+    history = tmp_path / "history.sqlite"
     assert main(["bench", "tiny", "--declarations", str(path), "--no-calibrate", "--threads", "1", "-n", "40",
-                 "--chunk", "20", "--batch-sizes", "4", "--json", str(out), "--quiet"]) == 0
+                 "--chunk", "20", "--batch-sizes", "4", "--json", str(out), "--quiet", "--history", str(history)]) == 0
+    with HistoryStore(history) as store:  # the run was recorded, at the commit it ran in, with its intervals
+        (run,) = store.runs()
+    assert run.record.kind == "bench" and run.record.commit and len(run.record.machine.key) == 12
+    latency = next(m for m in run.record.measurements if m.case == "tiny/onnxruntime/b1")
+    assert latency.n == 40 and latency.low <= latency.value <= latency.high
     result = json.loads(out.read_text())
     assert result["model"] == "tiny" and set(result["backends"]) == {"pytorch", "onnxruntime"}
     # the MACs counted on the declared input: a 3x3 convolution 3 -> 4 channels at 16x16, then a 4 -> 5 linear layer
@@ -283,7 +290,8 @@ def test_how_fast_measures_a_declared_model_beside_no_reference_one(tmp_path, ca
     path = write_user_repo(tmp_path / "repo")
     out = tmp_path / "hf"
     assert main(["how-fast", "--models", "tiny", "--declarations", str(path), "--backends", "pytorch", "onnxruntime",
-                 "openvino", "--batch-size", "4", "--seconds", "0.05", "--out", str(out), "--quiet"]) == 0
+                 "openvino", "--batch-size", "4", "--seconds", "0.05", "--out", str(out), "--quiet",
+                 "--no-history"]) == 0
     table = (out / "how-fast.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and all("| —" in row for row in rows)  # openvino is not among its backends

@@ -20,7 +20,7 @@ from optcv._io import write_json
 from optcv.backends.base import Predictor
 from optcv.env import environment_info
 from optcv.errors import OptcvError, require_at_least_one
-from optcv.stats import BOOTSTRAP_RESAMPLES, bootstrap_median_ci
+from optcv.stats import BOOTSTRAP_RESAMPLES, bootstrap_median_ci, median_ci_order_statistics
 
 RESULT_SCHEMA = "optcv-bench/1"
 
@@ -52,11 +52,14 @@ class LatencyStats:
     p95_us: float
     min_us: float
     stdev_us: float
+    median_ci_low_us: float | None = None  # the median's 95 % interval (order statistics); None in older files
+    median_ci_high_us: float | None = None
 
     @classmethod
     def from_samples(cls, samples_us: np.ndarray) -> LatencyStats:
+        low, high = median_ci_order_statistics(samples_us)
         return cls(int(samples_us.size), float(samples_us.mean()), float(np.median(samples_us)),
-                   float(np.percentile(samples_us, 95)), float(samples_us.min()), float(samples_us.std()))
+                   float(np.percentile(samples_us, 95)), float(samples_us.min()), float(samples_us.std()), low, high)
 
 
 @dataclass(frozen=True)

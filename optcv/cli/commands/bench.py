@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from optcv._io import write_json
+from optcv.cli.commands.history import add_history_option, record_in_history
 from optcv.cli.common import (
     add_data_options,
     add_model_options,
@@ -49,6 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                             "beside the model (MODEL.settings.json), which later runs of bench then use")
     bench.add_argument("--json", help="write the results to this JSON file (input of `optcv gate`)")
     bench.add_argument("--quiet", action="store_true")
+    add_history_option(bench, recording=True)
     add_data_options(bench)
     bench.set_defaults(func=run)
 
@@ -85,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\nlimits: an ONNX-only model has no PyTorch code to count its multiply-accumulates; declare a factory "
               "for them")
+    data = {**result.to_dict(), "limits": limits.to_dict() if limits else None}
     if args.json:
-        write_json(args.json, {**result.to_dict(), "limits": limits.to_dict() if limits else None})
+        write_json(args.json, data)
         print(f"wrote {args.json}")
+    record_in_history(args, data)
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from optcv._io import write_json, write_text
+from optcv.cli.commands.history import add_history_option, record_in_history
 from optcv.cli.common import (
     EXIT_REGRESSION,
     add_data_options,
@@ -33,7 +34,8 @@ from optcv.gate.ratio import (
 from optcv.gate.revisions import declaring_repository
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
-from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, Thresholds
+from optcv.gate.sides import HEAD_TREE
+from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, GateResult, Thresholds
 from optcv.report.gate import outcome_failure_lines, outcome_markdown, self_test_markdown
 
 
@@ -99,6 +101,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=list(selftest.THRESHOLDS_PCT),
                       metavar="PCT", help="thresholds the self-test judges at")
     gate.add_argument("--quiet", action="store_true")
+    add_history_option(gate, recording=True)
     add_data_options(gate)
     gate.set_defaults(func=run)
 
@@ -186,6 +189,8 @@ def _gate_ab(args: argparse.Namespace) -> int:
     _publish(args, markdown, outcome.to_dict())
     for line in outcome_failure_lines(outcome):
         print(line, file=sys.stderr)
+    if isinstance(outcome, GateResult):  # nothing timed (same code, the ratio fallback): nothing to keep
+        record_in_history(args, outcome.to_dict(), tree=repo or HEAD_TREE, summary=markdown)
     return EXIT_REGRESSION if outcome.regressions else 0
 
 

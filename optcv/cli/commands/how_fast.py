@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from optcv._io import write_json, write_text
+from optcv.cli.commands.history import add_history_option, record_in_history
 from optcv.cli.common import (
     add_data_options,
     declarations_path,
@@ -39,6 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="timed single-image work per backend and model (calls scale with the model's cost)")
     how.add_argument("--out", default="how-fast", help="folder for how-fast.md, how-fast.json, how-fast.png")
     how.add_argument("--quiet", action="store_true")
+    add_history_option(how, recording=True)
     add_data_options(how)
     how.set_defaults(func=run)
 
@@ -58,4 +60,5 @@ def run(args: argparse.Namespace) -> int:
     written = [write_text(out / "how-fast.md", markdown + "\n"), write_json(out / "how-fast.json", result),
                plot_how_fast(result, out / "how-fast.png")]
     print(f"wrote {', '.join(str(p) for p in written)}")
+    record_in_history(args, result, summary=markdown)
     return 0

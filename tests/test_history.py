@@ -1,0 +1,316 @@
+"""The history: its database (SQLite and PostgreSQL, migrations, concurrent writers), what it reads, the steps it
+finds at their boundary, the CLI, and the dashboard in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from conftest import skip_or_fail
+from optcv.history.ingest import HistoryInputError, record_of, record_of_file
+from optcv.history.records import CHANGE_PCT, GATE, LATENCY_US, THROUGHPUT, Measurement, RunRecord
+from optcv.history.steps import find_steps
+from optcv.history.store import HistoryError, HistoryStore, migrate, schema_version
+from optcv.history.trends import found_steps, trends
+from optcv.stats import median_ci_order_statistics
+from tests.history_data import AMD, INTEL, START, fill_history, noisy_levels
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "benchmarks" / "baselines" / "Linux-CPython-3.11-64bit" / "0001_baseline.json"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "optcv", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    # n = 100: ranks ⌊50 − 9.8⌋ = 40 and ⌈1 + 50 + 9.8⌉ = 61 (1-based).
+    assert median_ci_order_statistics(np.arange(1, 101)) == (40.0, 61.0)
+    assert median_ci_order_statistics([7.0]) == (7.0, 7.0)
+
+
+# Steps at their boundary: 40 runs, 2 % noise between runs, each run's own interval ±3.9 %.
+def _series(step_at: int | None, step_pct: float, seed: int, noise: float = 2.0):
+    values = noisy_levels(40, step_at, step_pct, noise, seed)
+    half = 100 * 0.02 * 1.96
+    return values, values - half, values + half
+
+
+def test_a_step_well_above_the_noise_is_found_where_it_is():
+    found = [find_steps(*_series(20, 10.0, seed)) for seed in range(50)]
+    placed = sum(any(abs(s.index - 20) <= 1 for s in steps) for steps in found)
+    assert placed >= 48, f"a 10 % step found at its place in {placed}/50 series"
+    assert all(len(steps) <= 1 for steps in found)
+    step = next(s for steps in found for s in steps)
+    assert step.up and 8 < step.change_pct < 12
+
+
+def test_a_step_inside_the_intervals_and_no_step_are_not_claimed():
+    below = sum(len(find_steps(*_series(20, 3.0, seed))) for seed in range(50))
+    unchanged = sum(len(find_steps(*_series(None, 0.0, seed))) for seed in range(100))
+    assert below == 0, f"a 3 % step, inside the runs' ±3.9 % intervals, claimed {below} times"
+    assert unchanged == 0, f"{unchanged} false steps in 100 unchanged series"
+
+
+def test_two_steps_are_both_found_and_a_short_tail_is_not_a_step_yet():
+    values = np.concatenate([np.full(12, 100.0), np.full(12, 130.0), np.full(12, 90.0)])
+    values = values * (1 + np.random.default_rng(0).normal(0, 0.01, 36))
+    assert [s.index for s in find_steps(values)] == [12, 24]
+    assert [s.up for s in find_steps(values)] == [True, False]
+    assert find_steps(np.concatenate([np.full(20, 100.0), [150.0, 150.0]])) == []  # two runs are not a trend
+
+
+def test_store_keeps_every_number_and_finds_the_step_per_machine(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        made = fill_history(store)
+        cases = trends(store)
+        assert {(t.case, t.metric) for t in cases} == {("net/pytorch/b1", LATENCY_US),
+                                                        ("net/onnxruntime/b1", LATENCY_US),
+                                                        ("net/pytorch/b1/t1", CHANGE_PCT)}
+        for trend in cases:
+            assert trend.points == made["points"][trend.case]
+            assert {s.machine for s in trend.series} == {AMD, INTEL}  # one series per machine, never mixed
+        steps = found_steps(cases)
+        assert [(f.case, f.machine, f.worse) for f in steps] == [("net/pytorch/b1", AMD, True)]
+        assert (steps[0].last_before.commit, steps[0].first_after.commit) == ("05" * 20, "06" * 20)
+        gate = store.run(made["ids"][6])
+        assert gate.record.passed is False and gate.record.measurements[0].failed
+    with HistoryStore(tmp_path / "h.sqlite") as again:  # reopened: the same runs, not a new database
+        assert len(again.runs()) == 48
+
+
+def test_a_throughput_that_falls_is_worse(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i, value in enumerate([1000.0] * 5 + [800.0] * 5):
+            store.add(RunRecord("bench", START + timedelta(hours=i), AMD,
+                                measurements=(Measurement("net/onnxruntime/b64", THROUGHPUT, value),)))
+        (step,) = found_steps(trends(store))
+        assert step.worse and not step.step.up
+
+
+def test_an_older_schema_is_migrated_in_place_and_a_newer_one_refused(tmp_path):
+    path = tmp_path / "h.sqlite"
+    with HistoryStore(path) as store:
+        fill_history(store, runs_per_machine=3)
+
+    def add_note_column(conn: sa.Connection) -> None:
+        conn.execute(sa.text("ALTER TABLE optcv_runs ADD COLUMN note TEXT"))
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        assert migrate(conn, target=2, steps={1: add_note_column}) == 1
+        assert schema_version(conn) == 2
+        assert conn.execute(sa.text("SELECT count(*) FROM optcv_runs")).scalar() == 12  # rows kept
+        assert "note" in {c["name"] for c in sa.inspect(conn).get_columns("optcv_runs")}
+    engine.dispose()
+    with pytest.raises(HistoryError, match="schema version 2, newer than this optcv's 1"):
+        HistoryStore(path)
+    result = cli("history", "runs", "--history", str(path))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "upgrade optcv" in result.stderr
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from datetime import datetime, timezone
+    from optcv.history.records import Machine, Measurement, RunRecord
+    from optcv.history.store import HistoryStore
+    location, tag, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    machine = Machine("CPU " + tag, ("avx2",), 2)  # each writer also inserts a machine row of its own
+    shared = Machine("shared CPU", ("avx2",), 2)  # and both race to insert this one
+    with HistoryStore(location) as store:
+        for i in range(runs):
+            store.add(RunRecord("bench", datetime.now(timezone.utc), shared if i % 2 else machine, tag * 40,
+                                measurements=tuple(Measurement(f"{tag}/case{k}", "latency_us", float(i))
+                                                   for k in range(5))))
+""")
+
+
+def _concurrent_writers(location: str, writers: int = 3, runs: int = 15) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, location, tag, str(runs)], stderr=subprocess.PIPE,
+                              text=True) for tag in "abc"[:writers]]
+    errors = [p.communicate()[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    with HistoryStore(location) as store:
+        stored = store.runs()
+        assert len(stored) == writers * runs
+        assert all(len(r.record.measurements) == 5 for r in stored)
+        assert len({r.record.machine for r in stored}) == writers + 1
+
+
+def test_concurrent_writers_to_sqlite_lose_nothing(tmp_path):
+    _concurrent_writers(str(tmp_path / "h.sqlite"))
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh database on the PostgreSQL server .ci/run starts, dropped afterwards."""
+    url = os.environ.get("OPTCV_TEST_POSTGRES_URL")
+    if not url:
+        skip_or_fail("set OPTCV_TEST_POSTGRES_URL to a PostgreSQL URL (with optcv[postgres] installed) to test the "
+                     "history on PostgreSQL; .ci/run starts one")
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"optcv_history_{os.getpid()}_{time.time_ns()}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.full  # needs the PostgreSQL server .ci/run starts
+def test_postgresql_keeps_the_same_history_and_takes_concurrent_writers(postgres_database):
+    with HistoryStore(postgres_database) as store:
+        made = fill_history(store, runs_per_machine=8, step_at=4)
+        steps = found_steps(trends(store))
+        assert [(f.case, f.machine) for f in steps] == [("net/pytorch/b1", AMD)]
+        assert store.run(made["ids"][4]).record.passed is False
+    with sa.create_engine(postgres_database).begin() as conn:
+        conn.execute(sa.text("DELETE FROM optcv_measurements"))
+        conn.execute(sa.text("DELETE FROM optcv_runs"))
+    _concurrent_writers(postgres_database)
+
+
+def _gate_result(change: float, verdict: str) -> dict:
+    finding = {"case": "tutorial/pytorch/b1/t1", "base_median_us": 100.0, "head_median_us": 100 + change,
+               "change_pct": change, "ci_low_pct": change - 1, "ci_high_pct": change + 1, "threshold_pct": 3.0,
+               "verdict": verdict, "rounds": 30, "calls_per_turn": 50}
+    return {"schema": "optcv-ab-gate/1", "base": {"revision": "HEAD~1 (abc)"}, "head": {"revision": None},
+            "protocol": {}, "environment": {"cpu": "AMD EPYC", "cpu_count": 2, "isa": ["avx2"],
+                                            "versions": {"torch": "2.14.1"}},
+            "seconds": 40.0, "notes": [], "findings": [finding], "first_pass_of_retested": []}
+
+
+def test_results_of_every_kind_are_read_with_their_intervals():
+    gate = record_of(_gate_result(6.0, "regression"), commit="c" * 40)
+    assert (gate.kind, gate.passed, gate.commit) == (GATE, False, "c" * 40)
+    change = next(m for m in gate.measurements if m.metric == CHANGE_PCT)
+    assert (change.value, change.low, change.high, change.threshold_pct) == (6.0, 5.0, 7.0, 3.0)
+    assert record_of(_gate_result(0.5, "no significant change")).passed is True
+
+    imported = record_of_file(BASELINE)
+    assert imported.kind == "pytest-benchmark" and len(imported.measurements) == 28
+    assert imported.commit == "556c6b6b3d452a6d6b5abbb8649ab2a79780ee24"
+    assert "not recorded" in imported.machine.label()  # a file without ISA flags is never another machine's
+    first = imported.measurements[0]
+    assert first.low < first.value < first.high
+
+    with pytest.raises(HistoryInputError, match="schema 'optcv-results/1'"):
+        record_of({"schema": "optcv-results/1"}, source="results.json")
+
+
+def test_bench_results_carry_the_median_interval(tiny_tutorial, tmp_path):
+    from optcv.measure.latency import BenchConfig, run_bench
+    from optcv.runtime import make_predictor
+
+    images = np.random.default_rng(0).integers(0, 255, (16, 3, 32, 32), dtype=np.uint8)
+    config = BenchConfig(n_single=60, chunk=10, warmup=5, batch_sizes=(8,), batched_images=16, batched_rounds=3,
+                         calibration_calls=5, bootstrap=50)
+    result = run_bench({"pytorch": [make_predictor("pytorch", tiny_tutorial, 1)]}, images, config, model="tiny")
+    record = record_of({**result.to_dict(), "environment": {**result.environment, "isa": ["avx2"]}})
+    latency = next(m for m in record.measurements if m.metric == LATENCY_US)
+    assert latency.case == "tiny/pytorch/b1" and latency.n == 60
+    assert latency.low <= latency.value <= latency.high
+    assert next(m for m in record.measurements if m.metric == THROUGHPUT).case == "tiny/pytorch/b8"
+
+
+def test_cli_imports_shows_and_draws(tmp_path):
+    db = str(tmp_path / "h.sqlite")
+    gate_file = tmp_path / "gate.json"
+    gate_file.write_text(json.dumps(_gate_result(6.0, "regression")))
+    result = cli("history", "import", str(BASELINE), str(gate_file), "--commit", "d" * 40, "--history", db)
+    assert result.returncode == 0, result.stderr
+    assert "pytest-benchmark, 28 numbers" in result.stdout and "gate, 2 numbers" in result.stdout
+    shown = cli("history", "show", "tutorial/*/b1/t1", "--metric", "change_pct", "--history", db)
+    assert shown.returncode == 0 and "regression" in shown.stdout and "dddddddddd" in shown.stdout
+    drawn = cli("history", "trend", "tutorial-pytorch-t1", "--out", str(tmp_path / "png"), "--history", db)
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "png" / "tutorial-pytorch-t1__latency_us.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["history", "show", "no-such-case"], "no case matching no-such-case"),
+    (["history", "import", "README.md"], "result file README.md cannot be read"),
+    (["history", "import", "benchmarks/gate_thresholds.json"], "has schema 'optcv-gate-thresholds/1'"),
+    (["history", "runs", "--history", "postgresql://optcv@127.0.0.1:9/none"], "cannot open the history database"),
+])
+def test_bad_history_input_is_one_line_and_exit_2(tmp_path, args, expected):
+    history = [] if "--history" in args else ["--history", str(tmp_path / "h.sqlite")]
+    result = cli(*args, *history)
+    assert result.returncode == 2, result.stdout
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        skip_or_fail("the dashboard test needs a real browser: install Debian's chromium (apt-get install chromium); "
+                     ".ci/run installs it")
+    return str(found)
+
+
+def test_the_dashboard_renders_in_a_real_browser_offline(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        made = fill_history(store)
+    out = tmp_path / "dashboard"
+    written = cli("history", "html", str(out), "--history", str(tmp_path / "h.sqlite"))
+    assert written.returncode == 0, written.stderr
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # nothing fetched: every script is in the folder
+    browser = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+               "--v=0", "--virtual-time-budget=5000"]
+    shown = subprocess.run([*browser, "--dump-dom", (out / "index.html").as_uri()], capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    console = [line for line in shown.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    dom = shown.stdout
+    assert 'data-rendered="3"' in dom and "data-errors" not in dom
+    assert dom.count('<svg class="chart"') == 3
+    assert dom.count('class="series"') == 6  # three cases, two machines each
+    assert dom.count("<circle") == sum(made["points"].values())
+    assert dom.count('class="point failed"') == made["failed_gates"] == 1
+    assert dom.count('class="step worse"') == 1
+    assert 'href="runs/' in dom and (out / "runs" / f"{made['ids'][6]}.html").is_file()
+    artifacts = Path(os.environ.get("OPTCV_ARTIFACTS", tmp_path / "artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "history-dashboard.png"
+    taken = subprocess.run([*browser, "--window-size=1500,1100", f"--screenshot={shot}", (out / "index.html").as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0 and shot.read_bytes()[:4] == b"\x89PNG", taken.stderr[-2000:]
+    steps_page = (out / "regressions.html").read_text()
+    assert "net/pytorch/b1" in steps_page and "optcv bisect --good " + "05" * 6 in steps_page
+
+
+def test_a_run_on_an_uncommitted_tree_is_marked(tmp_path):
+    from optcv.history.recording import record_result
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m",
+                                   "x"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    (repo / "f.py").write_text("x = 1\n")
+    subprocess.run(["git", "-C", str(repo), "add", "f.py"], check=True)
+    run_id = record_result(_gate_result(0.0, "no significant change"), tree=repo, location=tmp_path / "h.sqlite")
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        record = store.run(run_id).record
+    assert record.details["uncommitted_changes"] is True and record.commit is not None
+    assert record.machine.isa == ("avx2",)
