@@ -13,12 +13,25 @@ import time
 from collections.abc import Sequence
 
 from optcv import __version__
-from optcv.cli.commands import bench, cache, compare, evaluate, export, gate, history, how_fast, models, run, tune
+from optcv.cli.commands import (
+    bench,
+    bisect,
+    cache,
+    compare,
+    evaluate,
+    export,
+    gate,
+    history,
+    how_fast,
+    models,
+    run,
+    tune,
+)
 from optcv.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Parser
 from optcv.cli.interrupts import interrupts_reach_the_command
 from optcv.errors import OptcvError, first_line
 
-COMMANDS = (compare, export, evaluate, run, tune, bench, how_fast, gate, history, models, cache)
+COMMANDS = (compare, export, evaluate, run, tune, bench, how_fast, gate, bisect, history, models, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

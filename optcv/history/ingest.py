@@ -5,13 +5,14 @@ the same path."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from optcv._io import read_json_object
-from optcv.env import isa_flags
+from optcv.env import cpu_model, isa_flags
 from optcv.errors import OptcvError
 from optcv.gate.verdict import RESULT_SCHEMA as GATE_SCHEMA
 from optcv.history.records import (
@@ -76,6 +77,10 @@ def _machine(environment: dict[str, Any]) -> Machine:
     isa = environment.get("isa")
     return Machine(str(environment.get("cpu", "unknown CPU")), tuple(sorted(isa)) if isa else UNKNOWN_ISA,
                    int(environment.get("cpu_count") or 0))
+
+
+def this_machine() -> Machine:
+    return _machine(current_machine_environment({"cpu": cpu_model(), "cpu_count": os.cpu_count()}))
 
 
 def current_machine_environment(environment: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""`optcv bisect`: the first commit between --good and --bad that made a case slower, the A/B gate deciding."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optcv._io import write_json
+from optcv.cli.commands.history import add_history_option
+from optcv.cli.common import (
+    EXIT_REGRESSION,
+    add_data_options,
+    declarations_path,
+    positive_float,
+    positive_int,
+    progress,
+)
+from optcv.declared.config import find_declarations, load_declarations
+from optcv.errors import OptcvError
+from optcv.gate.config import BACKENDS, MODELS, GateConfig
+from optcv.gate.revisions import declaring_repository, repo_root
+from optcv.gate.sides import HEAD_TREE
+from optcv.gate.verdict import Thresholds
+from optcv.history.bisect import RETRIES, BisectSetup, Outcome, run_bisect
+from optcv.report.bisect import bisect_markdown
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    default = GateConfig()
+    bisect = commands.add_parser(
+        "bisect", help="find the commit that made a case slower, the A/B gate deciding each step",
+        description="Binary search between --good and --bad: each candidate commit is timed against the good one, "
+                    "side by side, as `optcv gate` does. A step whose interval straddles the threshold is timed again "
+                    "with twice the rounds; one that stays inconclusive ends the search with the range found so far. "
+                    "Commits with the same timed code share a verdict. Every timing is kept in the history, and a "
+                    "re-run resumes from it. Exit 0 when the commit is found, 1 when it could not be, 2 on an error.")
+    bisect.add_argument("--good", required=True, metavar="REV", help="a commit that is not slower")
+    bisect.add_argument("--bad", required=True, metavar="REV", help="a later commit that is slower")
+    bisect.add_argument("--case", dest="cases", nargs="+", default=list(default.cases), metavar="GLOB",
+                        help="the case(s) that got slower, as globs (e.g. 'tutorial/onnxruntime/b1/t1'); default: "
+                             "the gate's pull-request set")
+    bisect.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
+                        help=f"reference models ({', '.join(MODELS)}) or your declared ones (then your repository's "
+                             "commits are bisected)")
+    bisect.add_argument("--declarations", type=Path, metavar="FILE")
+    bisect.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+    bisect.add_argument("--threshold", type=float, metavar="PCT",
+                        help=f"slower means beyond this many % (default {Thresholds().default_pct:g})")
+    bisect.add_argument("--retries", type=int, default=RETRIES,
+                        help="re-timings of an inconclusive step, each with twice the rounds")
+    bisect.add_argument("--workers", type=positive_int, default=default.workers_per_side)
+    bisect.add_argument("--case-seconds", type=positive_float, default=default.case_seconds)
+    bisect.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds)
+    bisect.add_argument("--json", help="write the steps and the result to this JSON file")
+    bisect.add_argument("--quiet", action="store_true")
+    add_history_option(bisect, recording=True)
+    add_data_options(bisect)
+    bisect.set_defaults(func=run)
+
+
+def _setup(args: argparse.Namespace) -> BisectSetup:
+    declared = [m for m in args.models if m not in MODELS]
+    declarations = None
+    if declared:
+        path = declarations_path(args.declarations or find_declarations()).resolve()
+        known = load_declarations(path, known_backends=BACKENDS)
+        unknown = [m for m in declared if m not in known]
+        if unknown or len(declared) != len(args.models):
+            raise OptcvError(f"bisect either optcv's reference models or your declared ones ({', '.join(known)}), "
+                             f"not both and no others: got {' '.join(args.models)}")
+        repo, declarations = declaring_repository(path)
+    else:
+        found = repo_root(HEAD_TREE)
+        if found is None:
+            raise OptcvError(f"optcv at {HEAD_TREE} is not a git clone, so it has no commits to bisect; run optcv from "
+                             "a clone of its repository (or bisect your own declared models)")
+        repo = found
+    config = GateConfig(models=tuple(args.models), backends=tuple(args.backends), workers_per_side=args.workers,
+                        case_seconds=args.case_seconds, max_case_seconds=max(args.case_seconds, args.max_case_seconds),
+                        cases=tuple(args.cases), profile_ms=0, declarations=declarations)
+    if args.retries < 0:
+        raise OptcvError(f"--retries must be 0 or more, got {args.retries}")
+    return BisectSetup(repo, ".", declarations is not None, config, Thresholds.load(None, args.threshold),
+                       args.retries, args.data_dir, args.history, record=not args.no_history)
+
+
+def run(args: argparse.Namespace) -> int:
+    log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_bisect(_setup(args), args.good, args.bad, log=log, progress=progress(args))
+    markdown = bisect_markdown(result)
+    print(markdown)
+    if args.json:
+        write_json(args.json, result.to_dict())
+    return 0 if result.outcome is Outcome.FOUND else EXIT_REGRESSION
