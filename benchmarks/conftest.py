@@ -7,6 +7,7 @@ backend the paired ratios use.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,37 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_storage = f"file://{HERE / 'baselines'}"
     config._optcv_ratio_results = []  # type: ignore[attr-defined]
     config._optcv_gate_lines = []  # type: ignore[attr-defined]
+    config._optcv_baseline = _choose_baseline(config)  # type: ignore[attr-defined]
+
+
+def _choose_baseline(config: pytest.Config) -> tuple[str, bool] | None:
+    """With a bare --benchmark-compare, compare with this machine's baseline (optcv history baseline); without one,
+    pytest-benchmark's latest file, said loudly with the machine it was recorded on. (line, loud) or None."""
+    if config.getoption("benchmark_compare", None) is not True:
+        return None
+    from optcv.history.baseline import find_baseline
+    from optcv.history.ingest import this_machine
+
+    storage = Path(str(config.option.benchmark_storage).removeprefix("file://"))
+    machine = this_machine()
+    found = find_baseline(storage, machine)
+    if found is not None:
+        config.option.benchmark_compare = f"{found.parent.name}/{found.stem}"  # pytest-benchmark's 'platform/name' glob
+        return f"benchmark compare: the baseline of this machine, {machine.label()}: {found.name}", False
+    files = sorted(storage.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
+    if not files:
+        return f"NO BASELINE: nothing to compare with in {storage}", True
+    other = json.loads(files[-1].read_text(encoding="utf-8")).get("machine_info", {})
+    isa = " ".join(other.get("isa", [])) or "ISA flags not recorded"
+    return (f"NO BASELINE FOR THIS MACHINE ({machine.label()}, key {machine.key}): compared with {files[-1].name}, "
+            f"recorded on {other.get('cpu')} ({other.get('cpu_count')} cores; {isa}), so every difference is the "
+            "hardware's as much as the code's; record this machine's: pytest benchmarks --benchmark-json F, "
+            "optcv history import F, optcv history baseline"), True
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    chosen = getattr(config, "_optcv_baseline", None)
+    return [chosen[0]] if chosen else []
 
 
 def pytest_benchmark_generate_machine_info(config: pytest.Config) -> dict[str, Any]:
@@ -138,9 +170,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     kinds = [(kind, nodeid) for kind, nodeid in kinds if kind]
     results = getattr(config, "_optcv_ratio_results", [])
     lines = getattr(config, "_optcv_gate_lines", [])
-    if not results and not kinds and not lines:
+    baseline = getattr(config, "_optcv_baseline", None)
+    if not results and not kinds and not lines and not baseline:
         return
     terminalreporter.section("optcv verdict")
+    if baseline:
+        terminalreporter.write_line(baseline[0], red=baseline[1], bold=baseline[1])
     for result in results:
         for key, ratio in result["ratios"].items():
             terminalreporter.write_line(f"{result['model']}:{key} speed-up {ratio['ratio']:.2f}× "

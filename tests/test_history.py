@@ -314,3 +314,53 @@ def test_a_run_on_an_uncommitted_tree_is_marked(tmp_path):
         record = store.run(run_id).record
     assert record.details["uncommitted_changes"] is True and record.commit is not None
     assert record.machine.isa == ("avx2",)
+
+
+def _this_machines_file(path: Path, names: set[str], scale: float, commit: str) -> Path:
+    """The committed pytest-benchmark file, as if run on this machine on main, keeping the cases in `names` with
+    every time multiplied by `scale`."""
+    from optcv.env import cpu_model, isa_flags
+
+    data = json.loads(BASELINE.read_text())
+    data["machine_info"].update(cpu=cpu_model(), cpu_count=os.cpu_count(), isa=isa_flags())
+    data["commit_info"].update(id=commit, branch="main")
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["name"] in names]
+    for bench in data["benchmarks"]:
+        bench["stats"] = {k: v * scale if k in ("min", "max", "mean", "median") else v
+                          for k, v in bench["stats"].items()}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_baseline_per_machine_from_the_latest_runs_on_main_and_the_suite_says_which_it_used(tmp_path):
+    db = str(tmp_path / "h.sqlite")
+    older = _this_machines_file(tmp_path / "a.json", {"tutorial-pytorch-t1", "tutorial-onnxruntime-t1"}, 1.0, "a" * 40)
+    newer = _this_machines_file(tmp_path / "b.json", {"tutorial-pytorch-t1"}, 2.0, "b" * 40)
+    storage = tmp_path / "baselines"
+    # pytest-benchmark needs its storage under the current folder (its location() is relative to it).
+    suite = [sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "--collect-only", "-p", "no:cacheprovider",
+             "--benchmark-compare", f"--benchmark-storage=file://{storage}", "-k", "nothing-at-all"]
+    (storage / "Linux-CPython-3.11-64bit").mkdir(parents=True)
+    shutil.copy(BASELINE, storage / "Linux-CPython-3.11-64bit" / "0001_baseline.json")
+    header = subprocess.run(suite, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert "NO BASELINE FOR THIS MACHINE" in header
+    assert "recorded on AMD EPYC (2 cores; ISA flags not recorded)" in header
+
+    assert cli("history", "import", str(older), str(newer), str(BASELINE), "--history", db).returncode == 0
+    written = cli("history", "baseline", "--out", str(storage), "--history", db)
+    assert written.returncode == 0, written.stderr
+    (path,) = storage.glob("*/0002_machine-*.json")
+    baseline = json.loads(path.read_text())
+    medians = {b["name"]: b["stats"]["median"] for b in baseline["benchmarks"]}
+    original = {b["name"]: b["stats"]["median"] for b in json.loads(BASELINE.read_text())["benchmarks"]}
+    # every case of this machine's runs on main, each from the latest run that has it; the other machine's left out
+    assert medians == {"tutorial-pytorch-t1": 2.0 * original["tutorial-pytorch-t1"],
+                       "tutorial-onnxruntime-t1": original["tutorial-onnxruntime-t1"]}
+    assert baseline["optcv"]["commit_of_each_case"]["benchmarks/test_latency.py::test_single_image_latency"
+                                                    "[tutorial-1-pytorch]"] == "b" * 40
+    header = subprocess.run(suite, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert f"the baseline of this machine, {json.loads(path.read_text())['optcv']['machine']}: {path.name}" in header
+    again = cli("history", "baseline", "--out", str(storage), "--history", db)  # refreshed in place, not a new file
+    assert again.returncode == 0 and len(list(storage.glob("*/*_machine-*.json"))) == 1
+    other = cli("history", "baseline", "--branch", "release", "--out", str(storage), "--history", db)
+    assert other.returncode == 2 and "no pytest-benchmark run on branch release" in other.stderr

@@ -139,9 +139,11 @@ def _pytest_benchmark_record(data: dict[str, Any], source: str) -> RunRecord:
                                         None if half is None else median + half, rounds))
     versions = {k: str(machine_info[k]) for k in ("torch", "onnxruntime", "python_version") if k in machine_info}
     dirty = commit_info.get("dirty")
+    # The entries are kept whole: `optcv history baseline` writes them back for --benchmark-compare.
     return RunRecord(PYTEST_BENCHMARK, _time(data.get("datetime")), _machine(machine_info), commit_info.get("id"),
                      commit_info.get("branch"), versions, source=source,
-                     details={"dirty": dirty, "pytest_benchmark": data.get("version")},
+                     details={"dirty": dirty, "pytest_benchmark": data.get("version"), "machine_info": machine_info,
+                              "commit_info": commit_info, "benchmarks": data["benchmarks"]},
                      measurements=tuple(measurements))
 
 

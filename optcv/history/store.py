@@ -193,6 +193,11 @@ class HistoryStore:
             raise HistoryError(f"no run {run_id} in the history {_safe(self.url)}; `optcv history runs` lists them")
         return match[0]
 
+    def machines(self) -> list[Machine]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(machines).order_by(machines.c.id)).mappings().all()
+        return [_machine(r) for r in rows]
+
     def cases(self) -> list[tuple[str, str]]:
         """Every (case, metric) the history holds, sorted."""
         with self.engine.connect() as conn:

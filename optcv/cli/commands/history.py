@@ -10,9 +10,10 @@ from typing import Any
 
 from optcv.cli.common import positive_int
 from optcv.errors import OptcvError
-from optcv.history.ingest import record_of_file
+from optcv.history.baseline import baseline_from_history, write_baseline
+from optcv.history.ingest import record_of_file, this_machine
 from optcv.history.recording import record_result
-from optcv.history.records import now_utc
+from optcv.history.records import Machine, now_utc
 from optcv.history.store import HISTORY_ENV, HistoryStore, default_location
 from optcv.history.trends import found_steps, trends
 from optcv.report.dashboard import write_dashboard
@@ -27,6 +28,9 @@ def add_history_option(parser: argparse.ArgumentParser, recording: bool = False)
                              f"${HISTORY_ENV}, else history.sqlite in optcv's cache")
     if recording:
         parser.add_argument("--no-history", action="store_true", help="do not record this run in the history")
+
+
+BASELINES = Path("benchmarks/baselines")
 
 
 def record_in_history(args: argparse.Namespace, data: dict[str, Any], *, tree: Path | None = None,
@@ -66,7 +70,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     page.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
     stepped = actions.add_parser("steps", help="the step changes found in every case's history")
     stepped.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
-    for action in (imported, listed, shown, drawn, page, stepped):
+    based = actions.add_parser(
+        "baseline", help="a pytest-benchmark baseline per machine, from the latest runs on main",
+        description="For one machine, the latest entry of every case from the pytest-benchmark runs recorded on the "
+                    "branch, written as OUT/<platform>/NNNN_machine-KEY.json, which `pytest benchmarks "
+                    "--benchmark-compare` picks on that machine.")
+    based.add_argument("--out", type=Path, default=BASELINES, help="pytest-benchmark's storage folder")
+    based.add_argument("--branch", default="main")
+    based.add_argument("--machine", default="this", metavar="KEY",
+                       help="the machine key (`optcv history runs` shows machines), default: this machine")
+    for action in (imported, listed, shown, drawn, page, stepped, based):
         add_history_option(action)
     history.set_defaults(func=run)
 
@@ -96,6 +109,20 @@ def run(args: argparse.Namespace) -> int:
             chosen = trends(store, args.cases)
             index = write_dashboard(args.out, chosen, found_steps(chosen), store.runs(), store.safe_url, now_utc())
             print(f"wrote {index} ({len(chosen)} charts)")
-        else:
+        elif args.action == "steps":
             print(steps_markdown(found_steps(trends(store, args.cases))))
+        else:
+            machine = _machine(store, args.machine)
+            path = write_baseline(args.out, baseline_from_history(store, machine, args.branch))
+            print(f"wrote {path}: the baseline of {machine.label()} (key {machine.key})")
     return 0
+
+
+def _machine(store: HistoryStore, key: str) -> Machine:
+    if key == "this":
+        return this_machine()
+    known = {m.key: m for m in store.machines()}
+    if key not in known:
+        listed = "; ".join(f"{k}: {m.label()}" for k, m in known.items()) or "none recorded"
+        raise OptcvError(f"no machine {key!r} in the history; known machines: {listed}")
+    return known[key]
