@@ -177,3 +177,15 @@ def test_cli_bisect_refuses_bad_revisions_in_one_line(tmp_path, monkeypatch, cap
     assert "is not an ancestor" in err and len(err.strip().splitlines()) == 1
     assert main(["bisect", "--good", "main", "--bad", "main", "--models", "tiny", "--no-history"]) == 2
     assert "nothing between them" in capsys.readouterr().err
+
+
+def test_a_bad_commit_that_is_not_slower_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    repo, commits = _history_of_commits(tmp_path / "repo")
+    monkeypatch.setattr(bisect_module, "measure", lambda *a, **k: _result_of([finding(0.2, 1.0)]))
+    monkeypatch.chdir(repo)
+    history = tmp_path / "h.sqlite"
+    assert main(["bisect", "--good", commits[2], "--bad", "main", "--models", "tiny", "--history", str(history),
+                 "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "no commit slower" in captured.err and "give an older --good" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "| not slower" in captured.out

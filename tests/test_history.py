@@ -241,6 +241,22 @@ def test_cli_imports_shows_and_draws(tmp_path):
     assert (tmp_path / "png" / "tutorial-pytorch-t1__latency_us.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_unreadable_or_foreign_database_is_refused_and_left_as_it_was(tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database\n" * 100)
+    foreign = tmp_path / "other.sqlite"
+    engine = sa.create_engine(f"sqlite:///{foreign}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)"))
+    engine.dispose()
+    for path, expected in ((text, "file is not a database"), (foreign, "tables of something else (invoices)")):
+        before = path.read_bytes()
+        result = cli("history", "runs", "--history", str(path))
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert path.read_bytes() == before and not Path(f"{path}-wal").exists()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["history", "show", "no-such-case"], "no case matching no-such-case"),
     (["history", "import", "README.md"], "result file README.md cannot be read"),

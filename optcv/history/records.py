@@ -8,6 +8,7 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class Machine:
     isa: tuple[str, ...]
     cores: int
 
-    @property
+    @cached_property
     def key(self) -> str:
         text = json.dumps([self.cpu, sorted(self.isa), self.cores])
         return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -19,6 +19,7 @@ before it is claimed (one run is not a trend).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,9 +57,33 @@ class Step:
         return self.after.value > self.before.value
 
 
-def _cost(values: Sequence[float]) -> float:
-    """How far a segment's values lie from its median (L1): the split that minimises it places the step."""
-    return float(np.abs(np.asarray(values) - np.median(values)).sum())
+def _prefix_costs(values: Sequence[float]) -> list[float]:
+    """For every k, how far values[:k] lie from their median (L1), in one pass: a max-heap of the lower half and a
+    min-heap of the upper half, with their sums."""
+    low: list[float] = []  # negated: a max-heap
+    high: list[float] = []
+    low_sum = high_sum = 0.0
+    costs = [0.0]
+    for value in values:
+        if low and value > -low[0]:
+            heapq.heappush(high, value)
+            high_sum += value
+        else:
+            heapq.heappush(low, -value)
+            low_sum += value
+        if len(low) > len(high) + 1:
+            moved = -heapq.heappop(low)
+            low_sum -= moved
+            heapq.heappush(high, moved)
+            high_sum += moved
+        elif len(high) > len(low):
+            moved = heapq.heappop(high)
+            high_sum -= moved
+            heapq.heappush(low, -moved)
+            low_sum += moved
+        median = -low[0]  # a median: every value between the two middle ones gives the same L1 cost
+        costs.append(median * len(low) - low_sum + high_sum - median * len(high))
+    return costs
 
 
 def level_of(values: Sequence[float], lows: Sequence[float | None], highs: Sequence[float | None]) -> Level:
@@ -91,7 +116,9 @@ def _split(values: list[float], lows: list[float | None], highs: list[float | No
     candidates = range(start + min_size, stop - min_size + 1)
     if not candidates:
         return
-    k = min(candidates, key=lambda c: _cost(values[start:c]) + _cost(values[c:stop]))
+    segment = values[start:stop]
+    before_costs, after_costs = _prefix_costs(segment), _prefix_costs(segment[::-1])[::-1]
+    k = min(candidates, key=lambda c: before_costs[c - start] + after_costs[c - start])
     before = level_of(values[start:k], lows[start:k], highs[start:k])
     after = level_of(values[k:stop], lows[k:stop], highs[k:stop])
     if before.high >= after.low and after.high >= before.low:

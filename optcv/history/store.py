@@ -9,6 +9,7 @@ ON CONFLICT DO NOTHING and its migrations hold an advisory lock.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -124,6 +125,12 @@ class HistoryStore:
         try:
             with self.transaction() as conn:
                 migrate(conn)
+            if self.url.startswith("sqlite"):
+                # WAL (readers never wait for a writer) is a property of the file: set once it is known to be ours.
+                with self.engine.connect() as conn:
+                    driver = conn.connection.driver_connection
+                    assert driver is not None
+                    driver.execute("PRAGMA journal_mode=WAL")
         except HistoryError:
             self.engine.dispose()
             raise
@@ -238,6 +245,10 @@ def migrate(conn: Connection, target: int = SCHEMA_VERSION, steps: dict[int, Mig
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
     found = schema_version(conn)
     if found is None:
+        others = sa.inspect(conn).get_table_names()
+        if others:  # never write optcv's tables into another program's database
+            raise HistoryError(f"the database holds tables of something else ({', '.join(sorted(others)[:4])}) and no "
+                               "optcv history; give an empty or new database with --history")
         metadata.create_all(conn)
         conn.execute(meta_table.insert().values(key="schema_version", value=str(target)))
         return 0
@@ -259,7 +270,6 @@ def _engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, begins transactions
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
         @sa.event.listens_for(engine, "begin")
@@ -287,7 +297,13 @@ def _when(text: str) -> datetime:
 
 
 def _machine(row: Any) -> Machine:
-    return Machine(row["cpu"], tuple(json.loads(row["isa"])), row["cores"])
+    return _machine_of(row["cpu"], row["isa"], row["cores"])
+
+
+@functools.lru_cache(maxsize=256)
+def _machine_of(cpu: str, isa: str, cores: int) -> Machine:
+    """One Machine per row of the machines table, however many points refer to it (its key is computed once)."""
+    return Machine(cpu, tuple(json.loads(isa)), cores)
 
 
 def _measurement(row: Any) -> Measurement:

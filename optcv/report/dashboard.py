@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from optcv._io import write_text
+from optcv.errors import OptcvError
 from optcv.history.records import CHANGE_PCT, HIGHER_IS_WORSE, LATENCY_US, THROUGHPUT
 from optcv.history.store import StoredRun
 from optcv.history.trends import CaseTrend, FoundStep
@@ -24,16 +27,46 @@ ASSETS = ("dashboard.js", "dashboard.css")
 
 def write_dashboard(out: Path, case_trends: Sequence[CaseTrend], steps: Sequence[FoundStep],
                     runs: Sequence[StoredRun], database: str, generated: datetime) -> Path:
-    """Write the dashboard into `out` (made if absent; files of an earlier dashboard are replaced); its index."""
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    """Write the dashboard into `out`; its index. The pages are written into a folder beside it that then takes
+    its place, so a reader never sees half a dashboard and an interrupted write leaves the old one whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_pages(staging, case_trends, steps, runs, database, generated)
+        _replace_folder(out, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _write_pages(out: Path, case_trends: Sequence[CaseTrend], steps: Sequence[FoundStep],
+                 runs: Sequence[StoredRun], database: str, generated: datetime) -> None:
+    (out / "runs").mkdir()
     for name in ASSETS:
-        write_text(out / name, resources.files("optcv.report").joinpath("assets", name).read_text(encoding="utf-8"))
+        (out / name).write_text(resources.files("optcv.report").joinpath("assets", name).read_text(encoding="utf-8"),
+                                encoding="utf-8")
     data = dashboard_data(case_trends, runs, database, generated)
-    write_text(out / "data.js", "window.OPTCV_HISTORY = " + json.dumps(data, indent=1) + ";\n")
-    write_text(out / "regressions.html", _page("Steps found", _steps_body(steps), database, generated))
+    (out / "data.js").write_text("window.OPTCV_HISTORY = " + json.dumps(data, separators=(",", ":")) + ";\n",
+                                 encoding="utf-8")
+    (out / "regressions.html").write_text(_page("Steps found", _steps_body(steps), database, generated),
+                                          encoding="utf-8")
     for run in runs:
-        write_text(out / "runs" / f"{run.id}.html", _run_page(run, database, generated))
-    return write_text(out / "index.html", _index(case_trends, runs, database, generated))
+        (out / "runs" / f"{run.id}.html").write_text(_run_page(run, database, generated), encoding="utf-8")
+    (out / "index.html").write_text(_index(case_trends, runs, database, generated), encoding="utf-8")
+
+
+def _replace_folder(out: Path, staging: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    if not (out / "index.html").is_file() and any(out.iterdir()):
+        raise OptcvError(f"{out} is a folder that holds something other than an optcv dashboard; give an empty or "
+                         "new folder")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def dashboard_data(case_trends: Sequence[CaseTrend], runs: Sequence[StoredRun], database: str,

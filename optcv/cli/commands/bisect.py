@@ -34,7 +34,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "side by side, as `optcv gate` does. A step whose interval straddles the threshold is timed again "
                     "with twice the rounds; one that stays inconclusive ends the search with the range found so far. "
                     "Commits with the same timed code share a verdict. Every timing is kept in the history, and a "
-                    "re-run resumes from it. Exit 0 when the commit is found, 1 when it could not be, 2 on an error.")
+                    "re-run resumes from it. Exit 0 when the commit is found, 1 when a step stayed inconclusive, 2 "
+                    "on an error or when the bad commit is not slower than the good one.")
     bisect.add_argument("--good", required=True, metavar="REV", help="a commit that is not slower")
     bisect.add_argument("--bad", required=True, metavar="REV", help="a later commit that is slower")
     bisect.add_argument("--case", dest="cases", nargs="+", default=list(default.cases), metavar="GLOB",
@@ -92,4 +93,11 @@ def run(args: argparse.Namespace) -> int:
     print(markdown)
     if args.json:
         write_json(args.json, result.to_dict())
+    if result.outcome is Outcome.BAD_NOT_SLOWER:
+        raise NothingSlower(f"no commit slower: {args.bad} is not slower than {args.good} on {' '.join(result.cases)} "
+                            f"(if the slowdown is already in {args.good}, give an older --good)")
     return 0 if result.outcome is Outcome.FOUND else EXIT_REGRESSION
+
+
+class NothingSlower(OptcvError):
+    """The bad commit is not slower than the good one: there is no first slower commit to find."""

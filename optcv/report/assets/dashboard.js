@@ -98,6 +98,7 @@
       }
     });
     document.body.dataset.rendered = String(drawn);
+    document.body.dataset.renderMs = String(Math.round(performance.now()));  // since navigation began
   }
 
   window.addEventListener("error", ev => {

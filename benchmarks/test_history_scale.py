@@ -1,0 +1,64 @@
+"""The history at the size a team reaches: 1,000 runs of 20 cases on two machines. Its dashboard is written in at
+most 5 s (the whole `optcv history html` command) and drawn by headless Chromium in at most 2 s (from navigation to
+the last chart, as the page measures itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import numpy as np
+import sqlalchemy as sa
+
+from optcv.history.records import LATENCY_US
+from optcv.history.store import HistoryStore, machines, measurements, runs
+from tests.history_data import AMD, INTEL, START
+from tests.test_history import CHROMIUM_FLAGS, _chromium
+
+RUNS, CASES = 1000, 20
+
+
+def _fill(store: HistoryStore) -> None:
+    """Inserted in bulk: the test is of reading and drawing, not of 1,000 writers."""
+    rng = np.random.default_rng(0)
+    with store.transaction() as conn:
+        ids = {}
+        for machine in (AMD, INTEL):
+            conn.execute(machines.insert().values(key=machine.key, cpu=machine.cpu, isa='["avx2"]',
+                                                  cores=machine.cores))
+            ids[machine] = conn.execute(sa.select(machines.c.id).where(machines.c.key == machine.key)).scalar_one()
+        conn.execute(runs.insert(), [
+            {"id": i + 1, "kind": "bench", "recorded_at": (START + timedelta(hours=i)).isoformat(),
+             "machine_id": ids[AMD if i % 2 else INTEL], "commit": f"{i:040x}", "branch": "main", "versions": "{}",
+             "passed": None, "summary": "", "source": "test", "details": "{}"} for i in range(RUNS)])
+        rows = []
+        for i in range(RUNS):
+            for case in range(CASES):
+                value = 100.0 * (1.1 if i > 600 and case == 3 else 1.0) * (1 + rng.normal(0, 0.01))
+                rows.append({"run_id": i + 1, "case_name": f"net{case}/onnxruntime/b1", "metric": LATENCY_US,
+                             "value": value, "low": value * 0.99, "high": value * 1.01, "n": 100})
+        conn.execute(measurements.insert(), rows)
+
+
+def test_a_thousand_runs_draw_within_their_budget(tmp_path):
+    db = tmp_path / "history.sqlite"
+    with HistoryStore(db) as store:
+        _fill(store)
+    started = time.perf_counter()
+    written = subprocess.run([sys.executable, "-m", "optcv", "history", "html", str(tmp_path / "dash"), "--history",
+                              str(db)], capture_output=True, text=True)
+    html_seconds = time.perf_counter() - started
+    assert written.returncode == 0, written.stderr
+    shown = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                            "--virtual-time-budget=10000", "--dump-dom", (tmp_path / "dash" / "index.html").as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    dom = shown.stdout
+    assert f'data-rendered="{CASES}"' in dom and dom.count("<circle") == RUNS * CASES
+    render_ms = int(dom.split('data-render-ms="', 1)[1].split('"', 1)[0])
+    print(f"{RUNS} runs x {CASES} cases: optcv history html {html_seconds:.2f} s; Chromium drew the page in "
+          f"{render_ms} ms")
+    assert html_seconds <= 5.0
+    assert render_ms <= 2000
+    assert "net3/onnxruntime/b1" in (tmp_path / "dash" / "regressions.html").read_text()  # the step at run 600
