@@ -11,6 +11,15 @@ class OptcvError(Exception):
     exit_code = 2
 
 
+class BackendCannotRun(OptcvError):
+    """A runtime has no kernel for what a model does (an operator, or an operator at the model's dtype): that
+    backend is unavailable for that model, and the other backends can still run it."""
+
+    def __init__(self, backend: str, model: str, reason: str):
+        self.backend, self.model, self.reason = backend, model, reason
+        super().__init__(f"{backend} cannot run {model}: {reason}; drop {backend} from its backends")
+
+
 def require_at_least_one(settings: object, *names: str) -> None:
     """Refuse a config whose named whole-number fields (None allowed: "all") are below 1, naming the field."""
     for name in names:

@@ -13,12 +13,12 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optcv._io import atomic_path, sha256_file
+from optcv._io import atomic_path, sha256_file, write_text
 from optcv.backends.base import InferenceSource, Predictor
 from optcv.backends.onnx_export import export_declared, read_onnx_metadata
 from optcv.backends.onnxruntime import OrtPredictor
@@ -30,7 +30,7 @@ from optcv.declared.build import DeclaredNet, build_declared, class_names, onnx_
 from optcv.declared.config import DeclaredModel, InputSpec
 from optcv.declared.inputs import sample_inputs
 from optcv.env import package_versions, usable_cores
-from optcv.errors import OptcvError
+from optcv.errors import BackendCannotRun, OptcvError
 from optcv.training.models import load_checkpoint
 
 
@@ -45,6 +45,7 @@ class ModelSource:
     input_spec: InputSpec | None = None  # None: optcv's own uint8 (N, 3, 32, 32) images
     classes: tuple[str, ...] = ()
     name: str | None = None  # a declared model's name
+    cannot_run: tuple[tuple[str, str], ...] = ()  # (backend, why) found while preparing a declared model
 
 
 def _torch_source(source: ModelSource, backend: str) -> InferenceSource:
@@ -128,7 +129,28 @@ def backend_unavailable(backend: str) -> str | None:
 def make_predictor(backend: str, source: ModelSource, threads: int | None = None, **options: Any) -> Predictor:
     if backend not in BACKENDS:
         raise OptcvError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    known = dict(source.cannot_run)
+    if backend in known:
+        raise BackendCannotRun(backend, source.name or "the model", known[backend])
     return BACKENDS[backend].make(source, threads or usable_cores(), **options)
+
+
+def runnable_backends(backends: Sequence[str], source: ModelSource,
+                      report: Callable[[BackendCannotRun], None]) -> tuple[str, ...]:
+    """The backends of `backends` that can run `source`'s model, each built once to find out; every one that
+    cannot is reported and left out, so the others still run. None left is an error."""
+    found = []
+    for backend in backends:
+        try:
+            make_predictor(backend, source, 1).close()
+        except BackendCannotRun as exc:
+            report(exc)
+        else:
+            found.append(backend)
+    if not found:
+        raise OptcvError(f"none of {', '.join(backends)} can run {source.name or 'the model'}; declare a backend "
+                         "that can")
+    return tuple(found)
 
 
 def candidate_predictors(backend: str, source: ModelSource, threads: int | None = None) -> list[Predictor]:
@@ -195,8 +217,8 @@ def declared_source(model: DeclaredModel, cache_dir: Path | None = None) -> Mode
                            "versions": package_versions()}, sort_keys=True, default=str)
     folder = Path(cache_dir or default_cache_dir()) / DECLARED_AREA / \
         f"{model.name}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
-    onnx = folder / "model.onnx"
-    if (onnx.is_file() and (int8_path(onnx).is_file() or "onnxruntime-int8" not in model.backends)):
+    onnx, no_int8 = folder / "model.onnx", folder / INT8_CANNOT_RUN
+    if onnx.is_file() and (int8_path(onnx).is_file() or no_int8.is_file() or "onnxruntime-int8" not in model.backends):
         mark_used(folder)
     else:
         folder.mkdir(parents=True, exist_ok=True)
@@ -206,9 +228,17 @@ def declared_source(model: DeclaredModel, cache_dir: Path | None = None) -> Mode
             with atomic_path(onnx) as tmp:
                 shutil.copyfile(model.onnx, tmp)
         if "onnxruntime-int8" in model.backends:
-            _quantise_declared(model, onnx)
+            try:
+                _quantise_declared(model, onnx)
+            except BackendCannotRun as exc:
+                write_text(no_int8, exc.reason)
         (folder / KEY_FILE).write_text(material)
-    return ModelSource(onnx=onnx, declared=net, input_spec=model.input, classes=classes, name=model.name)
+    cannot_run = (("onnxruntime-int8", no_int8.read_text()),) if no_int8.is_file() else ()
+    return ModelSource(onnx=onnx, declared=net, input_spec=model.input, classes=classes, name=model.name,
+                       cannot_run=cannot_run)
+
+
+INT8_CANNOT_RUN = "int8-cannot-run.txt"  # why ONNX Runtime could not quantise a declared model, when it could not
 
 
 def _quantise_declared(model: DeclaredModel, onnx: Path) -> None:

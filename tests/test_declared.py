@@ -301,3 +301,31 @@ def test_how_fast_measures_a_declared_model_beside_no_reference_one(tmp_path, ca
     assert main(["how-fast", "--models", "plain", "--declarations", str(tmp_path / "repo" / "optcv.toml"),
                  "--out", str(out)]) == 2
     assert "declare a factory" in capsys.readouterr().err
+
+
+DOUBLE = TINY.replace('dtype = "float32"', 'dtype = "float64"').replace(
+    'backends = ["pytorch", "onnxruntime"]',
+    'backends = ["pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile"]')
+
+
+def test_a_backend_that_cannot_run_the_models_dtype_is_left_out_and_the_others_run(tmp_path, capsys):
+    """A float64 network: ONNX Runtime has no float64 convolution on the CPU (nor can it calibrate the int8 twin),
+    and torch.compile's oneDNN weight packing takes no doubles; PyTorch and OpenVINO run it."""
+    # A package of its own: this process has imported usernets (float32) for the tests before.
+    path = write_user_repo(tmp_path / "repo", DOUBLE.replace("usernets.nets:build", "doublenets.nets:build"))
+    (path.parent / "usernets").rename(path.parent / "doublenets")
+    nets = path.parent / "doublenets" / "nets.py"
+    nets.write_text(nets.read_text().replace("return Tiny(classes, width)", "return Tiny(classes, width).double()"))
+    assert main(["models", "--declarations", str(path)]) == 0
+    out = capsys.readouterr().out
+    unavailable = out.split("Unavailable for their model", 1)[1]
+    assert "- onnxruntime for tiny: " in unavailable and "NOT_IMPLEMENTED" in unavailable
+    assert "- onnxruntime-int8 for tiny: " in unavailable and "- torch-compile for tiny: " in unavailable
+    assert "openvino" not in unavailable and "pytorch" not in unavailable
+    assert main(["bench", "tiny", "--declarations", str(path), "--no-calibrate", "--threads", "1", "-n", "20",
+                 "--chunk", "10", "--batch-sizes", "4", "--quiet", "--no-history"]) == 0
+    captured = capsys.readouterr()
+    left_out = [line.split(":")[0] for line in captured.err.splitlines() if "unavailable for this model" in line]
+    assert left_out == ["onnxruntime", "onnxruntime-int8", "torch-compile"], captured.err
+    timed = {line.split("|")[1].strip() for line in captured.out.splitlines() if line.startswith("| ")}
+    assert {"pytorch", "openvino"} <= timed and not timed & {"onnxruntime", "onnxruntime-int8", "torch-compile"}

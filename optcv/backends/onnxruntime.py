@@ -11,7 +11,7 @@ from optcv.backends.base import Closing, check_input
 from optcv.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, read_onnx_metadata
 from optcv.declared.config import InputSpec
 from optcv.env import usable_cores
-from optcv.errors import OptcvError, first_line
+from optcv.errors import BackendCannotRun, OptcvError, first_line
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -23,6 +23,8 @@ class OrtPredictor(Closing):
         """`input_spec` None: optcv's own export (input "images", uint8 (N, 3, 32, 32)); otherwise a user's model,
         whose first input and first output are used, whatever their names."""
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
+        from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
 
         metadata = read_onnx_metadata(onnx_path)
         if graph_optimization not in GRAPH_LEVELS:
@@ -49,6 +51,9 @@ class OrtPredictor(Closing):
         self.spinning = spinning
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except (NotImplementedByRuntime, InvalidGraph) as exc:
+            # No CPU kernel for an operator at the model's types (float64 convolutions, bfloat16 inputs).
+            raise BackendCannotRun(name, str(onnx_path), first_line(exc)) from exc
         except Exception as exc:
             raise OptcvError(f"ONNX Runtime cannot load {onnx_path}: {first_line(exc)}") from exc
         inputs = [i.name for i in self.session.get_inputs()]

@@ -9,7 +9,9 @@ documented caveat; on AVX2 without VNNI it cost ~3 accuracy points here), so wei
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -24,9 +26,21 @@ from optcv.backends.onnx_export import INPUT_NAME, read_onnx_metadata
 from optcv.data import load_cifar10, stratified_subset
 from optcv.declared.config import InputSpec
 from optcv.env import isa_flags
-from optcv.errors import OptcvError, first_line
+from optcv.errors import BackendCannotRun, OptcvError, first_line
 
 INT8_SUFFIX = ".int8.onnx"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """A library logger silenced for a block, and its level given back after."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def int8_path(onnx_path: str | Path) -> Path:
@@ -87,6 +101,8 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_pat
     """Write the int8 QDQ model of `onnx_path`, calibrated on `calibration_images` (uint8, N×3×32×32; or a
     declared model's inputs, `input_spec`, fed to its input `input_name`)."""
     import onnx
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByRuntime
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -117,7 +133,8 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_pat
     with tempfile.TemporaryDirectory(prefix="optcv-quantize-") as tmp, atomic_path(out_path) as target:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            with _quiet("onnxruntime.quantization.shape_inference"):  # it logs a traceback, then goes on
+                quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
             kept = nodes_kept_fp32(onnx.load(str(prepared)), settings.keep_fp32)
             record["nodes_kept_fp32"] = len(kept)
             quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
@@ -125,6 +142,8 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: np.ndarray, out_pat
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod[settings.calibrate_method],
                             nodes_to_exclude=kept)
+        except (NotImplementedByRuntime, InvalidGraph) as exc:  # no kernel to calibrate with, at the model's types
+            raise BackendCannotRun("onnxruntime-int8", str(onnx_path), first_line(exc)) from exc
         except Exception as exc:
             raise OptcvError(f"ONNX Runtime could not quantise {onnx_path}: {first_line(exc)}") from exc
         proto = onnx.load(str(target))

@@ -22,7 +22,7 @@ import torch
 
 from optcv.backends.base import Closing, InferenceSource, check_input
 from optcv.data import IMAGE_SHAPE, default_cache_dir
-from optcv.errors import OptcvError
+from optcv.errors import BackendCannotRun, OptcvError
 from optcv.torch_settings import SettingsLease
 
 COMPILE_MODE = "max-autotune-no-cudagraphs"
@@ -33,10 +33,16 @@ ONEDNN = True
 _predictor_numbers = itertools.count()
 
 
-class CompileFailed(OptcvError):
-    """torch.compile could not compile the model for a batch size: the work ran and failed (exit code 1)."""
+class CompileFailed(BackendCannotRun):
+    """torch.compile could not compile the model for a batch size: the work ran and failed (exit code 1). For a
+    declared model, torch-compile is then unavailable for it, and the other backends run."""
 
     exit_code = 1
+
+    def __init__(self, model: str, batch: int, reason: str):
+        super().__init__("torch-compile", model, reason)
+        OptcvError.__init__(self, f"torch.compile failed for batch size {batch} ({reason}); leave the torch-compile "
+                                  "backend out or report it with the torch version")
 
 
 def own_forward(model: torch.nn.Module) -> Callable[..., Any]:
@@ -83,8 +89,12 @@ class CompiledTorchPredictor(Closing):
         self.model = model
         self.compiled = torch.compile(own_forward(model), mode=mode, dynamic=False, fullgraph=True)
         self.compile_seconds: dict[int, float] = {}
-        for batch in batch_sizes:
-            self._compile_for(batch)
+        try:
+            for batch in batch_sizes:
+                self._compile_for(batch)
+        except BaseException:
+            self.close()  # give back the settings lease: a predictor that failed to compile is never used
+            raise
 
     def _compile_for(self, batch: int) -> None:
         started = time.perf_counter()
@@ -95,9 +105,10 @@ class CompiledTorchPredictor(Closing):
                 self._run(np.zeros((batch, *shape), dtype=dtype))
         except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit,
                 torch._inductor.exc.InductorError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CompileFailed(f"torch.compile failed for batch size {batch} ({type(error).__name__}: {reason}); "
-                                "leave the torch-compile backend out or report it with the torch version") from error
+            # Inductor's first line is often only "backend='inductor' raised:"; the cause is the next one.
+            lines = [line for line in str(error).strip().splitlines() if line.strip() and not line.endswith("raised:")]
+            reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
+            raise CompileFailed("the model", batch, reason) from error
         self.compile_seconds[batch] = time.perf_counter() - started
 
     def _run(self, images: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,15 @@ from optcv.declared.config import (
     find_declarations,
     load_declarations,
 )
-from optcv.errors import OptcvError
-from optcv.runtime import BACKENDS, DEFAULT_BACKENDS, ModelSource, declared_source, resolve_sources
+from optcv.errors import BackendCannotRun, OptcvError
+from optcv.runtime import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    ModelSource,
+    declared_source,
+    resolve_sources,
+    runnable_backends,
+)
 
 EXIT_REGRESSION = 1
 
@@ -77,7 +85,12 @@ def chosen_model(args: argparse.Namespace) -> tuple[ModelSource, tuple[str, ...]
     if len(args.models) != 1:
         raise OptcvError(f"name one declared model or model files (.pt/.onnx), not both: got {' '.join(args.models)}")
     model = declared_model(named[0], args.declarations)
-    return declared_source(model), tuple(args.backends or model.backends), model
+    source = declared_source(model)
+    return source, runnable_backends(tuple(args.backends or model.backends), source, _say_cannot_run), model
+
+
+def _say_cannot_run(exc: BackendCannotRun) -> None:
+    print(f"{exc.backend}: unavailable for this model, left out ({exc.reason})", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

@@ -22,7 +22,7 @@ from optcv.errors import first_line
 
 FACTORY_SEED = 0
 # ONNX TensorProto element types of the dtypes a declaration may name.
-ONNX_DTYPES = {"float32": 1, "uint8": 2, "int64": 7, "float16": 10}
+ONNX_DTYPES = {"float32": 1, "uint8": 2, "int64": 7, "float16": 10, "float64": 11}
 
 
 def _refuse(model: DeclaredModel, problem: str) -> DeclarationError:

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 PYPROJECT = "pyproject.toml"
 OPTCV_TOML = "optcv.toml"
-DTYPES = ("float32", "float16", "uint8", "int64")
+DTYPES = ("float32", "float16", "float64", "uint8", "int64")
 DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
 DEFAULT_AGREEMENT_INPUTS = 64
 

@@ -22,7 +22,7 @@ from optcv.data import default_cache_dir, load_cifar10
 from optcv.declared.config import DeclaredModel
 from optcv.declared.inputs import sample_inputs
 from optcv.env import environment_info
-from optcv.errors import OptcvError
+from optcv.errors import BackendCannotRun, OptcvError
 from optcv.measure.latency import BenchConfig, run_bench, seconds_per_call
 from optcv.measure.limits import limits_of_source
 from optcv.measure.reference import REFERENCE_MODELS, build_reference, reference_accuracy
@@ -34,6 +34,7 @@ from optcv.runtime import (
     backend_unavailable,
     declared_source,
     make_predictor,
+    runnable_backends,
 )
 
 HOW_FAST_SCHEMA = "optcv-how-fast/1"
@@ -102,7 +103,8 @@ def run_how_fast(config: HowFastConfig = HowFastConfig(), data_dir: str | Path |
         if model in declared:
             source = declared_source(declared[model])
             images, accuracy = sample_inputs(declared[model].input, DECLARED_INPUTS), {"test_accuracy": None}
-            backends = [b for b in config.backends if b in declared[model].backends]
+            listed = [b for b in config.backends if b in declared[model].backends]
+            backends = list(runnable_backends(listed, source, partial(_left_out, log, model)))
         else:
             assert cifar is not None
             checkpoint, onnx_path = build_reference(model, cifar, default_cache_dir())
@@ -110,6 +112,10 @@ def run_how_fast(config: HowFastConfig = HowFastConfig(), data_dir: str | Path |
             accuracy, backends = reference_accuracy(checkpoint), list(config.backends)
         speeds.append(_model_speed(model, source, images, accuracy, backends, config, log))
     return HowFastResult(config, speeds, environment_info())
+
+
+def _left_out(log: Any, model: str, exc: BackendCannotRun) -> None:
+    log(f"{model}: {exc.backend} cannot run it, left out ({exc.reason})")
 
 
 def _model_speed(model: str, source: ModelSource, images: np.ndarray, accuracy: dict[str, Any],

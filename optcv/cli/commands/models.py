@@ -9,6 +9,7 @@ from optcv.cli.common import declarations_path, declared_model
 from optcv.declared.build import check_model
 from optcv.declared.config import OPTCV_TOML, PYPROJECT, DeclaredModel, load_declarations
 from optcv.declared.inputs import synthetic_inputs
+from optcv.errors import BackendCannotRun
 from optcv.report.models import models_markdown
 from optcv.runtime import BACKENDS, declared_source, make_predictor
 
@@ -32,20 +33,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     path = declarations_path(args.declarations)
     names = args.names or list(load_declarations(path, known_backends=tuple(BACKENDS)))
-    checks = []
+    checks, cannot_run = [], []
     for name in names:
         model = declared_model(name, path)
         checks.append(check_model(model))
         if args.backends:
-            _run_each_backend(model)
-    print(models_markdown(path, checks))
+            cannot_run += _run_each_backend(model)
+    print(models_markdown(path, checks, cannot_run))
     return 0
 
 
-def _run_each_backend(model: DeclaredModel) -> None:
-    """One call of every backend the model lists on a declared input: what would fail a command fails here."""
+def _run_each_backend(model: DeclaredModel) -> list[BackendCannotRun]:
+    """One call of every backend the model lists on a declared input: what would fail a command fails here. A
+    backend with no kernel for the model is reported, and the others still run."""
     source = declared_source(model)
     example = synthetic_inputs(model.input, 1)
+    cannot_run = []
     for backend in model.backends:
-        with make_predictor(backend, source, 1) as predictor:
-            predictor.predict(example)
+        try:
+            with make_predictor(backend, source, 1) as predictor:
+                predictor.predict(example)
+        except BackendCannotRun as exc:
+            cannot_run.append(BackendCannotRun(backend, model.name, exc.reason))
+    return cannot_run
