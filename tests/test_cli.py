@@ -191,3 +191,22 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_ends_the_command():
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "interrupted; finished work is saved" in done.stderr and "Exception ignored" not in done.stderr
     assert seconds < 15  # not the 20 s of work the interrupt was meant to stop
+
+
+def _every_command() -> list[list[str]]:
+    from optcv.cli import build_parser
+
+    commands = []
+    for action in build_parser()._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, parser in action.choices.items():
+            commands.append([name])
+            for sub in parser._subparsers._group_actions if parser._subparsers else ():
+                commands += [[name, child] for child in sub.choices]
+    return commands
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
+def test_every_commands_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: optcv" in capsys.readouterr().out

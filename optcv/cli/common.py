@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from optcv.declared.config import (
     load_declarations,
 )
 from optcv.errors import BackendCannotRun, OptcvError
+from optcv.gate.config import BACKENDS as GATE_BACKENDS
+from optcv.gate.config import MODELS
+from optcv.gate.revisions import declaring_repository
 from optcv.runtime import (
     BACKENDS,
     DEFAULT_BACKENDS,
@@ -126,3 +130,24 @@ def progress(args: argparse.Namespace) -> bool:
 
 def settings_text(settings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "backend")
+
+
+def user_repository(models: Sequence[str], declarations: Path | None) -> tuple[Path, str] | None:
+    """For a gate (or bisect) of declared models: (the user's repository, its declaring file's path inside it);
+    None for optcv's reference models."""
+    declared = [m for m in models if m not in MODELS]
+    if not declared:
+        return None
+    path = declarations or find_declarations()
+    if path is None:
+        raise OptcvError(f"unknown gate model {declared[0]}: choose from {', '.join(MODELS)}, or declare your own "
+                         "in pyproject.toml (see the README's \"Your own model\")")
+    if len(declared) != len(models):
+        raise OptcvError("gate either optcv's reference models or your declared ones, not both: got "
+                         + " ".join(models))
+    path = declarations_path(path).resolve()
+    known = load_declarations(path, known_backends=GATE_BACKENDS)
+    unknown = [m for m in declared if m not in known]
+    if unknown:
+        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *known])}")
+    return declaring_repository(path)

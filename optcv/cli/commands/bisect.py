@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from optcv._io import write_json
+from optcv.cli.commands.gate import add_subject_options, add_timing_options
 from optcv.cli.commands.history import add_history_option
 from optcv.cli.common import (
     EXIT_REGRESSION,
     add_data_options,
-    declarations_path,
-    positive_float,
-    positive_int,
     progress,
+    user_repository,
 )
-from optcv.declared.config import find_declarations, load_declarations
 from optcv.errors import OptcvError
-from optcv.gate.config import BACKENDS, MODELS, GateConfig
-from optcv.gate.revisions import declaring_repository, repo_root
+from optcv.gate.config import GateConfig
+from optcv.gate.revisions import repo_root
 from optcv.gate.sides import HEAD_TREE
 from optcv.gate.verdict import Thresholds
 from optcv.history.bisect import RETRIES, BisectSetup, Outcome, run_bisect
@@ -41,18 +38,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bisect.add_argument("--case", dest="cases", nargs="+", default=list(default.cases), metavar="GLOB",
                         help="the case(s) that got slower, as globs (e.g. 'tutorial/onnxruntime/b1/t1'); default: "
                              "the gate's pull-request set")
-    bisect.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
-                        help=f"reference models ({', '.join(MODELS)}) or your declared ones (then your repository's "
-                             "commits are bisected)")
-    bisect.add_argument("--declarations", type=Path, metavar="FILE")
-    bisect.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+    add_subject_options(bisect, default)
     bisect.add_argument("--threshold", type=float, metavar="PCT",
-                        help=f"slower means beyond this many % (default {Thresholds().default_pct:g})")
+                        help=f"slower means beyond this many %% (default {Thresholds().default_pct:g})")
     bisect.add_argument("--retries", type=int, default=RETRIES,
                         help="re-timings of an inconclusive step, each with twice the rounds")
-    bisect.add_argument("--workers", type=positive_int, default=default.workers_per_side)
-    bisect.add_argument("--case-seconds", type=positive_float, default=default.case_seconds)
-    bisect.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds)
+    add_timing_options(bisect, default)
     bisect.add_argument("--json", help="write the steps and the result to this JSON file")
     bisect.add_argument("--quiet", action="store_true")
     add_history_option(bisect, recording=True)
@@ -61,22 +52,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> BisectSetup:
-    declared = [m for m in args.models if m not in MODELS]
-    declarations = None
-    if declared:
-        path = declarations_path(args.declarations or find_declarations()).resolve()
-        known = load_declarations(path, known_backends=BACKENDS)
-        unknown = [m for m in declared if m not in known]
-        if unknown or len(declared) != len(args.models):
-            raise OptcvError(f"bisect either optcv's reference models or your declared ones ({', '.join(known)}), "
-                             f"not both and no others: got {' '.join(args.models)}")
-        repo, declarations = declaring_repository(path)
+    user = user_repository(args.models, args.declarations)
+    if user:
+        repo, declarations = user
     else:
         found = repo_root(HEAD_TREE)
         if found is None:
             raise OptcvError(f"optcv at {HEAD_TREE} is not a git clone, so it has no commits to bisect; run optcv from "
                              "a clone of its repository (or bisect your own declared models)")
-        repo = found
+        repo, declarations = found, None
     config = GateConfig(models=tuple(args.models), backends=tuple(args.backends), workers_per_side=args.workers,
                         case_seconds=args.case_seconds, max_case_seconds=max(args.case_seconds, args.max_case_seconds),
                         cases=tuple(args.cases), profile_ms=0, declarations=declarations)

@@ -12,12 +12,11 @@ from optcv.cli.commands.history import add_history_option, record_in_history
 from optcv.cli.common import (
     EXIT_REGRESSION,
     add_data_options,
-    declarations_path,
     positive_float,
     positive_int,
     progress,
+    user_repository,
 )
-from optcv.declared.config import find_declarations, load_declarations
 from optcv.errors import OptcvError
 from optcv.gate import selftest
 from optcv.gate.config import BACKENDS, MODELS, GateConfig
@@ -31,7 +30,6 @@ from optcv.gate.ratio import (
     ratios_of,
     recorded_ratios,
 )
-from optcv.gate.revisions import declaring_repository
 from optcv.gate.run import run_gate
 from optcv.gate.selftest import run_self_test
 from optcv.gate.sides import HEAD_TREE
@@ -55,21 +53,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--threshold", type=float, metavar="PCT",
                       help=f"a case fails above this slowdown (%%) when significant; default {DEFAULT_THRESHOLD_PCT:g}")
     gate.add_argument("--thresholds", metavar="FILE", help="per-case thresholds (benchmarks/gate_thresholds.json)")
-    gate.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
-                      help=f"reference models ({', '.join(MODELS)}; default all), or models declared in your "
-                           "repository's pyproject.toml or optcv.toml: then that repository's revisions are compared")
-    gate.add_argument("--declarations", type=Path, metavar="FILE",
-                      help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
-    gate.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+    add_subject_options(gate, default)
     gate.add_argument("--cases", nargs="+", metavar="GLOB", default=list(default.cases),
                       help="the cases to time, as globs over names like tutorial/onnxruntime/b1/t1 or "
                            "resnet18/train/b64/t1; 'all' for every case of the models and backends (nightly); "
                            f"default: the pull-request set, {' '.join(default.cases)}")
-    gate.add_argument("--workers", type=positive_int, default=default.workers_per_side, help="workers per side")
-    gate.add_argument("--case-seconds", type=positive_float, default=default.case_seconds,
-                      help="timed work per case, both sides together")
-    gate.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds,
-                      help="a noisy case adds rounds up to this long, until its interval is narrow enough")
+    add_timing_options(gate, default)
     gate.add_argument("--seed", type=int, default=default.seed)
     gate.add_argument("--even-if-unchanged", action="store_true",
                       help="time base and head even when they hold the same optcv code (by default: nothing to time)")
@@ -104,6 +93,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_history_option(gate, recording=True)
     add_data_options(gate)
     gate.set_defaults(func=run)
+
+
+def add_subject_options(parser: argparse.ArgumentParser, default: GateConfig) -> None:
+    """What is timed: the models (reference or declared) and backends; for the gate and the bisect."""
+    parser.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
+                        help=f"reference models ({', '.join(MODELS)}; default all), or models declared in your "
+                             "repository's pyproject.toml or optcv.toml: then that repository's revisions are compared")
+    parser.add_argument("--declarations", type=Path, metavar="FILE",
+                        help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
+    parser.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+
+
+def add_timing_options(parser: argparse.ArgumentParser, default: GateConfig) -> None:
+    """How long each case is timed; for the gate and the bisect."""
+    parser.add_argument("--workers", type=positive_int, default=default.workers_per_side, help="workers per side")
+    parser.add_argument("--case-seconds", type=positive_float, default=default.case_seconds,
+                        help="timed work per case, both sides together")
+    parser.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds,
+                        help="a noisy case adds rounds up to this long, until its interval is narrow enough")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,27 +150,6 @@ def _gate_config(args: argparse.Namespace, declarations: str | None = None) -> G
                       cases=tuple(args.cases), seed=args.seed, retest_failures=args.retest, declarations=declarations)
 
 
-def _user_repository(args: argparse.Namespace) -> tuple[Path, str] | None:
-    """For a gate of declared models: (the user's repository, its declaring file's path inside it); None for
-    optcv's reference models."""
-    declared = [m for m in args.models if m not in MODELS]
-    if not declared:
-        return None
-    path = args.declarations or find_declarations()
-    if path is None:
-        raise OptcvError(f"unknown gate model {declared[0]}: choose from {', '.join(MODELS)}, or declare your own "
-                         "in pyproject.toml (see the README's \"Your own model\")")
-    if len(declared) != len(args.models):
-        raise OptcvError("gate either optcv's reference models or your declared ones, not both: got "
-                         + " ".join(args.models))
-    path = declarations_path(path).resolve()
-    known = load_declarations(path, known_backends=BACKENDS)
-    unknown = [m for m in declared if m not in known]
-    if unknown:
-        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *known])}")
-    return declaring_repository(path)
-
-
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
     if args.json:
         write_json(args.json, data)
@@ -176,7 +163,7 @@ def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -
 
 def _gate_ab(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    user = _user_repository(args)
+    user = user_repository(args.models, args.declarations)
     repo, declarations = user if user else (None, None)
     outcome = run_gate(_gate_config(args, declarations), Thresholds.load(args.thresholds, args.threshold),
                        against=args.against, base_python=args.base_python, head_tree=repo, repo=repo,
