@@ -17,6 +17,14 @@ from typing import Any
 from optcv.errors import OptcvError
 
 
+def default_cache_dir() -> Path:
+    """optcv's cache folder: $OPTCV_CACHE_DIR, else the user's cache (XDG_CACHE_HOME or ~/.cache) /optcv."""
+    if os.environ.get("OPTCV_CACHE_DIR"):
+        return Path(os.environ["OPTCV_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "optcv"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""

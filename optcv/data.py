@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optcv._io import atomic_path, write_json
+from optcv._io import atomic_path, default_cache_dir, write_json
 from optcv.env import usable_cores
 from optcv.errors import OptcvError, first_line
 
@@ -69,13 +69,6 @@ class CIFAR10:
     train: Split
     test: Split
     source: str
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("OPTCV_CACHE_DIR"):
-        return Path(os.environ["OPTCV_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "optcv"
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:

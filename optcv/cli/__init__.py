@@ -5,6 +5,7 @@ One module per command in optcv.cli.commands, each with `add_parser` and `run`."
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -13,40 +14,37 @@ import time
 from collections.abc import Sequence
 
 from optcv import __version__
-from optcv.cli.commands import (
-    bench,
-    bisect,
-    cache,
-    compare,
-    evaluate,
-    export,
-    gate,
-    history,
-    how_fast,
-    models,
-    run,
-    tune,
-)
-from optcv.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Parser
+from optcv.cli.args import EXIT_ERROR, EXIT_INTERRUPTED, Parser
 from optcv.cli.interrupts import interrupts_reach_the_command
 from optcv.errors import OptcvError, first_line
 
-COMMANDS = (compare, export, evaluate, run, tune, bench, how_fast, gate, bisect, history, models, cache)
+# Each command's module (optcv.cli.commands.<name, - as _>) is imported when its parser is built: a command that
+# needs no PyTorch (history) then starts without importing it.
+COMMANDS = ("compare", "export", "evaluate", "run", "tune", "bench", "how-fast", "gate", "bisect", "history", "models",
+            "cache")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the one named `only`."""
     parser = Parser(
         prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
     parser.add_argument("--version", action="version", version=f"optcv {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.add_parser(commands)
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"optcv.cli.commands.{name.replace('-', '_')}").add_parser(commands)
     return parser
 
 
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command `argv` names, when its first word is one (then only its parser is built)."""
+    first = next((a for a in argv if a != "--debug"), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_named_command(argv))
     args = parser.parse_args(argv)
     try:
         with interrupts_reach_the_command():

@@ -6,8 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from optcv.cli.args import (  # noqa: F401  (re-exported: the commands import them from here)
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_REGRESSION,
+    Parser,
+    positive_float,
+    positive_int,
+)
 from optcv.declared.config import (
     OPTCV_TOML,
     PYPROJECT,
@@ -28,20 +35,6 @@ from optcv.runtime import (
     resolve_sources,
     runnable_backends,
 )
-
-EXIT_REGRESSION = 1
-
-
-EXIT_ERROR = 2
-
-
-EXIT_INTERRUPTED = 130
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (what was wrong, where help is) and exit 2, as every other error."""
-    def error(self, message: str) -> Any:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -95,26 +88,6 @@ def chosen_model(args: argparse.Namespace) -> tuple[ModelSource, tuple[str, ...]
 
 def _say_cannot_run(exc: BackendCannotRun) -> None:
     print(f"{exc.backend}: unavailable for this model, left out ({exc.reason})", file=sys.stderr)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def optimizer_lr(text: str) -> tuple[str, float]:

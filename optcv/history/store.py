@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from optcv.data import default_cache_dir
+from optcv._io import default_cache_dir
 from optcv.errors import OptcvError, first_line
 from optcv.history.records import Machine, Measurement, RunRecord
 

@@ -8,16 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optcv.cli.common import positive_int
+from optcv.cli.args import positive_int
 from optcv.errors import OptcvError
 from optcv.history.baseline import baseline_from_history, write_baseline
-from optcv.history.ingest import record_of_file, this_machine
-from optcv.history.recording import record_result
 from optcv.history.records import Machine, now_utc
 from optcv.history.store import HISTORY_ENV, HistoryStore, default_location
 from optcv.history.trends import found_steps, trends
 from optcv.report.dashboard import write_dashboard
-from optcv.report.history import plot_trend, runs_rows, steps_markdown, trend_file_name, trend_markdown
+from optcv.report.history_tables import runs_rows, steps_markdown, trend_markdown
 from optcv.report.tables import markdown_table
 
 
@@ -38,6 +36,8 @@ def record_in_history(args: argparse.Namespace, data: dict[str, Any], *, tree: P
     """Record a command's result, unless --no-history: as run at `tree`'s commit (default: the current folder's)."""
     if args.no_history:
         return
+    from optcv.history.recording import record_result  # reads every result kind: imports what made them
+
     location = args.history or default_location()
     run_id = record_result(data, tree=tree or Path.cwd(), location=location, summary=summary,
                            source=f"optcv {args.command}")
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     location = args.history or default_location()
     with HistoryStore(location) as store:
         if args.action == "import":
+            from optcv.history.ingest import record_of_file
+
             records = [record_of_file(path, commit=args.commit, branch=args.branch) for path in args.files]
             ids = [store.add(record) for record in records]
             for path, record, run_id in zip(args.files, records, ids, strict=True):
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             if args.action == "show":
                 print("\n\n".join(trend_markdown(t) for t in chosen))
             else:
+                from optcv.report.history import plot_trend, trend_file_name  # matplotlib
+
                 for trend in chosen:
                     print(f"wrote {plot_trend(trend, args.out / trend_file_name(trend))}")
         elif args.action == "html":
@@ -120,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _machine(store: HistoryStore, key: str) -> Machine:
     if key == "this":
+        from optcv.history.ingest import this_machine
+
         return this_machine()
     known = {m.key: m for m in store.machines()}
     if key not in known:
