@@ -86,6 +86,29 @@ def test_each_side_builds_the_model_of_its_own_revision(tmp_path):
     assert "Exp" in ops["head"] and "Exp" not in ops["base"], ops
 
 
+def test_a_src_layout_is_imported_from_each_sides_own_src(tmp_path):
+    """paths = ["src"]: the package lives in src/ (and would be installed editable), each side imports its own."""
+    root = tmp_path / "repo"
+    path = write_user_repo(root, TINY.replace("usernets.nets:build", "srcnets.nets:build") + 'paths = ["src"]\n')
+    (root / "src").mkdir()
+    (root / "usernets").rename(root / "src" / "srcnets")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base")
+    (root / "src" / "srcnets" / "nets.py").write_text(SLOWER_FORWARD)
+    declared = load_declarations(path, known_backends=tuple(BACKENDS))
+    assert declared["tiny"].import_folders == ((root / "src").resolve(), root.resolve())
+    specs = case_specs(_config(backends=("onnxruntime",)), declared)
+    work = tmp_path / "work"
+    work.mkdir()
+    with sides_for("HEAD", None, root, None, user_repository=True) as sides:
+        assert not isinstance(sides, str)
+        built = build_all_artifacts(sides, work, recipes_for(specs, "pyproject.toml"), None, tmp_path / "cache")
+    ops = {label: [n.op_type for n in onnx.load(built[label]["models"]["tiny"]["onnx"]).graph.node]
+           for label in ("base", "head")}
+    assert "Exp" in ops["head"] and "Exp" not in ops["base"], ops
+
+
 def test_a_factory_from_outside_the_sides_tree_is_refused_naming_where_it_came_from(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     write_user_repo(elsewhere)

@@ -30,10 +30,11 @@ def _refuse(model: DeclaredModel, problem: str) -> DeclarationError:
 
 
 @contextmanager
-def on_path(root: Path) -> Iterator[None]:
-    """`root` first on sys.path while the block runs (the user's modules live there), then as it was."""
+def on_path(*folders: Path) -> Iterator[None]:
+    """`folders` first on sys.path, in order, while the block runs (the user's modules live there), then as it
+    was."""
     saved = list(sys.path)
-    sys.path.insert(0, str(root))
+    sys.path[:0] = [str(f) for f in folders]
     try:
         yield
     finally:
@@ -43,13 +44,13 @@ def on_path(root: Path) -> Iterator[None]:
 def import_factory(model: DeclaredModel) -> Callable[..., Any]:
     assert model.factory is not None
     module_name, attribute = model.factory.split(":")
-    with on_path(model.root):
+    with on_path(*model.import_folders):
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
             raise _refuse(model, f"factory {model.factory!r} does not import ({type(exc).__name__}: "
-                                 f"{first_line(exc)}); give a module importable from {model.root} or an installed "
-                                 "package") from exc
+                                 f"{first_line(exc)}); give a module importable from {model.root} (or a folder in "
+                                 "paths, such as src) or an installed package") from exc
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise _refuse(model, f"factory {model.factory!r}: {module_name} has no callable {attribute!r}; name the "
@@ -135,7 +136,7 @@ def class_names(model: DeclaredModel, count: int) -> tuple[str, ...]:
 def factory_code_digest(model: DeclaredModel) -> str:
     """SHA-256 of every Python file of the factory's top-level package (or of its module alone)."""
     assert model.factory is not None
-    with on_path(model.root):
+    with on_path(*model.import_folders):
         top = importlib.import_module(model.factory.split(":")[0].split(".")[0])
     folder = Path(top.__file__ or "").parent if hasattr(top, "__path__") else None
     files = sorted(folder.rglob("*.py")) if folder else [Path(top.__file__ or "")]

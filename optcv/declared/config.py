@@ -68,6 +68,12 @@ class DeclaredModel:
     labels: Path | None = None  # class per sub-folder, for per-class parity
     agreement_inputs: int = DEFAULT_AGREEMENT_INPUTS  # without labels: inputs on which top-1 must agree
     tolerances: Mapping[str, float] = field(default_factory=dict)  # backend -> max |logit difference|
+    paths: tuple[Path, ...] = ()  # folders the factory's package is imported from, before root (a src layout)
+
+    @property
+    def import_folders(self) -> tuple[Path, ...]:
+        """Where the factory's module is looked for, first to last."""
+        return (*self.paths, self.root)
 
     @property
     def reference_backend(self) -> str:
@@ -75,7 +81,7 @@ class DeclaredModel:
 
 
 _MODEL_KEYS = {"factory", "kwargs", "weights", "onnx", "input", "backends", "batch_sizes", "threads", "labels",
-               "agreement_inputs", "tolerances"}
+               "agreement_inputs", "tolerances", "paths"}
 _INPUT_KEYS = {"shape", "dtype", "range", "mean", "std", "samples", "resize"}
 
 
@@ -157,6 +163,20 @@ class _Fields:
             self.fail(key, f"names {resolved}, which does not exist; give a file relative to {root}")
         return resolved
 
+    def folders(self, key: str, root: Path) -> tuple[Path, ...]:
+        value = self.values.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.fail(key, f"must be a list of folders relative to {root}, got {value!r}")
+        found = tuple((root / v).resolve() for v in value)
+        for text, folder in zip(value, found, strict=True):
+            if not folder.is_dir():
+                self.fail(key, f"names {text!r}, which is not a folder in {root}; give the folder your package is in "
+                               "(e.g. \"src\")")
+            if not folder.is_relative_to(root.resolve()):
+                self.fail(key, f"names {text!r}, outside {root}; a gate checks out only the repository, so the "
+                               "package must be inside it")
+        return found
+
     def ints(self, key: str, default: tuple[int, ...], *, minimum: int = 1) -> tuple[int, ...]:
         value = self.values.get(key, list(default))
         if (not isinstance(value, list) or not value
@@ -193,8 +213,8 @@ def _model(name: str, values: Any, path: Path, known_backends: Collection[str]) 
     kwargs = values.get("kwargs", {})
     if not isinstance(kwargs, dict):
         fields.fail("kwargs", f"must be a table of keyword arguments, got {kwargs!r}")
-    if onnx is not None and ("kwargs" in values or "weights" in values):
-        fields.fail("onnx", "takes no kwargs or weights (those are for a factory); remove them")
+    if onnx is not None and ("kwargs" in values or "weights" in values or "paths" in values):
+        fields.fail("onnx", "takes no kwargs, weights or paths (those are for a factory); remove them")
     backends = tuple(values.get("backends", DEFAULT_BACKENDS))
     if not backends or not all(isinstance(b, str) for b in backends):
         fields.fail("backends", f"must be a non-empty list of backend names, got {values.get('backends')!r}")
@@ -218,7 +238,7 @@ def _model(name: str, values: Any, path: Path, known_backends: Collection[str]) 
         kwargs=dict(kwargs), weights=fields.path_("weights", root), onnx=onnx, backends=backends,
         batch_sizes=fields.ints("batch_sizes", (1,)), threads=fields.ints("threads", (1,)),
         labels=fields.path_("labels", root, folder=True), agreement_inputs=agreement,
-        tolerances={k: float(v) for k, v in tolerances.items()})
+        tolerances={k: float(v) for k, v in tolerances.items()}, paths=fields.folders("paths", root))
 
 
 def _input(model: _Fields, values: Any, root: Path) -> InputSpec:

@@ -354,6 +354,8 @@ CASES = [
     case("declared/labels-other-class-count", lambda f, t: _declared(
         t, lambda d: d + 'labels = "val"\n', lambda root: write_labelled(root / "repo" / "val", 3, 1)),
          "3 class folders but the model returns 5 logits", "one sub-folder per class"),
+    case("declared/paths-not-a-folder", lambda f, t: _declared(t, lambda d: d + 'paths = ["src"]\n'), "paths",
+         "give the folder your package is in"),
     case("declared/unknown-model-name", lambda f, t: _declared(t, lambda d: d) + ["nope"], "nope", "declared: tiny"),
 ]
 
