@@ -29,6 +29,7 @@ from optcv.history.bisect import (
 )
 from optcv.history.store import HistoryStore
 from optcv.report.bisect import bisect_markdown
+from tests.history_data import fill_history
 from tests.user_repo import NETS, write_user_repo
 
 
@@ -189,3 +190,10 @@ def test_a_bad_commit_that_is_not_slower_is_one_line_and_exit_2(tmp_path, monkey
     captured = capsys.readouterr()
     assert "no commit slower" in captured.err and "give an older --good" in captured.err
     assert len(captured.err.strip().splitlines()) == 1 and "| not slower" in captured.out
+    assert not history.exists()  # nothing to bisect: the history is not even made
+    with HistoryStore(history) as store:
+        fill_history(store, runs_per_machine=2)
+    before = history.read_bytes()
+    assert main(["bisect", "--good", commits[2], "--bad", "main", "--models", "tiny", "--history", str(history),
+                 "--quiet"]) == 2
+    assert history.read_bytes() == before  # an existing one is left as it was

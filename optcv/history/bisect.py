@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, Verdict
 from optcv.history.ingest import current_machine_environment, record_of, this_machine
 from optcv.history.records import BISECT
-from optcv.history.store import HistoryStore
+from optcv.history.store import HistoryStore, history_exists
 
 BISECT_SCHEMA = "optcv-bisect/1"
 RETRIES = 1  # re-timings of an inconclusive candidate, each with twice the rounds of the one before
@@ -208,7 +209,10 @@ def run_bisect(setup: BisectSetup, good_rev: str, bad_rev: str, log: Log = lambd
             if key in earlier:
                 log(f"{commit[:12]}: judged by an earlier bisect against {good[:12]} (the history)")
                 return earlier[key]
-            return _time_candidate(setup, base, good, commit, key, log, progress)
+            judgement, pending = _time_candidate(setup, base, good, commit, key, log, progress)
+            if commit == bad and judgement.verdict is not StepVerdict.SLOWER:
+                return judgement  # nothing to bisect (a bad input, or noise): the history keeps none of it
+            return replace(judgement, run_ids=tuple(record() for record in pending) if setup.record else ())
 
         result = search(good, candidates, judge, key_of, log)
     logged = [git(repo, "log", "-1", "--format=%H %s", good), *git(repo, "log", "--format=%H %s", f"{good}..{bad}")
@@ -218,8 +222,9 @@ def run_bisect(setup: BisectSetup, good_rev: str, bad_rev: str, log: Log = lambd
 
 
 def _time_candidate(setup: BisectSetup, base: Side, good: str, commit: str, key: str, log: Log,
-                    progress: bool) -> Judgement:
-    run_ids: list[int] = []
+                    progress: bool) -> tuple[Judgement, list[Callable[[], int]]]:
+    """The candidate's judgement, and for each timing taken a call that records it in the history."""
+    pending: list[Callable[[], int]] = []
     verdict, finding = StepVerdict.INCONCLUSIVE, None
     attempts = 0
     for attempt in range(setup.retries + 1):
@@ -235,11 +240,10 @@ def _time_candidate(setup: BisectSetup, base: Side, good: str, commit: str, key:
             result = measure(base, head, config, setup.thresholds, data_dir=setup.data_dir,
                              cache_dir=default_cache_dir(), workdir=Path(work), log=log, progress=progress)
         verdict, finding = verdict_of(result.findings)
-        if setup.record:
-            run_ids.append(_record(setup, result, good, commit, key, verdict, finding, attempt))
+        pending.append(partial(_record, setup, result, good, commit, key, verdict, finding, attempt))
         if verdict is not StepVerdict.INCONCLUSIVE:
             break
-    return Judgement(verdict, finding, attempts, tuple(run_ids))
+    return Judgement(verdict, finding, attempts), pending
 
 
 def _record(setup: BisectSetup, result: GateResult, good: str, commit: str, key: str, verdict: StepVerdict,
@@ -257,7 +261,7 @@ def _record(setup: BisectSetup, result: GateResult, good: str, commit: str, key:
 def _earlier_judgements(setup: BisectSetup, good: str) -> dict[str, Judgement]:
     """Verdicts an earlier (interrupted) bisect against the same good commit, cases and threshold reached on this
     machine: by timed-code key, the last decisive one."""
-    if not setup.record:
+    if not setup.record or not history_exists(setup.history):
         return {}
     here = this_machine()
     found: dict[str, Judgement] = {}

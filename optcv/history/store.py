@@ -103,6 +103,13 @@ def default_location() -> str:
     return os.environ.get(HISTORY_ENV) or str(default_cache_dir() / DEFAULT_FILE)
 
 
+def history_exists(location: str | Path | None) -> bool:
+    """Whether there may be a history to read there: a database URL, or an SQLite file that exists (reading must
+    not create one)."""
+    text = str(location or default_location())
+    return "://" in text or Path(text).expanduser().is_file()
+
+
 def database_url(location: str | Path) -> str:
     """A path becomes an SQLite URL; a URL stays (postgresql:// is given psycopg 3, the driver optcv[postgres]
     installs)."""
