@@ -15,32 +15,16 @@ from pathlib import Path
 import pytest
 
 from optcv.history.store import HistoryStore
-from tests.user_repo import NETS, write_user_repo
+from tests.user_repo import NETS, commit_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWER = NETS.replace("self.conv(x).relu()", "self.conv(x).relu()" + ".exp().log()" * 30)
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
 @pytest.mark.full
 def test_bisect_finds_the_commit_that_made_the_forward_slower(tmp_path):
     repo = tmp_path / "their-app"
-    write_user_repo(repo)
-    _git(repo, "init", "-q", "-b", "main")
-    commits = []
-    for message, path, text in [("base", None, None), ("readme", "README.md", "# app\n"),
-                                ("slower forward", "usernets/nets.py", SLOWER),
-                                ("comment", "usernets/nets.py", SLOWER + "# why\n"),
-                                ("docs", "README.md", "# app, documented\n")]:
-        if path:
-            (repo / path).write_text(text)
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", message)
-        commits.append(_git(repo, "rev-parse", "HEAD"))
+    commits = commit_history(repo, SLOWER)
     history, out = tmp_path / "history.sqlite", tmp_path / "bisect.json"
     done = subprocess.run([sys.executable, "-m", "optcv", "bisect", "--good", commits[0], "--bad", "main",
                            "--models", "tiny", "--case", "tiny/pytorch/b1/t1", "--workers", "1", "--case-seconds", "1",

@@ -4,7 +4,6 @@ its memory. Timing is replaced by given findings here; the real gate finds a rea
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from optcv.history.bisect import (
 from optcv.history.store import HistoryStore
 from optcv.report.bisect import bisect_markdown
 from tests.history_data import fill_history
-from tests.user_repo import NETS, write_user_repo
+from tests.user_repo import NETS, commit_history
 
 
 def finding(change_pct: float, spread_pct: float, threshold: float = 3.0, case: str = "tiny/pytorch/b1/t1"):
@@ -97,27 +96,8 @@ def test_an_inconclusive_step_ends_the_search_with_its_range_and_a_bad_commit_th
     assert result.outcome is Outcome.BAD_NOT_SLOWER and calls == [commits[-1]]
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
 def _history_of_commits(root: Path) -> tuple[Path, list[str]]:
-    """A user's repository: base; README only; the slower forward; a comment; README again."""
-    write_user_repo(root)
-    _git(root, "init", "-q", "-b", "main")
-    commits = []
-    slower = NETS.replace("self.conv(x).relu()", "self.conv(x).relu().exp().log()")
-    for message, path, text in [("base", None, None), ("readme", "README.md", "# app\n"),
-                                ("slower forward", "usernets/nets.py", slower),
-                                ("comment", "usernets/nets.py", slower + "# why\n"),
-                                ("readme again", "README.md", "# app, again\n")]:
-        if path:
-            (root / path).write_text(text)
-        _git(root, "add", "-A")
-        _git(root, "commit", "-q", "-m", message)
-        commits.append(_git(root, "rev-parse", "HEAD"))
-    return root, commits
+    return root, commit_history(root, NETS.replace("self.conv(x).relu()", "self.conv(x).relu().exp().log()"))
 
 
 def test_candidates_and_timed_code_keys_come_from_git(tmp_path):

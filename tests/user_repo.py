@@ -82,3 +82,27 @@ def write_onnx(path: Path, shape: tuple[int, ...] = (3, 16, 16), classes: int = 
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def commit_history(root: Path, slower_forward: str) -> list[str]:
+    """The user's repository as five commits: base; README only; `slower_forward` as the model's file; a comment
+    in that file; README again. Their hashes, oldest first."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    write_user_repo(root)
+    git("init", "-q", "-b", "main")
+    commits = []
+    for message, path, text in [("base", None, None), ("readme", "README.md", "# app\n"),
+                                ("slower forward", "usernets/nets.py", slower_forward),
+                                ("comment", "usernets/nets.py", slower_forward + "# why\n"),
+                                ("readme again", "README.md", "# app, again\n")]:
+        if path:
+            (root / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-q", "-m", message)
+        commits.append(git("rev-parse", "HEAD"))
+    return commits
