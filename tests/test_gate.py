@@ -173,6 +173,37 @@ def test_injection_wraps_each_target_from_outside_a_fraction_of_zero_included(tm
         write_injection(tmp_path, {"nothing": 0.05})
 
 
+def test_an_injected_fraction_is_of_the_whole_timed_call_wherever_the_target_lies_in_it(tmp_path):
+    """A target that takes a quarter of optcv's predict call, called twice in it, slowed by 20 %: from the second
+    call on, the call takes 20 % longer, not 20 % of the target's share; `shared` slows the call itself. On a
+    clock that only the functions here move (10 ns per reading)."""
+    text = (write_injection(tmp_path, {"onnxruntime": 0.2}) / "sitecustomize.py").read_text()
+    namespace: dict = {}
+    exec(compile(text.rsplit("\n_inject(", 1)[0], "sitecustomize", "exec"), namespace)
+    now = [0]
+
+    def clock():
+        now[0] += 10
+        return now[0]
+
+    namespace["_clock"] = clock
+
+    def spend(us):
+        now[0] += us * 1_000
+
+    def call_takes(unit):
+        started = now[0]
+        unit()
+        return (now[0] - started) / 1e6  # ms
+
+    target = namespace["_slowed"](lambda: spend(125), 0.2)
+    unit = namespace["_timed_unit"](lambda: (spend(750), target(), target()), 0.0)
+    assert call_takes(unit) == pytest.approx(1.05, abs=0.01)  # no call before: 20 % of the target's own time
+    assert [call_takes(unit) for _ in range(3)] == pytest.approx([1.2] * 3, abs=0.01)
+    shared = namespace["_timed_unit"](lambda: spend(1000), 0.05)
+    assert call_takes(shared) == pytest.approx(1.05, abs=0.01)
+
+
 def test_the_openvino_and_shared_targets_reach_openvino_and_every_predictor(tmp_path):
     probe = ("from openvino import _ov_api; from optcv.backends import onnxruntime, openvino, pytorch, torch_compile\n"
              "print(hasattr(_ov_api.InferRequest.infer, '__wrapped__'), *(hasattr(p.predict, '__wrapped__') for p in ("

@@ -1,10 +1,11 @@
 """Real slowdowns injected from outside the code under test, for the gate's self-test.
 
-A `sitecustomize.py` placed first on a side's PYTHONPATH wraps entry points after import and busy-waits
-for a fixed fraction of each call's own duration, the way a slower dependency or a slower line in optcv
-would arrive: nothing in the measured code knows about it. Each target has its own fraction, so one gate run
-can slow one backend at the boundary and another just below it; a fraction of 0 wraps without waiting,
-which is what the other side gets (the wrapper's own cost, then, is on both sides).
+A `sitecustomize.py` placed first on a side's PYTHONPATH wraps entry points after import and busy-waits inside
+them, the way a slower dependency or a slower line in optcv would arrive: nothing in the measured code knows
+about it. A fraction is of the whole timed call (optcv's `predict` or `train`, measured on the previous call),
+so a nominal 5 % is 5 % of what the gate times even where the target is a part of the call. Each target has
+its own fraction, so one gate run can slow one backend at the boundary and another just below it; a fraction
+of 0 wraps without waiting, which is what the other side gets (the wrapper's own cost, then, is on both sides).
 
 - onnxruntime: `InferenceSession.run` (fp32 and int8 alike);
 - openvino: `InferRequest.infer`;
@@ -32,11 +33,40 @@ TOUCHES: dict[str, frozenset[str]] = {
 TARGETS = tuple(TOUCHES)
 
 _SITECUSTOMIZE = '''\
-# Written by optcv's gate self-test: slows each target by its fraction of each call's own time: {fractions!r}
+# Written by optcv's gate self-test: slows each target by its fraction of each timed call: {fractions!r}
 import functools
 import time
 
 _clock = time.perf_counter_ns
+# The timed unit is optcv's predict or train call. A target's waits are scaled so that, summed over a unit,
+# they come to the fraction of the whole unit, measured on the previous one: a nominal 5 % is 5 % of what the
+# gate times, wherever in the call the target's share lies.
+_unit = {{"depth": 0, "ns": 0, "target_ns": 0, "previous_ns": 0, "previous_target_ns": 0, "waited_ns": 0}}
+
+
+def _wait(ns, extra_op=None, args=()):
+    started = _clock()
+    end = started + int(ns)
+    while _clock() < end:
+        if extra_op is not None:
+            extra_op(args)
+    _unit["waited_ns"] += _clock() - started
+
+
+def _timed_unit(fn, fraction):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _unit["depth"]:
+            return fn(*args, **kwargs)
+        _unit.update(depth=1, target_ns=0, waited_ns=0)
+        started = _clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            own = _clock() - started - _unit["waited_ns"]
+            _unit.update(depth=0, previous_ns=own, previous_target_ns=_unit["target_ns"])
+            _wait(own * fraction)
+    return wrapper
 
 
 def _slowed(fn, fraction, outermost_only=False, extra_op=None):
@@ -47,15 +77,16 @@ def _slowed(fn, fraction, outermost_only=False, extra_op=None):
         if outermost_only and depth[0]:
             return fn(*args, **kwargs)
         depth[0] += 1
+        waited = _unit["waited_ns"]
         started = _clock()
         try:
             return fn(*args, **kwargs)
         finally:
             depth[0] -= 1
-            end = _clock() + int((_clock() - started) * fraction)
-            while _clock() < end:
-                if extra_op is not None:
-                    extra_op(args)
+            own = _clock() - started - (_unit["waited_ns"] - waited)
+            _unit["target_ns"] += own
+            scale = _unit["previous_ns"] / _unit["previous_target_ns"] if _unit["previous_target_ns"] else 1.0
+            _wait(own * fraction * scale, extra_op, args)
     return wrapper
 
 
@@ -71,6 +102,8 @@ def _inject(fractions):
     import optcv.backends.torch_compile as compile_backend
     import optcv.training.train as train
 
+    if not fractions:
+        return
     if "onnxruntime" in fractions:
         ort.InferenceSession.run = _slowed(ort.InferenceSession.run, fractions["onnxruntime"])
     if "openvino" in fractions:  # imported only where wrapped: both sides wrap the same targets
@@ -86,12 +119,12 @@ def _inject(fractions):
 
         torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch-op"], outermost_only=True,
                                            extra_op=exp_of_input)
-    if "shared" in fractions:
-        for module in (torch_backend, ort_backend, ov_backend, compile_backend):
-            for value in list(vars(module).values()):
-                if isinstance(value, type) and value.__module__ == module.__name__ and "predict" in vars(value):
-                    value.predict = _slowed(value.predict, fractions["shared"])
-        train.train = _slowed(train.train, fractions["shared"])
+    shared = fractions.get("shared", 0.0)  # every wrapped side measures its units, slowed or not
+    for module in (torch_backend, ort_backend, ov_backend, compile_backend):
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == module.__name__ and "predict" in vars(value):
+                value.predict = _timed_unit(value.predict, shared)
+    train.train = _timed_unit(train.train, shared)
 
 
 _inject({fractions!r})
