@@ -47,16 +47,14 @@ def _files_hash(root: Path, files: list[Path]) -> str:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 # glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large
-# tensor lands (page-aligned or inside the heap) depends on the process's history; PyTorch's batched and
-# training calls then ran up to 14-22 % apart in processes of identical code, and a 5 % slowdown measured
-# +13.9 % here. A fixed threshold puts every large buffer at a page boundary in every worker: unchanged
-# pairs then agreed within 1 % and the 5 % read +3.8 … +5.4 %. Both sides get the same settings.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "1073741824", "MALLOC_TOP_PAD_": "0"}
-# A user's model may be ImageNet-sized: there a 64 KiB threshold maps and faults in every activation on every
-# call, and ResNet-50 at batch 1 ran 1.75× slower in PyTorch (288 against 164 ms here), which dilutes every change
-# the gate measures (+10 % of its MACs read +5.4 %). Their gates keep buffers up to glibc's largest threshold
-# (32 MiB) in the heap, never trimmed; the threshold is still fixed, so it does not move with the process's history.
-USER_MALLOC_ENV = {**MALLOC_ENV, "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024)}
+# tensor lands (mapped or inside the heap) depends on the process's history; PyTorch's batched and training
+# calls then ran up to 14-22 % apart in processes of identical code here. A fixed threshold takes that away.
+# It is glibc's largest (32 MiB), never trimmed: a low one (64 KiB, used until 2026-12-01) mapped and faulted in
+# every activation on every call, so PyTorch ran 1.5-1.9x slower than it does (ResNet-18 at batch 1: 28.5 against
+# 19.5 ms; TutorialNet's training step 19.7 against 10.5 ms), which diluted every change the gate measures, and
+# ResNet-18's unchanged gates spread -0.8 ... +2.7 % against -0.8 ... -0.5 % (4 gates each, 2026-12-01).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": "1073741824",
+              "MALLOC_TOP_PAD_": "0"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ class Side:
         own = (*self.extra_path, self.tree, *((self.harness,) if self.harness else ()))
         env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in own), *inherited])
         env["PYTHONHASHSEED"] = "0"
-        env.update(USER_MALLOC_ENV if self.harness else MALLOC_ENV)
+        env.update(MALLOC_ENV)
         env.pop("PYTHONSTARTUP", None)
         return env
 
