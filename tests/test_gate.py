@@ -215,8 +215,10 @@ def test_the_openvino_and_shared_targets_reach_openvino_and_every_predictor(tmp_
         return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                               check=True).stdout.split()
 
-    assert wrapped(write_injection(tmp_path / "ov", {"openvino": 0.05})) == ["True"] + ["False"] * 4
+    # Every predictor's predict is wrapped whenever anything is: the timed call sizes every target's wait.
+    assert wrapped(write_injection(tmp_path / "ov", {"openvino": 0.05})) == ["True"] * 5
     assert wrapped(write_injection(tmp_path / "shared", {"shared": 0.0})) == ["False"] + ["True"] * 4
+    assert wrapped(write_injection(tmp_path / "none", {})) == ["False"] * 5
 
 
 def test_the_self_test_plan_gives_each_target_each_level_and_shares_runs_only_between_disjoint_targets():
@@ -526,7 +528,7 @@ def test_an_interrupted_self_test_goes_on_from_its_record_and_refuses_another_pl
             raise KeyboardInterrupt
         measured.append(config.seed)
         finding = _finding("tutorial/pytorch/b1/t1", 0.5, Verdict.NO_CHANGE)
-        return SimpleNamespace(findings=[finding], retested=[], seconds=1.0, regressions=[])
+        return SimpleNamespace(findings=[finding], retested=[], seconds=1.0, regressions=[], measured=[], failures=[])
 
     monkeypatch.setattr(selftest, "measure", fake_measure)
     monkeypatch.setattr(selftest, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))

@@ -27,6 +27,7 @@ PREDICT_IMAGES = 2048
 DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b1/t1", "*/openvino/b1/t1",
                  "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
 ALL_CASES = "all"
+MEASURES = ("time", "memory", "instructions")
 
 # Batched and training cases are gated at one thread: on a 2-core machine shared with the gate's own
 # processes, all-core runs of 5-50 ms calls moved ±5-20 % between rounds of identical code (measured here),
@@ -57,6 +58,11 @@ class GateConfig:
     # memory placement alone moved identical code by +17 % once in CI, and a real slowdown survives the re-test.
     retest_failures: bool = True
     seed: int = 0
+    # What is compared: time always runs in the pull-request gate; memory adds a forked child per case, side and
+    # repeat (optcv.gate.memory); instructions run the one-thread cases under valgrind (optcv.gate.instructions).
+    measures: tuple[str, ...] = ("time",)
+    memory_repeats: int = 3
+    instruction_repeats: int = 2  # valgrind processes per side, each its own hash seed and layout
     # The file declaring a user's models, relative to the trees compared: set, the trees are the user's
     # repository (each side's models built from its own revision), `models` may name the declared ones, and
     # optcv itself is the same on both sides. None: the trees are optcv's own.
@@ -71,6 +77,10 @@ class GateConfig:
             if unknown or not given:
                 name = unknown[0] if unknown else "(none)"
                 raise OptcvError(f"unknown gate {kind} {name}: choose from {', '.join(known)}")
+        unknown_measures = sorted(set(self.measures) - set(MEASURES))
+        if unknown_measures or not self.measures:
+            name = unknown_measures[0] if unknown_measures else "(none)"
+            raise OptcvError(f"unknown gate measure {name}: choose from {', '.join(MEASURES)}")
         if self.workers_per_side < 1 or self.min_rounds < 5:
             raise OptcvError("the gate needs at least 1 worker per side and 5 rounds")
 

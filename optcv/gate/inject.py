@@ -15,6 +15,10 @@ of 0 wraps without waiting, which is what the other side gets (the wrapper's own
 - shared: optcv's own path every case goes through: the `predict` of every predictor (optcv.backends) and
   `optcv.training.train.train`. It is the only target that reaches torch-compile, whose compiled call goes
   around `nn.Module.__call__`.
+- work: extra arithmetic after each of those calls, a fixed number of loop iterations per case (no clock in
+  it), sized by the self-test from the case's instructions per call, so that instruction counts see it;
+- memory: after the second of those calls, a buffer of the fraction of the memory the case has made resident
+  is kept, so that the case's peak resident memory grows by about that fraction.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ TOUCHES: dict[str, frozenset[str]] = {
     "pytorch": frozenset({"pytorch", "train"}),
     "pytorch-op": frozenset({"pytorch", "train"}),
     "shared": frozenset({"pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile", "train"}),
+    "work": frozenset({"pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile", "train"}),
+    "memory": frozenset({"pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile", "train"}),
 }
 TARGETS = tuple(TOUCHES)
 
 _SITECUSTOMIZE = '''\
 # Written by optcv's gate self-test: slows each target by its fraction of each timed call: {fractions!r}
 import functools
+import os
 import time
 
 _clock = time.perf_counter_ns
@@ -42,6 +49,33 @@ _clock = time.perf_counter_ns
 # they come to the fraction of the whole unit, measured on the previous one: a nominal 5 % is 5 % of what the
 # gate times, wherever in the call the target's share lies.
 _unit = {{"depth": 0, "ns": 0, "target_ns": 0, "previous_ns": 0, "previous_target_ns": 0, "waited_ns": 0}}
+_WORK_ITERATIONS = {work!r}  # case name -> loop iterations per call
+_memory = {{"baseline_kib": 0, "kept": bytearray(), "calls": 0}}
+
+{work_loop}
+
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _rebase_memory():
+    _memory.update(baseline_kib=_status_kib("VmRSS"), kept=bytearray(), calls=0)
+
+
+def _retain(fraction):
+    # Once, after the second call (the case set up and run once, its memory in place): a buffer of the fraction
+    # of what the case has made resident, every page touched, kept for the life of the process. Grown later,
+    # freed heap blocks would stay resident and the growth would compound.
+    _memory["calls"] += 1
+    if _memory["calls"] == 2:
+        wanted = int((_status_kib("VmHWM") - _memory["baseline_kib"]) * 1024 * fraction)
+        kept = bytearray(max(wanted, 0))
+        kept[::4096] = b"\\x01" * len(range(0, len(kept), 4096))
+        _memory["kept"] = kept
 
 
 def _wait(ns, extra_op=None, args=()):
@@ -53,7 +87,7 @@ def _wait(ns, extra_op=None, args=()):
     _unit["waited_ns"] += _clock() - started
 
 
-def _timed_unit(fn, fraction):
+def _timed_unit(fn, fraction, work=False, memory=0.0):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if _unit["depth"]:
@@ -66,6 +100,10 @@ def _timed_unit(fn, fraction):
             own = _clock() - started - _unit["waited_ns"]
             _unit.update(depth=0, previous_ns=own, previous_target_ns=_unit["target_ns"])
             _wait(own * fraction)
+            if work:
+                extra_work(_WORK_ITERATIONS.get(os.environ.get("OPTCV_GATE_CASE"), 0))
+            if memory:
+                _retain(memory)
     return wrapper
 
 
@@ -119,21 +157,37 @@ def _inject(fractions):
 
         torch.nn.Module.__call__ = _slowed(torch.nn.Module.__call__, fractions["pytorch-op"], outermost_only=True,
                                            extra_op=exp_of_input)
-    shared = fractions.get("shared", 0.0)  # every wrapped side measures its units, slowed or not
+    # Every wrapped side measures its units, slowed or not, and both sides run the same wrappers.
+    unit = functools.partial(_timed_unit, fraction=fractions.get("shared", 0.0), work="work" in fractions,
+                             memory=fractions.get("memory", 0.0))
     for module in (torch_backend, ort_backend, ov_backend, compile_backend):
         for value in list(vars(module).values()):
             if isinstance(value, type) and value.__module__ == module.__name__ and "predict" in vars(value):
-                value.predict = _timed_unit(value.predict, shared)
-    train.train = _timed_unit(train.train, shared)
+                value.predict = unit(value.predict)
+    train.train = unit(train.train)
+    _rebase_memory()
+    os.register_at_fork(after_in_child=_rebase_memory)
 
 
 _inject({fractions!r})
 '''
 
 
-def write_injection(folder: str | Path, fractions: Mapping[str, float]) -> Path:
+# The extra work of the `work` target: integer arithmetic whose instructions per iteration are the same in every
+# run of an interpreter (the self-test counts them under valgrind: optcv.gate.instructions).
+WORK_LOOP = """def extra_work(iterations):
+    x = 1
+    for _ in range(iterations):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+    return x
+"""
+
+
+def write_injection(folder: str | Path, fractions: Mapping[str, float],
+                    work_iterations: Mapping[str, int] | None = None) -> Path:
     """Write the sitecustomize.py that slows each target by its fraction (0.05 = 5 %; 0 wraps it without
-    waiting) into `folder`; no targets: the same imports, nothing wrapped."""
+    waiting) into `folder`; no targets: the same imports, nothing wrapped. The `work` target's extra work is
+    `work_iterations` per case (none given: no extra work) and its fraction is only a label."""
     for target, fraction in fractions.items():
         if target not in TARGETS:
             raise ValueError(f"unknown injection target {target!r}: choose from {', '.join(TARGETS)}")
@@ -142,6 +196,7 @@ def write_injection(folder: str | Path, fractions: Mapping[str, float]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sitecustomize.py"
-    path.write_text(_SITECUSTOMIZE.format(fractions={t: float(f) for t, f in sorted(fractions.items())}),
-                    encoding="utf-8")
+    text = _SITECUSTOMIZE.format(fractions={t: float(f) for t, f in sorted(fractions.items())},
+                                 work=dict(sorted((work_iterations or {}).items())), work_loop=WORK_LOOP)
+    path.write_text(text, encoding="utf-8")
     return folder

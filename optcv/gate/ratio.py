@@ -196,6 +196,10 @@ class RatioFallback:
     def regressions(self) -> list[GateFinding]:
         return [f for f in self.findings if not f.passed]
 
+    @property
+    def failures(self) -> list[Any]:
+        return list(self.regressions)
+
     def raise_for_regressions(self) -> None:
         if self.regressions:
             raise SpeedRegression("; ".join(f.message() for f in self.regressions))

@@ -14,7 +14,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,15 @@ from optcv.gate.config import GateConfig, case_specs, recipes_for
 from optcv.gate.inject import TARGETS, TOUCHES, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, measure, prepare_inputs
-from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, CaseFinding, PairedChange, Thresholds, Verdict, verdict_of
+from optcv.gate.verdict import (
+    DEFAULT_THRESHOLD_PCT,
+    CaseFinding,
+    MeasureFinding,
+    PairedChange,
+    Thresholds,
+    Verdict,
+    verdict_of,
+)
 from optcv.gate.workers import build_artifacts
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/2"
@@ -42,14 +50,25 @@ Injection = Mapping[str, float]  # target -> slowdown in %; empty: unchanged cod
 EXPECTED_OPERATOR = {"pytorch-op": "aten::exp"}
 
 
+# Which injected targets each measure should see: a wait is time, extra arithmetic is instructions (and some
+# time), a retained buffer is memory.
+MEASURE_TARGETS = {"time": frozenset({"onnxruntime", "openvino", "pytorch", "pytorch-op", "shared"}),
+                   "instructions": frozenset({"work"}), "memory": frozenset({"memory"})}
+
+
 def affected(target: str, case: str) -> bool:
-    """Whether an injection into `target` (optcv.gate.inject) slows `case` down."""
+    """Whether an injection into `target` (optcv.gate.inject) reaches `case`."""
     return case.split("/")[1] in TOUCHES[target]
 
 
-def nominal_pct(injected: Injection, case: str) -> float:
-    """The slowdown injected into `case`: the sum of the levels of the targets it goes through."""
-    return sum(pct for target, pct in injected.items() if affected(target, case))
+def nominal_pct(injected: Injection, case: str, measure: str = "time") -> float:
+    """The change injected into `case` for `measure`: the sum of the levels of its targets that the case goes
+    through."""
+    return sum(pct for target, pct in injected.items() if target in MEASURE_TARGETS[measure] and affected(target, case))
+
+
+def touched(injected: Injection, case: str) -> bool:
+    return any(pct and affected(target, case) for target, pct in injected.items())
 
 
 def injection_label(injected: Injection) -> str:
@@ -64,6 +83,14 @@ class SelfTestRun:
     findings: list[CaseFinding]  # the gate's last word per case (the re-test's where there was one)
     seconds: float
     first_pass: dict[str, CaseFinding] = field(default_factory=dict)  # of the re-tested cases
+    measured: list[MeasureFinding] = field(default_factory=list)  # memory and instructions, where measured
+
+    def outcomes(self, measure: str, threshold_pct: float) -> list[tuple[str, float, bool]]:
+        """Per case of `measure`: (case, measured change %, whether a gate at `threshold_pct` fails it)."""
+        if measure == "time":
+            return [(f.case, f.change_pct, self.verdict(f, threshold_pct) is Verdict.REGRESSION) for f in self.findings]
+        return [(f.case, f.change_pct, _verdict(f, threshold_pct) is Verdict.REGRESSION)
+                for f in self.measured if f.measure == measure]
 
     @property
     def unchanged(self) -> bool:
@@ -100,16 +127,21 @@ class SelfTestResult:
     environment: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
-    def arms(self, threshold_pct: float) -> list[ArmResult]:
-        """Per injection and injected case (nominal change > 0), in the order first run."""
+    def measures(self) -> list[str]:
+        timed = ["time"] if any(run.findings for run in self.runs) else []
+        return [*timed, *sorted({f.measure for run in self.runs for f in run.measured})]
+
+    def arms(self, threshold_pct: float, measure: str = "time") -> list[ArmResult]:
+        """Per injection and injected case (nominal change > 0 for `measure`), in the order first run. A case that
+        another measure's injection also reaches is left out of this measure's arms."""
         grouped: dict[tuple[str, str], list[tuple[float, bool, float]]] = {}
         for run in self.runs:
-            for f in run.findings:
-                nominal = nominal_pct(run.injected, f.case)
-                if nominal:
-                    failed = run.verdict(f, threshold_pct) is Verdict.REGRESSION
-                    grouped.setdefault((injection_label(run.injected), f.case), []).append((nominal, failed,
-                                                                                             f.change_pct))
+            for case, change, failed in run.outcomes(measure, threshold_pct):
+                nominal = nominal_pct(run.injected, case, measure)
+                others = any(pct and affected(t, case) and t not in MEASURE_TARGETS[measure]
+                             for t, pct in run.injected.items())
+                if nominal and not others:
+                    grouped.setdefault((injection_label(run.injected), case), []).append((nominal, failed, change))
         return [ArmResult(label, case, seen[0][0], sum(x[1] for x in seen), len(seen), tuple(x[2] for x in seen))
                 for (label, case), seen in grouped.items()]
 
@@ -137,13 +169,13 @@ class SelfTestResult:
                 out[hit[0]] = (found + right, n + 1)
         return out
 
-    def false_alarms(self, threshold_pct: float) -> tuple[int, int, int, int]:
-        """(unchanged gate runs that failed, unchanged runs, cases with nothing injected that failed in any run,
-        such cases)."""
+    def false_alarms(self, threshold_pct: float, measure: str = "time") -> tuple[int, int, int, int]:
+        """(unchanged gate runs that failed on `measure`, unchanged runs, cases with nothing injected that failed in
+        any run, such cases)."""
         failed_runs = runs = failed_cases = cases = 0
         for run in self.runs:
-            untouched = [f for f in run.findings if not nominal_pct(run.injected, f.case)]
-            flagged = [f for f in untouched if run.verdict(f, threshold_pct) is Verdict.REGRESSION]
+            untouched = [o for o in run.outcomes(measure, threshold_pct) if not touched(run.injected, o[0])]
+            flagged = [o for o in untouched if o[2]]
             failed_cases, cases = failed_cases + len(flagged), cases + len(untouched)
             if run.unchanged:
                 runs += 1
@@ -159,10 +191,11 @@ class SelfTestResult:
 def run_to_dict(run: SelfTestRun) -> dict[str, Any]:
     return {"injected_pct": run.injected, "seed": run.seed, "seconds": run.seconds,
             "findings": [_finding_to_dict(f) for f in run.findings],
-            "first_pass_of_retested": [_finding_to_dict(f) for f in run.first_pass.values()]}
+            "first_pass_of_retested": [_finding_to_dict(f) for f in run.first_pass.values()],
+            "measured": [_finding_to_dict(f) for f in run.measured]}
 
 
-def _finding_to_dict(finding: CaseFinding) -> dict[str, Any]:
+def _finding_to_dict(finding: CaseFinding | MeasureFinding) -> dict[str, Any]:
     return {**asdict(finding), "verdict": finding.verdict.value}
 
 
@@ -171,10 +204,16 @@ def _finding_from_dict(data: dict[str, Any]) -> CaseFinding:
                           "pair_changes_pct": tuple(data.get("pair_changes_pct", ()))})
 
 
+def _measured_from_dict(data: dict[str, Any]) -> MeasureFinding:
+    return MeasureFinding(**{**data, "verdict": Verdict(data["verdict"]), "base": tuple(data["base"]),
+                             "head": tuple(data["head"])})
+
+
 def run_from_dict(data: dict[str, Any]) -> SelfTestRun:
     first = [_finding_from_dict(f) for f in data.get("first_pass_of_retested", [])]
     return SelfTestRun(dict(data["injected_pct"]), int(data["seed"]), [_finding_from_dict(f) for f in data["findings"]],
-                       float(data["seconds"]), {f.case: f for f in first})
+                       float(data["seconds"]), {f.case: f for f in first},
+                       [_measured_from_dict(f) for f in data.get("measured", [])])
 
 
 def resumable_runs(record: Path, config: dict[str, Any], plan: Sequence[Injection]) -> list[SelfTestRun]:
@@ -218,9 +257,24 @@ def disjoint_groups(targets: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def _verdict(finding: CaseFinding, threshold_pct: float) -> Verdict:
-    change = PairedChange(finding.change_pct, finding.ci_low_pct, finding.ci_high_pct, finding.rounds)
-    return verdict_of(change, threshold_pct)
+def _verdict(finding: CaseFinding | MeasureFinding, threshold_pct: float) -> Verdict:
+    return verdict_of(PairedChange(finding.change_pct, finding.ci_low_pct, finding.ci_high_pct, 0), threshold_pct)
+
+
+def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str, Any]], setup: dict[str, Any],
+                log: Log) -> Callable[[float], dict[str, int]]:
+    """The `work` target's loop iterations per case for a level in %: the level's share of the case's
+    instructions per call (counted once, on the base's wrappers), over the loop's instructions per iteration."""
+    from optcv.gate.instructions import client_library, count_side, counted, instructions_per_iteration
+
+    library = client_library()
+    side = Side("base", sys.executable, HEAD_TREE, extra_path=(
+        write_injection(workdir / "inject-sizing", dict.fromkeys(wrapped, 0.0)),))
+    counts = count_side(side, counted(specs), setup, workdir, "sizing", library)["counts"]
+    per_iteration = instructions_per_iteration(sys.executable, library, workdir)
+    log(f"self-test: extra work sized from {len(counts)} case(s); the loop costs {per_iteration:.1f} instructions "
+        "per iteration")
+    return lambda pct: {case: round(pct / 100 * c["per_call"] / per_iteration) for case, c in counts.items()}
 
 
 def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] | None = None, *,
@@ -241,9 +295,11 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
         log(f"self-test: {len(runs)} of {len(injections)} runs recorded in {record}; going on from run {len(runs) + 1}")
     with tempfile.TemporaryDirectory(prefix="optcv-selftest-") as tmp:
         workdir = Path(tmp)
-        _, root = prepare_inputs(workdir, data_dir)
+        inputs, root = prepare_inputs(workdir, data_dir)
         built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, recipes_for(specs), root,
                                 default_cache_dir())
+        work = _work_sizer(workdir, wrapped, specs, {"inputs": inputs, "artifacts": built}, log) \
+            if any(i.get("work") for i in injections) else None
         for index, injected in enumerate(injections):
             if index < len(runs):
                 continue
@@ -251,18 +307,17 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
             base = Side("base", sys.executable, HEAD_TREE, extra_path=(
                 write_injection(workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0)),))
             head = Side("head", sys.executable, HEAD_TREE, extra_path=(write_injection(
-                workdir / f"inject-h-{index:04d}", {t: injected.get(t, 0.0) / 100 for t in wrapped}),))
+                workdir / f"inject-h-{index:04d}", {t: injected.get(t, 0.0) / 100 for t in wrapped},
+                work(injected.get("work", 0.0)) if work else None),))
             profile_ms = config.profile_ms if attribution else 0.0
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": profile_ms})
             result = measure(base, head, run_config, Thresholds(min(thresholds)), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
                              artifacts={"base": built, "head": built})
             runs.append(SelfTestRun(injected, run_config.seed, result.findings, result.seconds,
-                                    {f.case: f for f in result.retested}))
+                                    {f.case: f for f in result.retested}, result.measured))
             if record:
                 write_json(record, SelfTestResult(runs, tuple(thresholds), settings, environment_info()).to_dict())
-            worst = max(result.findings, key=lambda f: f.change_pct)
             log(f"self-test run {index + 1}/{len(injections)}: {injection_label(injected)}: "
-                f"{len(result.regressions)} case(s) failed; largest change {worst.case} {worst.change_pct:+.1f} % "
-                f"({result.seconds:.0f} s)")
+                f"{len(result.failures)} finding(s) failed ({result.seconds:.0f} s)")
     return SelfTestResult(runs, tuple(thresholds), settings, environment_info())

@@ -14,8 +14,9 @@ from optcv.data import load_cifar10, resolve_data_dir
 from optcv.env import environment_info
 from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS, attribution
 from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_models, recipes_for
+from optcv.gate.memory import measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
-from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, judge, paired_change
+from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
 from optcv.stats import BOOTSTRAP_RESAMPLES
 
@@ -106,7 +107,10 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                                              cache_dir))
     setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
              for label in artifacts}
-    findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)
+    findings: list[CaseFinding] = []
+    settings: dict[str, Any] = {"base": {}, "head": {}}
+    if "time" in config.measures:
+        findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)
     flagged = [f.case for f in findings if f.failed]
     retested: list[CaseFinding] = []
     if flagged and config.retest_failures:
@@ -122,8 +126,32 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
                 "per worker pair, the median per-round head/base ratio; their mean; 95 % two-level percentile "
                 f"bootstrap (pairs, then rounds; {BOOTSTRAP_RESAMPLES})"}
+    measured, notes = _other_measures((base, head), specs, config, thresholds, workdir, setup, log)
     return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
-                      time.perf_counter() - started, retested=retested)
+                      time.perf_counter() - started, notes=notes, retested=retested, measured=measured)
+
+
+def _other_measures(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig,
+                    thresholds: Thresholds, workdir: Path, setup: dict[str, dict[str, Any]], log: Log
+                    ) -> tuple[list[MeasureFinding], list[str]]:
+    measured: list[MeasureFinding] = []
+    notes: list[str] = []
+    if "memory" in config.measures:
+        started = time.perf_counter()
+        measured += measure_memory(sides, specs, setup, thresholds, workdir, config.memory_repeats, config.seed)
+        log(f"memory: {len(specs)} case(s), {config.memory_repeats} forked measurement(s) per side each: "
+            f"{time.perf_counter() - started:.0f} s")
+    if "instructions" in config.measures:
+        from optcv.gate.instructions import measure_instructions
+
+        log("instructions: the batch-1 one-thread cases under valgrind (callgrind)")
+        counted, notes = measure_instructions(sides, specs, setup, thresholds, workdir, config.seed, log,
+                                              config.instruction_repeats)
+        measured += counted
+    for finding in measured:
+        log(f"{finding.case} {finding.measure}: {finding.change_pct:+.2f} % ({finding.ci_low_pct:+.2f} … "
+            f"{finding.ci_high_pct:+.2f}) → {finding.verdict.value}")
+    return measured, notes
 
 
 def _code_hash(side: Side, built: dict[str, Any]) -> str:

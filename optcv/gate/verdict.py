@@ -40,11 +40,15 @@ class GateSetupError(OptcvError):
 
 
 class PerformanceRegression(SpeedRegression):
-    """A gated case got slower beyond its threshold; carries the typed findings."""
-    def __init__(self, findings: Sequence[CaseFinding]):
+    """A gated case got slower (or larger, or did more work) beyond its threshold; carries the typed findings."""
+    def __init__(self, findings: Sequence[CaseFinding | MeasureFinding]):
         self.findings = list(findings)
-        super().__init__("; ".join(f"{f.case} {f.change_pct:+.1f} % (95 % CI {f.ci_low_pct:+.1f} … "
+        super().__init__("; ".join(f"{f.case}{_measure_label(f)} {f.change_pct:+.1f} % (interval {f.ci_low_pct:+.1f} … "
                                    f"{f.ci_high_pct:+.1f} %, threshold {f.threshold_pct:g} %)" for f in findings))
+
+
+def _measure_label(finding: Any) -> str:
+    return f" {finding.measure}" if isinstance(finding, MeasureFinding) else ""
 
 
 @dataclass(frozen=True)
@@ -92,34 +96,56 @@ def verdict_of(change: PairedChange, threshold_pct: float) -> Verdict:
     return Verdict.NO_CHANGE
 
 
+# The other measures' default thresholds, from their resolution here (unchanged gates, 2026-12-01): a case's peak
+# resident memory repeats within 0.1 % (ONNX Runtime, OpenVINO) to 1.6 % (PyTorch, training) in forked children,
+# with the odd repeat off by an arena block (resnet18/onnxruntime 5 %) that the rule absorbs as spread;
+# instructions per call of TutorialNet's batch-1 calls within 0.01-0.3 % between processes of other hash seeds
+# and layouts. (The issue that brought memory asked for 10 %; a 10 % growth then reads 9.9-10 % and is a coin flip.)
+MEASURE_DEFAULTS_PCT = {"time": DEFAULT_THRESHOLD_PCT, "memory": 5.0, "instructions": 0.5}
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """The default threshold in %, and optional per-case ones by glob pattern (the first match wins)."""
+    """Per measure, the default threshold in % and optional per-case ones by glob pattern (the first match wins);
+    `default_pct` and `per_case` are time's."""
     default_pct: float = DEFAULT_THRESHOLD_PCT
     per_case: tuple[tuple[str, float], ...] = ()
+    others: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...] = ()  # (measure, default, per case)
 
-    def for_case(self, case: str) -> float:
-        for pattern, value in self.per_case:
+    def for_case(self, case: str, measure: str = "time") -> float:
+        default, per_case = self.default_pct, self.per_case
+        if measure != "time":
+            default, per_case = next(((d, c) for m, d, c in self.others if m == measure),
+                                     (MEASURE_DEFAULTS_PCT[measure], ()))
+        for pattern, value in per_case:
             if fnmatch.fnmatchcase(case, pattern):
                 return value
-        return self.default_pct
+        return default
 
     @classmethod
     def load(cls, path: str | Path | None, default_pct: float | None = None) -> Thresholds:
-        """Read a thresholds file ({"schema", "default", "cases": {pattern: pct}}); `default_pct`
-        (the --threshold option) overrides the file's default."""
+        """Read a thresholds file ({"schema", "default", "cases": {pattern: pct}}, and optionally "memory" and
+        "instructions" objects of the same shape); `default_pct` (the --threshold option) overrides the file's
+        default for time."""
         if path is None:
             return cls(DEFAULT_THRESHOLD_PCT if default_pct is None else _check_pct(default_pct, "--threshold"))
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise GateSetupError(f"thresholds file {path} cannot be read ({exc}); fix it or drop --thresholds") from exc
-        if not isinstance(raw, dict) or raw.get("schema") != THRESHOLDS_SCHEMA or not isinstance(
-                raw.get("cases", {}), dict):
+        if not isinstance(raw, dict) or raw.get("schema") != THRESHOLDS_SCHEMA:
             raise GateSetupError(f"thresholds file {path} is not an {THRESHOLDS_SCHEMA} object with a 'cases' map")
-        file_default = _check_pct(raw.get("default", DEFAULT_THRESHOLD_PCT), f"{path}: default")
-        cases = tuple((str(k), _check_pct(v, f"{path}: {k}")) for k, v in raw.get("cases", {}).items())
-        return cls(file_default if default_pct is None else _check_pct(default_pct, "--threshold"), cases)
+        file_default, cases = _section(raw, DEFAULT_THRESHOLD_PCT, str(path))
+        others = tuple((m, *_section(raw[m], MEASURE_DEFAULTS_PCT[m], f"{path}: {m}"))
+                       for m in ("memory", "instructions") if m in raw)
+        return cls(file_default if default_pct is None else _check_pct(default_pct, "--threshold"), cases, others)
+
+
+def _section(raw: Any, default: float, where: str) -> tuple[float, tuple[tuple[str, float], ...]]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("cases", {}), dict):
+        raise GateSetupError(f"thresholds file {where} is not an object with a 'cases' map")
+    cases = tuple((str(k), _check_pct(v, f"{where}: {k}")) for k, v in raw.get("cases", {}).items())
+    return _check_pct(raw.get("default", default), f"{where}: default"), cases
 
 
 def _check_pct(value: Any, what: str) -> float:
@@ -148,6 +174,54 @@ class CaseFinding:
         return self.verdict is Verdict.REGRESSION
 
 
+@dataclass(frozen=True)
+class MeasureFinding:
+    """A case's memory or instruction count, base against head over a few repeats of each (`optcv.gate.memory`,
+    `optcv.gate.instructions`), judged by the same rule as its time."""
+    measure: str  # "memory" (peak resident KiB the case adds) or "instructions" (per call)
+    case: str
+    base: tuple[float, ...]
+    head: tuple[float, ...]
+    change_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    threshold_pct: float
+    verdict: Verdict
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict is Verdict.REGRESSION
+
+    @property
+    def base_median(self) -> float:
+        return float(np.median(self.base))
+
+    @property
+    def head_median(self) -> float:
+        return float(np.median(self.head))
+
+
+def repeat_change(base: Sequence[float], head: Sequence[float]) -> PairedChange:
+    """Head ÷ base − 1 in % from a few repeats per side: the ratio of the medians, and as its interval the range of
+    every head ÷ base ratio, so the change is significant only where every head repeat lies beyond every base
+    one (with 3 and 3 repeats of identical code, a chance of 1 in 20 each way)."""
+    b, h = np.asarray(base, dtype=float), np.asarray(head, dtype=float)
+    if not (len(b) and len(h) and np.all(b > 0) and np.all(h > 0)):
+        raise ValueError("need positive repeats on both sides")
+    ratios = h[:, None] / b[None, :]
+    pct = lambda v: float((v - 1) * 100)  # noqa: E731
+    return PairedChange(pct(np.median(h) / np.median(b)), pct(ratios.min()), pct(ratios.max()), min(len(b), len(h)))
+
+
+def judge_repeats(measure: str, case: str, base: Sequence[float], head: Sequence[float], threshold_pct: float,
+                  detail: dict[str, Any] | None = None) -> MeasureFinding:
+    change = repeat_change(base, head)
+    return MeasureFinding(measure, case, tuple(map(float, base)), tuple(map(float, head)), change.change_pct,
+                          change.ci_low_pct, change.ci_high_pct, threshold_pct, verdict_of(change, threshold_pct),
+                          detail or {})
+
+
 def judge(case: str, base_rounds_us: Any, head_rounds_us: Any, threshold_pct: float,
           calls_per_turn: int, seed: int = 0) -> CaseFinding:
     """The finding of one case from per-round medians in µs, shaped (pairs, rounds) or (rounds,)."""
@@ -172,20 +246,28 @@ class GateResult:
     # The first-pass findings of cases that failed and were timed again with fresh workers; `findings` holds
     # the re-test's, which decide.
     retested: list[CaseFinding] = field(default_factory=list)
+    measured: list[MeasureFinding] = field(default_factory=list)  # memory and instructions, where asked for
 
     @property
     def regressions(self) -> list[CaseFinding]:
+        """The cases that got slower beyond their threshold."""
         return [f for f in self.findings if f.failed]
 
+    @property
+    def failures(self) -> list[CaseFinding | MeasureFinding]:
+        """Every failing finding of every measure: what decides the gate."""
+        return [*self.regressions, *(f for f in self.measured if f.failed)]
+
     def raise_for_regressions(self) -> None:
-        if self.regressions:
-            raise PerformanceRegression(self.regressions)
+        if self.failures:
+            raise PerformanceRegression(self.failures)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": RESULT_SCHEMA, "base": self.base, "head": self.head, "protocol": self.protocol,
                 "environment": self.environment, "seconds": self.seconds, "notes": self.notes,
                 "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings],
-                "first_pass_of_retested": [{**asdict(f), "verdict": f.verdict.value} for f in self.retested]}
+                "first_pass_of_retested": [{**asdict(f), "verdict": f.verdict.value} for f in self.retested],
+                "measured": [{**asdict(f), "verdict": f.verdict.value} for f in self.measured]}
 
 
 def failure_kind(exc: BaseException) -> str | None:

@@ -4,7 +4,9 @@ It is the measuring harness, not code under test, so both sides run this same fi
 every model, export, predictor and training step comes from the side's own `optcv`. It talks JSON lines:
 `build` trains and exports the reference models with the side's code (cached by a hash of that code and
 its versions); `serve` answers set-up, warm-up, timing and profiling requests one at a time, so the gate
-decides which worker runs when. Only the standard library and NumPy are imported before the side's optcv.
+decides which worker runs when; `memory` measures each case's resident memory in a child of its own;
+`instructions` runs the cases under callgrind. Only the standard library and NumPy are imported before the
+side's optcv.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ SIDE_MODULES: dict[str, tuple[str, ...]] = {
     "declarations": ("optcv.declared.config",),
     "declared_inputs": ("optcv.declared.inputs",),
 }
+# The case being run, for the self-test's injected extra work (optcv.gate.inject), which is sized per case.
+CASE_VARIABLE = "OPTCV_GATE_CASE"
 DECLARED_INPUTS = 16  # distinct inputs a declared model's case cycles through (at least one batch)
 
 
@@ -358,6 +362,141 @@ def _ort_profile(case: Case, session: Any, calls: int) -> tuple[dict[str, float]
     return totals, wall_us
 
 
+def _status_kib(field: str) -> int:
+    """A line of /proc/self/status in KiB (VmRSS: resident now; VmHWM: the peak since the last reset)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+        clear_refs.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
+
+
+def footprint(spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str, np.ndarray], calls: int,
+              warmup: int) -> dict[str, Any]:
+    """One case's memory in this (fresh, forked) process: the peak resident memory the case added over its set-up,
+    `warmup` calls and `calls` more, and what stayed resident per call after the warm-up."""
+    os.environ[CASE_VARIABLE] = spec["id"]
+    _reset_peak()
+    before = _status_kib("VmRSS")
+    case = Case(spec, artifacts, inputs)
+    for _ in range(warmup):
+        case.call()
+    warm = _status_kib("VmRSS")
+    for _ in range(calls):
+        case.call()
+    return {"peak_kib": _status_kib("VmHWM") - before, "after_setup_and_warmup_kib": warm - before,
+            "retained_kib_per_call": (_status_kib("VmRSS") - warm) / calls}
+
+
+def in_child(work: Any) -> dict[str, Any]:
+    """`work()`'s answer, computed in a forked child so that nothing the parent held or freed counts."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, then leave without running the parent's clean-up
+        os.close(read_end)
+        try:
+            answer = work()
+        except Exception as exc:  # reported to the gate as a set-up error of this side
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write(json.dumps(answer))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return json.loads(text) if text else {"error": f"the measuring child ended with status {status}"}
+
+
+def _import_runtimes() -> None:
+    """What any case imports, imported before the fork, so that it is in every child alike and in no footprint."""
+    side_module("runtime")
+    side_module("train")
+    for name in ("torch", "onnxruntime", "openvino"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def serve_memory(stdin: Any, reply: Any) -> None:
+    """`setup` keeps the inputs and artifacts; each `memory` request measures one case in a fresh child."""
+    held: dict[str, Any] = {}
+    for line in stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "setup":
+                held = {"inputs": {name: np.load(path) for name, path in request["inputs"].items()},
+                        "artifacts": request["artifacts"]}
+                _import_runtimes()
+                answer: dict[str, Any] = {"pid": os.getpid(), "threads": len(os.listdir("/proc/self/task"))}
+            elif request["op"] == "memory":
+                answer = in_child(lambda r=request, h=held: footprint(r["spec"], h["artifacts"], h["inputs"],
+                                                                      r["calls"], r["warmup"]))
+            elif request["op"] == "exit":
+                return
+            else:
+                answer = {"error": f"unknown request {request['op']!r}"}
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+
+
+def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
+    """Under callgrind with instrumentation off: per case, set up and warm up; count one call (a probe, read back
+    from its dump) to choose how many calls give about `target_instructions`; count those, dumped under the
+    case's name (optcv.gate.instructions)."""
+    import ctypes
+    import gc
+
+    client = ctypes.CDLL(request["library"])
+    client.optcv_callgrind_stop.argtypes = [ctypes.c_char_p]
+    dumps = f"{request['out_prefix']}.{os.getpid()}"
+    inputs = {name: np.load(path) for name, path in request["inputs"].items()}
+    calls: dict[str, int] = {}
+    warmup_s: dict[str, float] = {}
+    for spec in request["cases"]:
+        os.environ[CASE_VARIABLE] = spec["id"]
+        case = Case(spec, request["artifacts"], inputs)
+        case.call()  # its first call may set up (OpenVINO compiles here): not the call's own time
+        started = time.perf_counter()
+        case.call()
+        warmup_s[spec["id"]] = time.perf_counter() - started
+        if warmup_s[spec["id"]] > request["max_warmup_s"]:
+            continue  # counted, it would take minutes: reported as not counted, with this time
+        for label, count in (("probe " + spec["id"], 1), (spec["id"], 0)):
+            if not count:  # the probe's instructions decide the count, the same rule on both sides
+                probe = _dump_total(f"{dumps}.{2 * len(calls) + 1}")
+                count = int(min(request["max_calls"], max(3, request["target_instructions"] // max(probe, 1))))
+            gc.collect()
+            gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
+            client.optcv_callgrind_start()
+            for _ in range(count):
+                case.call()
+            client.optcv_callgrind_stop(label.encode())
+            gc.enable()
+        calls[spec["id"]] = count
+        del case
+        gc.collect()
+    import torch
+
+    return {"calls": calls, "warmup_s": warmup_s, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _dump_total(path: str) -> int:
+    with open(path, encoding="utf-8", errors="replace") as dump:
+        for line in dump:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise OSError(f"callgrind dump {path} has no total")
+
+
 def serve(stdin: Any, reply: Any) -> None:
     cases: dict[str, Case] = {}
     for line in stdin:
@@ -371,6 +510,7 @@ def serve(stdin: Any, reply: Any) -> None:
                 answer: dict[str, Any] = {"optcv_file": _optcv_file(), "versions": _versions(), "pid": os.getpid(),
                                           "settings": {k: c.settings for k, c in cases.items()}}
             elif op == "time":
+                os.environ[CASE_VARIABLE] = request["case"]
                 answer = {"ns": cases[request["case"]].time(request["calls"])}
             elif op == "profile":
                 answer = profile(cases[request["case"]], request["calls"])
@@ -389,16 +529,19 @@ def main() -> None:
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    if sys.argv[1:] == ["build"]:
+    one_shot = {"build": build, "instructions": count_instructions}
+    if sys.argv[1:2] and sys.argv[1] in one_shot and len(sys.argv) == 2:
         try:
-            answer = build(json.loads(sys.stdin.read()))
+            answer = one_shot[sys.argv[1]](json.loads(sys.stdin.read()))
         except Exception as exc:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         reply.write(json.dumps(answer) + "\n")
     elif sys.argv[1:] == ["serve"]:
         serve(sys.stdin, reply)
+    elif sys.argv[1:] == ["memory"]:
+        serve_memory(sys.stdin, reply)
     else:
-        sys.exit("usage: worker.py build|serve (JSON on standard input)")
+        sys.exit("usage: worker.py build|serve|memory|instructions (JSON on standard input)")
     reply.flush()
 
 

@@ -20,7 +20,11 @@ from optcv.history.records import (
     CHANGE_PCT,
     GATE,
     HOW_FAST,
+    INSTRUCTIONS,
+    INSTRUCTIONS_CHANGE_PCT,
     LATENCY_US,
+    MEMORY_CHANGE_PCT,
+    PEAK_KIB,
     PYTEST_BENCHMARK,
     THROUGHPUT,
     UNKNOWN_ISA,
@@ -93,6 +97,7 @@ def _gate_record(data: dict[str, Any], source: str) -> RunRecord:
         Measurement(f["case"], CHANGE_PCT, f["change_pct"], f["ci_low_pct"], f["ci_high_pct"], f["rounds"],
                     f["verdict"], f["threshold_pct"]) for f in data["findings"])
     medians = tuple(Measurement(f["case"], LATENCY_US, f["head_median_us"], n=f["rounds"]) for f in data["findings"])
+    measurements += tuple(m for found in data.get("measured", []) for m in _measured(found))
     env = data["environment"]
     head = data.get("head", {})
     return RunRecord(GATE, _time(data.get("recorded_at")), _machine(env), head.get("commit"), head.get("branch"),
@@ -100,6 +105,19 @@ def _gate_record(data: dict[str, Any], source: str) -> RunRecord:
                      details={"base": data.get("base"), "head": head, "protocol": data.get("protocol"),
                               "seconds": data.get("seconds")},
                      measurements=measurements + medians)
+
+
+_MEASURED_METRICS = {"memory": (MEMORY_CHANGE_PCT, PEAK_KIB), "instructions": (INSTRUCTIONS_CHANGE_PCT, INSTRUCTIONS)}
+
+
+def _measured(found: dict[str, Any]) -> tuple[Measurement, Measurement]:
+    """A gate's memory or instruction finding: its change with the range and verdict, and the head's median value
+    with its repeats' range."""
+    change_metric, value_metric = _MEASURED_METRICS[found["measure"]]
+    head = sorted(found["head"])
+    return (Measurement(found["case"], change_metric, found["change_pct"], found["ci_low_pct"], found["ci_high_pct"],
+                        min(len(found["base"]), len(head)), found["verdict"], found["threshold_pct"]),
+            Measurement(found["case"], value_metric, float(head[len(head) // 2]), head[0], head[-1], len(head)))
 
 
 def _bench_measurements(bench: dict[str, Any], model: str) -> Iterator[Measurement]:

@@ -18,7 +18,11 @@ KINDS = (GATE, BENCH, HOW_FAST, PYTEST_BENCHMARK, BISECT)
 
 # The metrics a measurement can be; which way is worse decides what a step up or down means.
 LATENCY_US, THROUGHPUT, CHANGE_PCT = "latency_us", "images_per_s", "change_pct"
-HIGHER_IS_WORSE = {LATENCY_US: True, THROUGHPUT: False, CHANGE_PCT: True}
+# A gate's memory and instruction findings: the head's value, and its change against the base.
+PEAK_KIB, MEMORY_CHANGE_PCT = "peak_kib", "memory_change_pct"
+INSTRUCTIONS, INSTRUCTIONS_CHANGE_PCT = "instructions_per_call", "instructions_change_pct"
+HIGHER_IS_WORSE = {LATENCY_US: True, THROUGHPUT: False, CHANGE_PCT: True, PEAK_KIB: True, MEMORY_CHANGE_PCT: True,
+                   INSTRUCTIONS: True, INSTRUCTIONS_CHANGE_PCT: True}
 UNKNOWN_ISA = ("isa not recorded",)  # never the same machine as one whose flags are known
 
 

@@ -89,5 +89,5 @@ def test_optcv_gate(request: pytest.FixtureRequest, gate_against: str) -> None:
     print(markdown)
     if request.config.getoption("optcv_gate_json"):
         write_json(request.config.getoption("optcv_gate_json"), outcome.to_dict())
-    if outcome.regressions:
+    if outcome.failures:
         pytest.fail("\n".join([*outcome_failure_lines(outcome), "", markdown]), pytrace=False)

@@ -16,12 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from optcv.errors import OptcvError
-from optcv.history.records import CHANGE_PCT, HIGHER_IS_WORSE, LATENCY_US, THROUGHPUT
+from optcv.history.records import (
+    CHANGE_PCT,
+    HIGHER_IS_WORSE,
+    INSTRUCTIONS,
+    INSTRUCTIONS_CHANGE_PCT,
+    LATENCY_US,
+    MEMORY_CHANGE_PCT,
+    PEAK_KIB,
+    THROUGHPUT,
+)
 from optcv.history.store import StoredRun
 from optcv.history.trends import CaseTrend, FoundStep
 from optcv.report.tables import format_value
 
-UNITS = {LATENCY_US: "µs per call", THROUGHPUT: "images/s", CHANGE_PCT: "% change, head vs base"}
+UNITS = {LATENCY_US: "µs per call", THROUGHPUT: "images/s", CHANGE_PCT: "% change, head vs base",
+         PEAK_KIB: "peak KiB", MEMORY_CHANGE_PCT: "% memory change, head vs base",
+         INSTRUCTIONS: "instructions per call", INSTRUCTIONS_CHANGE_PCT: "% instructions change, head vs base"}
 ASSETS = ("dashboard.js", "dashboard.css")
 
 

@@ -8,15 +8,77 @@ from optcv.gate.attribution import OUTSIDE, OperatorChange, named_changes
 from optcv.gate.ratio import DEFAULT_MARGIN, RatioFallback
 from optcv.gate.run import GateOutcome, SameCode
 from optcv.gate.selftest import EXPECTED_OPERATOR, SelfTestResult
-from optcv.gate.verdict import GateResult
+from optcv.gate.verdict import MEASURE_DEFAULTS_PCT, GateResult, MeasureFinding, Verdict
 from optcv.report.tables import markdown_table, signed_pct
+
+MEASURE_WORDS = {  # per measure: the failure's name, the value's unit, and the verdicts in its words
+    "memory": ("MEMORY REGRESSION", "peak MiB", {Verdict.SLOWER_WITHIN_THRESHOLD: "larger, within threshold",
+                                                Verdict.FASTER: "smaller"}),
+    "instructions": ("INSTRUCTION REGRESSION", "M instructions/call",
+                     {Verdict.SLOWER_WITHIN_THRESHOLD: "more, within threshold", Verdict.FASTER: "fewer"}),
+}
 
 
 def gate_failure_lines(result: Any) -> list[str]:
-    """One line per failing case, for a CI log, with the operators whose change was named."""
-    return [f"SPEED REGRESSION: {f.case} {signed_pct(f.change_pct)} (95 % CI {signed_pct(f.ci_low_pct)} … "
-            f"{signed_pct(f.ci_high_pct)}; base {f.base_median_us:,.1f} µs → head {f.head_median_us:,.1f} µs per call; "
-            f"threshold {f.threshold_pct:g} %){_named_text(f.profile)}" for f in result.regressions]
+    """One line per failing case and measure, for a CI log, with where the change was named."""
+    lines = [f"SPEED REGRESSION: {f.case} {signed_pct(f.change_pct)} (95 % CI {signed_pct(f.ci_low_pct)} … "
+             f"{signed_pct(f.ci_high_pct)}; base {f.base_median_us:,.1f} µs → head {f.head_median_us:,.1f} µs per "
+             f"call; threshold {f.threshold_pct:g} %){_named_text(f.profile)}" for f in result.regressions]
+    for f in (m for m in getattr(result, "measured", []) if m.failed):
+        name, unit, _ = MEASURE_WORDS[f.measure]
+        lines.append(f"{name}: {f.case} {signed_pct(f.change_pct)} (every repeat's range {signed_pct(f.ci_low_pct)} "
+                     f"… {signed_pct(f.ci_high_pct)}; base {_value(f, f.base_median)} → head {_value(f, f.head_median)}"
+                     f" {unit}; threshold {f.threshold_pct:g} %){_functions_text(f)}")
+    return lines
+
+
+def _value(finding: MeasureFinding, value: float) -> str:
+    return f"{value / 1024:,.1f}" if finding.measure == "memory" else f"{value / 1e6:,.3f}"
+
+
+def _functions_text(finding: MeasureFinding) -> str:
+    functions = finding.detail.get("functions", [])[:3]
+    return ("; where: " + ", ".join(f"{f['function']} {f['change_per_call']:+,.0f}" for f in functions)
+            if functions else "")
+
+
+def measure_rows(result: Any, measure: str) -> list[dict[str, Any]]:
+    _, unit, words = MEASURE_WORDS[measure]
+    return [{"case": f.case, f"base {unit}": _value(f, f.base_median), f"head {unit}": _value(f, f.head_median),
+             "change": signed_pct(f.change_pct), "range of head ÷ base": f"{signed_pct(f.ci_low_pct)} … "
+                                                                       f"{signed_pct(f.ci_high_pct)}",
+             "threshold": f"{f.threshold_pct:g} %", "repeats": f"{len(f.base)} + {len(f.head)}",
+             "verdict": ("**" + f.verdict.value.upper() + "**") if f.failed else words.get(f.verdict, f.verdict.value)}
+            for f in result.measured if f.measure == measure]
+
+
+def measured_markdown(result: Any) -> list[str]:
+    """The memory and instruction sections of a gate's summary."""
+    lines: list[str] = []
+    if any(f.measure == "memory" for f in result.measured):
+        lines += ["", "### Memory: each case's peak resident memory", "",
+                  "In a child forked per measurement from a worker that has imported the runtimes: the peak it "
+                  "reached over the case's set-up and calls, less what it held at its start.", "",
+                  markdown_table(measure_rows(result, "memory"))]
+        leaks = [f for f in result.measured if f.measure == "memory"
+                 and f.detail.get("head_retained_kib_per_call", 0) > f.detail.get("base_retained_kib_per_call", 0)]
+        lines += [f"- {f.case}: the head kept {f.detail['head_retained_kib_per_call']:,.0f} KiB more resident per call "
+                  f"after its warm-up (base {f.detail['base_retained_kib_per_call']:,.0f})" for f in leaks]
+    found = [f for f in result.measured if f.measure == "instructions"]
+    if found:
+        capability = found[0].detail.get("cpu_capability", {})
+        lines += ["", "### Instructions per call (valgrind callgrind, one-thread cases)", "",
+                  "Counted on valgrind's simulated CPU, whatever the machine's load; it runs the kernels that CPU "
+                  f"selects (PyTorch's CPU capability under valgrind: {', '.join(map(str, set(capability.values())))}"
+                  "), and sees no threading or memory-bandwidth effect.", "", markdown_table(measure_rows(result,
+                                                                                                    "instructions"))]
+        for f in found:
+            if f.failed and f.detail.get("functions"):
+                lines += ["", f"Functions whose instructions per call changed most: {f.case}", "",
+                          markdown_table([{"function": r["function"][:90], "base": f"{r['base_per_call']:,.0f}",
+                                           "head": f"{r['head_per_call']:,.0f}",
+                                           "change": f"{r['change_per_call']:+,.0f}"} for r in f.detail["functions"]])]
+    return lines
 
 
 def _named_text(profile: dict[str, Any] | None) -> str:
@@ -68,8 +130,11 @@ def _change_text(finding: Any) -> str:
 def gate_markdown(result: Any) -> str:
     env = result.environment
     failed = result.regressions
+    others = [f for f in result.measured if f.failed]
     head = (f"## optcv gate: {len(failed)} of {len(result.findings)} cases slower beyond their threshold"
             if failed else f"## optcv gate: passed ({len(result.findings)} cases, none slower beyond its threshold)")
+    if others:
+        head += f"; {len(others)} memory or instruction finding(s) beyond their threshold"
     lines = [head, "",
              f"- base: {_side_line(result.base)}", f"- head: {_side_line(result.head)}",
              f"- machine: {env['cpu']} ({env['cpu_count']} cores), load {env.get('load_average_1m')}; "
@@ -90,13 +155,14 @@ def gate_markdown(result: Any) -> str:
                   markdown_table([{"case": f.case, "first pass": _change_text(f),
                                    "re-test": _change_text(final[f.case]), "verdict": final[f.case].verdict.value}
                                   for f in result.retested])]
+    lines += measured_markdown(result)
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
 
 
-def self_test_rows(result: SelfTestResult, threshold: float) -> list[dict[str, Any]]:
+def self_test_rows(result: SelfTestResult, threshold: float, measure: str = "time") -> list[dict[str, Any]]:
     rows = []
-    for arm in result.arms(threshold):
+    for arm in result.arms(threshold, measure):
         should_fail = arm.nominal_pct >= threshold
         rows.append({"injected": arm.injection, "case": arm.case, "nominal": f"+{arm.nominal_pct:g} %",
                      "measured (median, range)": f"{signed_pct(arm.median_measured_pct)} "
@@ -110,15 +176,25 @@ def self_test_rows(result: SelfTestResult, threshold: float) -> list[dict[str, A
 def self_test_markdown(result: SelfTestResult) -> str:
     wrapped = ", ".join(result.config.get("wrapped_on_both_sides", [])) or "nothing"
     lines = ["## optcv gate self-test", "",
-             f"Injected: a busy-wait of the given fraction of each call's own time, from a sitecustomize.py on the "
-             f"head's PYTHONPATH; the base's wraps the same entry points ({wrapped}) and waits for nothing. "
+             "Injected from a sitecustomize.py on the head's PYTHONPATH: a busy-wait of the given fraction of each "
+             "timed call (time), extra arithmetic of that fraction of the case's instructions (work), a retained "
+             "buffer of that fraction of the case's resident memory (memory); the base's wraps the same entry points "
+             f"({wrapped}) and adds nothing. "
              f"Measured: the gate's change for the case (its last word, after any re-test). Machine: "
              f"{result.environment['cpu']} ({result.environment['cpu_count']} cores).", ""]
-    for threshold in result.thresholds:
+    for threshold in result.thresholds if "time" in result.measures() else ():
         rows = self_test_rows(result, threshold)
         runs_failed, runs, cases_failed, n_cases = result.false_alarms(threshold)
         lines += [f"### threshold {threshold:g} %", "", markdown_table(rows) if rows else "(no injected runs)", "",
                   f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed; "
+                  f"{cases_failed} of {n_cases} case measurements with nothing injected (all runs) failed.", ""]
+    for measure in (m for m in result.measures() if m != "time"):
+        threshold = MEASURE_DEFAULTS_PCT[measure]
+        rows = self_test_rows(result, threshold, measure)
+        runs_failed, runs, cases_failed, n_cases = result.false_alarms(threshold, measure)
+        table = markdown_table(rows) if rows else "(no injected runs)"
+        lines += [f"### {measure}, threshold {threshold:g} %", "", table,
+                  "", f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed on {measure}; "
                   f"{cases_failed} of {n_cases} case measurements with nothing injected (all runs) failed.", ""]
     attribution = result.attribution()
     if attribution:

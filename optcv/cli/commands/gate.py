@@ -19,7 +19,7 @@ from optcv.cli.common import (
 )
 from optcv.errors import OptcvError
 from optcv.gate import selftest
-from optcv.gate.config import BACKENDS, MODELS, GateConfig
+from optcv.gate.config import BACKENDS, MEASURES, MODELS, GateConfig
 from optcv.gate.inject import TARGETS
 from optcv.gate.ratio import (
     DEFAULT_BASELINE,
@@ -59,6 +59,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                            "resnet18/train/b64/t1; 'all' for every case of the models and backends (nightly); "
                            f"default: the pull-request set, {' '.join(default.cases)}")
     add_timing_options(gate, default)
+    gate.add_argument("--measure", nargs="+", choices=list(MEASURES), default=list(default.measures),
+                      help="what is compared: time; memory (each case's peak resident memory, in forked children, "
+                           f"{default.memory_repeats} per side); instructions (the one-thread cases under valgrind, "
+                           "whatever the machine's load; slow)")
     gate.add_argument("--seed", type=int, default=default.seed)
     gate.add_argument("--even-if-unchanged", action="store_true",
                       help="time base and head even when they hold the same optcv code (by default: nothing to time)")
@@ -80,7 +84,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="self-test: profile the failing cases as a gate does, and report whether each slowdown "
                            "was named where it was put (an extra operator as that operator, a wait as time outside "
                            "operators)")
-    gate.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="self-test targets")
+    gate.add_argument("--targets", nargs="+", choices=list(TARGETS),
+                      help="self-test targets (default: those the measures see: a wait for time, extra arithmetic "
+                           "for instructions, a retained buffer for memory)")
     gate.add_argument("--levels", nargs="+", type=positive_float, default=list(selftest.LEVELS_PCT),
                       help="self-test %%")
     gate.add_argument("--repeat", type=positive_int, default=selftest.REPEATS,
@@ -147,7 +153,8 @@ def _gate_files(args: argparse.Namespace) -> int:
 def _gate_config(args: argparse.Namespace, declarations: str | None = None) -> GateConfig:
     return GateConfig(models=tuple(args.models), backends=tuple(args.backends), workers_per_side=args.workers,
                       case_seconds=args.case_seconds, max_case_seconds=max(args.case_seconds, args.max_case_seconds),
-                      cases=tuple(args.cases), seed=args.seed, retest_failures=args.retest, declarations=declarations)
+                      cases=tuple(args.cases), seed=args.seed, retest_failures=args.retest, declarations=declarations,
+                      measures=tuple(dict.fromkeys(args.measure)))
 
 
 def _publish(args: argparse.Namespace, markdown: str, data: dict[str, object]) -> None:
@@ -178,12 +185,13 @@ def _gate_ab(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if isinstance(outcome, GateResult):  # nothing timed (same code, the ratio fallback): nothing to keep
         record_in_history(args, outcome.to_dict(), tree=repo or HEAD_TREE, summary=markdown)
-    return EXIT_REGRESSION if outcome.regressions else 0
+    return EXIT_REGRESSION if outcome.failures else 0
 
 
 def _gate_self_test(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    plan = selftest.default_plan(args.targets, args.levels, args.repeat, args.unchanged)
+    targets = args.targets or [t for t in TARGETS if any(t in selftest.MEASURE_TARGETS[m] for m in args.measure)]
+    plan = selftest.default_plan(targets, args.levels, args.repeat, args.unchanged)
     result = run_self_test(_gate_config(args), plan, thresholds=tuple(args.self_test_thresholds),
                            attribution=args.attribution, data_dir=args.data_dir, log=log, progress=progress(args),
                            record=args.json)

@@ -1,0 +1,249 @@
+"""Instructions per call, A/B: the one-thread cases run under valgrind's callgrind, which counts the instructions
+the program executes on a simulated CPU — the same count whatever else the machine is doing.
+
+Each side's cases run in one valgrind process (`worker.py instructions`) with instrumentation off until a case's
+timed calls: a tiny C library (compiled once into the cache from valgrind's `callgrind.h`) switches it on, zeroes
+the counts, and after the calls dumps them under the case's name. A dump gives the instructions of those calls in
+all, and per function, so a change is also shown where it happened.
+
+Limits, stated with every result: valgrind runs the code path its simulated CPU selects (it has no AVX-512, so on
+an AVX-512 machine MLAS and oneDNN pick their AVX2 kernels: the counts are of those); it sees no threading or
+memory-bandwidth effect (one-thread cases only); and it is slow (the gate's log gives its seconds per side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optcv._io import default_cache_dir
+from optcv.errors import OptcvError
+from optcv.gate.inject import WORK_LOOP
+from optcv.gate.sides import Side
+from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
+from optcv.gate.workers import WORKER_SCRIPT, _fixed_address_layout
+from optcv.measure.reference import COURSE_MODELS
+
+# Valgrind processes per side. One process's count is exact, but identical code under another tree's path or
+# environment counts differently (dict collisions and method-cache hits move with string hashes and addresses:
+# -0.3 % on TutorialNet's PyTorch call here), so each repeat gets its own hash seed and environment padding,
+# the same on both sides, and the interval is the spread that this leaves.
+REPEATS = 2  # GateConfig.instruction_repeats
+TARGET_INSTRUCTIONS = 30_000_000  # counted per case and repeat: valgrind runs SIMD kernels 100-1000x slower
+MAX_CALLS = 20
+# A case whose call takes longer than this under valgrind before counting starts (its JIT alone, ~5-10x slower
+# than the machine) would take minutes per counted call; it is reported as not counted, with its time.
+MAX_WARMUP_S = 1.0
+TOP_FUNCTIONS = 8
+HEADER = Path("/usr/include/valgrind/callgrind.h")
+# Code without a symbol (ONNX Runtime's stripped library, OpenVINO's JIT-compiled kernels) sits at addresses that
+# differ between processes: one row per binary for all of it.
+UNNAMED = "code without a symbol"
+CLIENT_SOURCE = """#include <valgrind/callgrind.h>
+void optcv_callgrind_start(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
+void optcv_callgrind_stop(const char *label) { CALLGRIND_DUMP_STATS_AT(label); CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+class InstructionCountsUnavailable(OptcvError):
+    """valgrind, its header or a C compiler is missing: the counts cannot be taken here."""
+
+
+def client_library(cache_dir: Path | None = None) -> Path:
+    """The client-request library, compiled once per source into the cache."""
+    missing = [what for what, ok in (("valgrind", shutil.which("valgrind")), (str(HEADER), HEADER.is_file()),
+                                     ("a C compiler (cc)", shutil.which("cc"))) if not ok]
+    if missing:
+        raise InstructionCountsUnavailable(f"instruction counts need {', '.join(missing)}: install Debian's valgrind "
+                                           "and gcc (apt-get install valgrind gcc), or drop --measure instructions")
+    folder = (cache_dir or default_cache_dir()) / "callgrind"
+    library = folder / f"optcv-callgrind-{hashlib.sha256(CLIENT_SOURCE.encode()).hexdigest()[:12]}.so"
+    if not library.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / "optcv_callgrind.c"
+        source.write_text(CLIENT_SOURCE, encoding="ascii")
+        partial = library.with_suffix(".so.partial")
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(partial), str(source)], check=True,
+                       capture_output=True)
+        partial.replace(library)
+    return library
+
+
+def hardware_counters() -> str:
+    """Whether `perf stat` can count instructions here, as a sentence (these gates never use it: its counts move
+    with the machine's load and other processes, and many VMs expose none)."""
+    if not shutil.which("perf"):
+        return "perf is not installed"
+    done = subprocess.run(["perf", "stat", "-x,", "-e", "instructions", "true"], capture_output=True, text=True)
+    counted = next((line.split(",")[0] for line in done.stderr.splitlines() if "instructions" in line), "")
+    return ("perf counts instructions here" if counted.strip().isdigit()
+            else f"perf stat -e instructions said {counted.strip() or done.stderr.strip()[:80]!r}")
+
+
+def count_side(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
+               library: Path, repeat: int = 0) -> dict[str, Any]:
+    """One valgrind process of `side` through every case: per case, instructions per call and per function."""
+    return _collect(_start_count(side, specs, setup, workdir, tag, library, repeat))
+
+
+def _start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
+                 library: Path, repeat: int) -> dict[str, Any]:
+    out = workdir / f"callgrind-{side.label}-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p",
+               "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
+               "instructions"]
+    request = {"inputs": setup["inputs"], "artifacts": setup["artifacts"], "cases": list(specs),
+               "library": str(library), "out_prefix": str(out / "cg"), "target_instructions": TARGET_INSTRUCTIONS,
+               "max_calls": MAX_CALLS, "max_warmup_s": MAX_WARMUP_S}
+    env = {**side.env(int(np.random.default_rng(repeat).integers(0, 4096))), "PYTHONHASHSEED": str(repeat)}
+    with open(out / "valgrind.log", "w") as log:  # a file, not a pipe: nobody reads it while valgrind runs
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   env=env, cwd=workdir, preexec_fn=_fixed_address_layout)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(request))
+    process.stdin.close()
+    return {"process": process, "side": side, "out": out}
+
+
+def _collect(started: dict[str, Any]) -> dict[str, Any]:
+    """A started count's per-case results, once its valgrind process has ended."""
+    process, side, out = started["process"], started["side"], started["out"]
+    stdout = process.stdout.read()
+    process.wait()
+    stderr = (out / "valgrind.log").read_text(errors="replace")
+    answer = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
+    if process.returncode or "error" in answer or not answer:
+        tail = answer.get("error") or (stderr.strip().splitlines() or ["no output"])[-1]
+        raise GateSetupError(f"the {side.label} side's instruction count under valgrind failed: {tail}")
+    # This process's dumps only: a child it forks (a runtime probing the machine) writes its own file.
+    dumps = {d["label"]: d for d in map(read_dump, out.glob(f"cg.{process.pid}.*"))}
+    return {"counts": {case: {"per_call": dumps[case]["total"] / n, "calls": n,
+                              "functions": {k: v / n for k, v in dumps[case]["functions"].items()}}
+                       for case, n in answer["calls"].items()},
+            "warmup_s": answer["warmup_s"],
+            "cpu_capability": answer.get("cpu_capability")}
+
+
+def read_dump(path: Path) -> dict[str, Any]:
+    """A callgrind dump (uncompressed names, --dump-line=no): its trigger label, total Ir and self Ir per
+    function. A cost line after `calls=` is the call's inclusive cost and is not the caller's own."""
+    label, total, current, binary, skip_next = "", 0, "", "", False
+    functions: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("desc: Trigger: Client Request: "):
+            label = line.split("Client Request: ", 1)[1].strip()
+        elif line.startswith(("summary:", "totals:")):
+            total = int(line.split()[1])
+        elif line.startswith("ob="):
+            binary = Path(line[3:].strip()).name
+        elif line.startswith("fn="):
+            current = f"{UNNAMED} in {binary or '?'}" if line[3:].startswith("0x") else line[3:]
+        elif line.startswith("calls="):
+            skip_next = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip_next:
+                skip_next = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2:
+                functions[current] = functions.get(current, 0) + int(parts[1])
+    return {"label": label, "total": total, "functions": functions}
+
+
+def changed_functions(base: Sequence[dict[str, float]], head: Sequence[dict[str, float]],
+                      top: int = TOP_FUNCTIONS) -> list[dict[str, float | str]]:
+    """The functions whose instructions per call changed most (median over repeats), largest change first."""
+    names = set().union(*base, *head)
+    rows: list[dict[str, float | str]] = []
+    for name in names:
+        b = float(np.median([r.get(name, 0.0) for r in base]))
+        h = float(np.median([r.get(name, 0.0) for r in head]))
+        if b != h:
+            rows.append({"function": name, "base_per_call": b, "head_per_call": h, "change_per_call": h - b})
+    return sorted(rows, key=lambda r: -abs(float(r["change_per_call"])))[:top]
+
+
+def instructions_per_iteration(python: str, library: Path, workdir: Path, iterations: int = 100_000) -> float:
+    """The instructions of one iteration of the self-test's extra-work loop (optcv.gate.inject.WORK_LOOP) on
+    `python`, counted under callgrind as the difference between `iterations` iterations and none."""
+    script = WORK_LOOP + (
+        "import ctypes\n"
+        f"client = ctypes.CDLL({str(library)!r})\n"
+        "client.optcv_callgrind_stop.argtypes = [ctypes.c_char_p]\n"
+        f"for n in (0, {iterations}, 0):\n"
+        "    client.optcv_callgrind_start()\n"
+        "    extra_work(n)\n"
+        "    client.optcv_callgrind_stop(str(n).encode())\n")
+    out = workdir / "callgrind-loop"
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.out",
+                    python, "-c", script], check=True, capture_output=True)
+    totals: dict[str, list[int]] = {}
+    for dump in map(read_dump, sorted(out.glob("cg.out.*"))):
+        totals.setdefault(dump["label"], []).append(dump["total"])
+    return (totals[str(iterations)][0] - max(totals["0"])) / iterations
+
+
+def counted(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cases instructions are counted for: batch 1 on one thread, of the course's models and of declared
+    ones. Under valgrind, batched calls, training steps and the torchvision reference nets' set-up (OpenVINO's
+    compilation above all) take minutes per case."""
+    return [s for s in specs if s["threads"] == 1 and s["batch"] == 1 and s["kind"] == "predict"
+            and (s.get("declared") or s["model"] in COURSE_MODELS)]
+
+
+def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, dict[str, Any]],
+                         thresholds: Thresholds, workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
+                         repeats: int = REPEATS) -> tuple[list[MeasureFinding], list[str]]:
+    """Per counted case, instructions per call of each side over `repeats` valgrind processes, judged with the rule
+    of every measure; the functions that changed most go with it."""
+    import time
+
+    library = client_library()
+    chosen = counted(specs)
+    runs: dict[str, list[dict[str, Any]]] = {side.label: [] for side in sides}
+    for repeat in range(repeats):
+        # Both sides at once: a count does not depend on what else runs, and valgrind uses one core.
+        started_at = time.perf_counter()
+        started = [_start_count(side, chosen, setup[side.label], workdir, str(repeat), library, seed + repeat)
+                   for side in sides]
+        for count in started:
+            runs[count["side"].label].append(_collect(count))
+        log(f"instructions: repeat {repeat + 1}/{repeats}, both sides: {time.perf_counter() - started_at:.0f} s "
+            "under valgrind")
+    everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
+    left_out = len(specs) - len(chosen)
+    notes = [f"instructions counted for {len(chosen)} case(s): batch 1, one thread, of the course's and declared "
+             f"models; not for the other {left_out} (minutes each under valgrind)"] if left_out else []
+    notes += [f"instructions not counted for {case}: a call took {seconds:.2f} s under valgrind before counting "
+             f"(more than {MAX_WARMUP_S} s; counted, minutes per call)" for case, seconds in not_counted(runs).items()]
+    return [_finding(case, runs, thresholds) for case in everywhere], notes
+
+
+def not_counted(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """The cases left out for their time under valgrind: the slowest warm-up call, in s."""
+    slowest: dict[str, float] = {}
+    for rs in runs.values():
+        for r in rs:
+            for case, seconds in r["warmup_s"].items():
+                if case not in r["counts"]:
+                    slowest[case] = max(seconds, slowest.get(case, 0.0))
+    return slowest
+
+
+def _finding(case: str, runs: dict[str, list[dict[str, Any]]], thresholds: Thresholds) -> MeasureFinding:
+    base = [r["counts"][case] for r in runs["base"]]
+    head = [r["counts"][case] for r in runs["head"]]
+    detail = {"calls": [c["calls"] for c in base + head],
+              "cpu_capability": {label: r[0]["cpu_capability"] for label, r in runs.items()},
+              "functions": changed_functions([b["functions"] for b in base], [h["functions"] for h in head])}
+    return judge_repeats("instructions", case, [b["per_call"] for b in base], [h["per_call"] for h in head],
+                         thresholds.for_case(case, "instructions"), detail)

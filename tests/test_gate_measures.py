@@ -1,0 +1,190 @@
+"""Memory and instruction counts in the gate: the rule over repeats, thresholds per measure, callgrind's dumps,
+the injections that the self-test checks them with, and their reports (no timing, no valgrind)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from optcv.gate.inject import write_injection
+from optcv.gate.instructions import UNNAMED, changed_functions, read_dump
+from optcv.gate.verdict import (
+    GateResult,
+    GateSetupError,
+    PerformanceRegression,
+    Thresholds,
+    Verdict,
+    judge_repeats,
+    repeat_change,
+)
+from optcv.report.gate import gate_failure_lines, gate_markdown
+
+
+def test_repeats_judge_a_growth_only_where_every_head_repeat_lies_above_every_base_one():
+    assert repeat_change([100, 100, 100], [100, 100, 100]).change_pct == 0
+    found = judge_repeats("memory", "m/pytorch/b1/t1", [100, 101, 99], [112, 111, 113], 10.0)
+    assert found.verdict is Verdict.REGRESSION and found.change_pct == pytest.approx(12.0)
+    assert found.ci_low_pct == pytest.approx(100 * (111 / 101 - 1)) and found.ci_high_pct == pytest.approx(
+        100 * (113 / 99 - 1))
+    just_below = judge_repeats("memory", "c", [100, 101, 99], [109, 110, 109], 10.0)
+    assert just_below.verdict is Verdict.SLOWER_WITHIN_THRESHOLD
+    overlapping = judge_repeats("memory", "c", [100, 120, 99], [125, 119, 121], 10.0)  # 121/100: +21 %, not certain
+    assert overlapping.change_pct > 10 and overlapping.verdict is Verdict.NO_CHANGE
+    exact = judge_repeats("instructions", "c", [1e6, 1e6], [1.011e6, 1.011e6], 1.0)
+    assert exact.verdict is Verdict.REGRESSION and exact.ci_low_pct == pytest.approx(1.1)
+    assert judge_repeats("instructions", "c", [1e6], [0.9e6], 1.0).verdict is Verdict.FASTER
+    with pytest.raises(ValueError):
+        repeat_change([], [1.0])
+
+
+def test_each_measure_has_its_own_thresholds_in_the_same_file(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"schema": "optcv-gate-thresholds/1", "default": 3, "cases": {"a/*": 9},'
+                    ' "memory": {"default": 12, "cases": {"b/*": 20}}}')
+    thresholds = Thresholds.load(path)
+    assert thresholds.for_case("a/pytorch/b1/t1") == 9 and thresholds.for_case("a/x", "memory") == 12
+    assert thresholds.for_case("b/x", "memory") == 20 and thresholds.for_case("b/x", "instructions") == 0.5
+    assert Thresholds().for_case("x", "memory") == 5.0
+    path.write_text('{"schema": "optcv-gate-thresholds/1", "memory": {"default": "ten"}}')
+    with pytest.raises(GateSetupError, match="memory: default"):
+        Thresholds.load(path)
+
+
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+cmd: python worker.py instructions
+desc: I1 cache:
+desc: Trigger: Client Request: tutorial/onnxruntime/b1/t1
+positions: line
+events: Ir
+summary: 1507
+ob=/usr/lib/libm.so
+fl=???
+fn=MlasSgemmKernel
+0 1000
+fn=PyEval_EvalFrame
+0 300
+cfl=???
+cfn=MlasSgemmKernel
+calls=2 0
+0 700
+0 200
+ob=/venv/lib/onnxruntime_pybind11_state.so
+fn=0x00000000e2c54000
+0 4
+fn=0x00000000e2d14000
+0 3
+totals: 1507
+"""
+
+
+def test_a_callgrind_dump_gives_its_label_total_and_each_functions_own_instructions(tmp_path):
+    path = tmp_path / "cg.out.1"
+    path.write_text(DUMP)
+    dump = read_dump(path)
+    # The 700 after calls= is the callee's inclusive cost, already counted as MlasSgemmKernel's own.
+    # Code without a symbol (JIT-compiled kernels) lies at addresses that differ between processes: one row.
+    assert dump == {"label": "tutorial/onnxruntime/b1/t1", "total": 1507,
+                    "functions": {"MlasSgemmKernel": 1000, "PyEval_EvalFrame": 500,
+                                  f"{UNNAMED} in onnxruntime_pybind11_state.so": 7}}
+
+
+def test_the_functions_that_changed_most_come_first_and_unchanged_ones_are_left_out():
+    base = [{"gemm": 1000.0, "eval": 500.0, "same": 7.0}] * 2
+    head = [{"gemm": 1010.0, "eval": 900.0, "same": 7.0, "extra_work": 50.0}] * 2
+    rows = changed_functions(base, head)
+    assert [r["function"] for r in rows] == ["eval", "extra_work", "gemm"]
+    assert rows[0]["change_per_call"] == 400.0
+
+
+def _template_namespace(folder: Path, fractions, work=None) -> dict:
+    text = (write_injection(folder, fractions, work) / "sitecustomize.py").read_text()
+    namespace: dict = {}
+    exec(compile(text.rsplit("\n_inject(", 1)[0], "sitecustomize", "exec"), namespace)
+    return namespace
+
+
+def test_the_memory_injection_keeps_its_fraction_of_what_the_case_made_resident(tmp_path):
+    namespace = _template_namespace(tmp_path, {"memory": 0.25})
+    namespace["_rebase_memory"]()
+    held = []
+
+    def predict():
+        buffer = bytearray(64 * 2**20)
+        buffer[::4096] = b"\x01" * len(range(0, len(buffer), 4096))
+        held.append(buffer)
+
+    unit = namespace["_timed_unit"](predict, 0.0, memory=0.25)
+    unit()
+    assert len(namespace["_memory"]["kept"]) == 0  # the case's first call: still setting up
+    unit()
+    kept = len(namespace["_memory"]["kept"])
+    assert 31 * 2**20 <= kept <= 40 * 2**20  # a quarter of the 128 MiB made resident, and of little else
+    unit()
+    assert len(namespace["_memory"]["kept"]) == kept  # kept once, never grown: freed blocks would stay resident
+    assert len(_template_namespace(tmp_path / "none", {"memory": 0.0})["_memory"]["kept"]) == 0
+
+
+def test_the_work_injection_runs_its_cases_own_iterations_and_none_elsewhere(tmp_path, monkeypatch):
+    namespace = _template_namespace(tmp_path, {"work": 0.01}, {"m/onnxruntime/b1/t1": 1234})
+    done = []
+    namespace["extra_work"] = done.append
+    unit = namespace["_timed_unit"](lambda: None, 0.0, work=True)
+    monkeypatch.setenv("OPTCV_GATE_CASE", "m/onnxruntime/b1/t1")
+    unit()
+    monkeypatch.setenv("OPTCV_GATE_CASE", "m/pytorch/b1/t1")
+    unit()
+    assert done == [1234, 0]
+    x = 1
+    for _ in range(3):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+    assert _template_namespace(tmp_path / "loop", {})["extra_work"](3) == x  # plain arithmetic, no clock
+
+
+def _result(measured) -> GateResult:
+    side = {"revision": "abc", "tree": "/t", "python": "python", "versions": {}, "code_hash": "h"}
+    return GateResult(side, side, [], {"workers_per_side": 2, "seed": 0, "statistic": "s"},
+                      {"cpu": "cpu", "cpu_count": 2}, 1.0, measured=measured)
+
+
+def test_a_memory_or_instruction_regression_fails_the_gate_and_is_reported_as_such():
+    grown = judge_repeats("memory", "m/pytorch/b1/t1", [40_000] * 3, [44_800] * 3, 5.0,
+                          {"base_retained_kib_per_call": 0.0, "head_retained_kib_per_call": 0.0})
+    more = judge_repeats("instructions", "m/onnxruntime/b1/t1", [2e6, 2e6], [2.02e6, 2.02e6], 0.5,
+                         {"cpu_capability": {"base": "AVX2", "head": "AVX2"},
+                          "functions": [{"function": "extra_work", "base_per_call": 0.0, "head_per_call": 2e4,
+                                         "change_per_call": 2e4}]})
+    result = _result([grown, more])
+    assert result.failures == [grown, more] and not result.regressions
+    with pytest.raises(PerformanceRegression, match="m/pytorch/b1/t1 memory"):
+        result.raise_for_regressions()
+    lines = gate_failure_lines(result)
+    assert lines[0].startswith("MEMORY REGRESSION: m/pytorch/b1/t1 +12.0 %")
+    assert lines[1].startswith("INSTRUCTION REGRESSION: m/onnxruntime/b1/t1 +1.0 %") and "extra_work" in lines[1]
+    markdown = gate_markdown(result)
+    assert "### Memory" in markdown and "### Instructions per call" in markdown and "AVX2" in markdown
+    assert "2 memory or instruction finding(s) beyond their threshold" in markdown
+    assert not _result([judge_repeats("memory", "c", [1.0], [1.0], 10.0)]).failures
+
+
+def test_the_gate_refuses_an_unknown_measure():
+    from optcv.errors import OptcvError
+    from optcv.gate.config import GateConfig
+
+    with pytest.raises(OptcvError, match="unknown gate measure cycles"):
+        GateConfig(measures=("time", "cycles"))
+    assert os.environ.get("OPTCV_GATE_CASE") is None
+
+
+def test_the_history_keeps_each_measures_change_and_the_heads_value():
+    from optcv.history.ingest import record_of
+
+    grown = judge_repeats("memory", "m/pytorch/b1/t1", [40_000] * 3, [44_000, 44_800, 45_000], 10.0)
+    data = {**_result([grown]).to_dict(), "recorded_at": "2026-12-01T10:00:00+00:00"}
+    data["environment"] = {**data["environment"], "isa": ["avx2"]}
+    record = record_of(data)
+    kept = {(m.metric, m.case): m for m in record.measurements}
+    change = kept[("memory_change_pct", "m/pytorch/b1/t1")]
+    assert change.value == pytest.approx(12.0) and change.verdict == "regression" and change.n == 3
+    assert kept[("peak_kib", "m/pytorch/b1/t1")].value == 44_800 and record.passed is False
