@@ -36,15 +36,16 @@ from optcv.measure.reference import COURSE_MODELS
 # -0.3 % on TutorialNet's PyTorch call here), so each repeat gets its own hash seed and environment padding,
 # the same on both sides, and the interval is the spread that this leaves.
 REPEATS = 2  # GateConfig.instruction_repeats
-# Counted per case and repeat. One-off work (an arena taking its next block, a pool growing) lands in some
-# processes' counted calls and not others': +0.5 ... +4 % on TutorialNet's ONNX Runtime call counted over 20
-# calls after 2 warm-up calls; more warm-up moves it out, more calls dilute what is left.
-TARGET_INSTRUCTIONS = 200_000_000
-MAX_CALLS = 200
+# Calls counted per case and repeat, the same everywhere. One-off work (an arena taking its next block, a pool
+# growing) landed in some processes' counted calls and not others': +0.5 ... +4 % on TutorialNet's ONNX Runtime
+# call counted over 20 calls after 2 warm-up calls; more warm-up moves it out, more calls dilute what is left.
+# (A first counted call to size the rest was tried: callgrind's count of one call right after switching
+# instrumentation on came out wrong, even negative.)
+COUNTED_CALLS = 100
 WARMUP_CALLS = 10
 # A case whose call takes longer than this under valgrind before counting starts (its JIT alone, ~5-10x slower
 # than the machine) would take minutes per counted call; it is reported as not counted, with its time.
-MAX_WARMUP_S = 1.0
+MAX_WARMUP_S = 0.5
 TOP_FUNCTIONS = 8
 HEADER = Path("/usr/include/valgrind/callgrind.h")
 # Code without a symbol (ONNX Runtime's stripped library, OpenVINO's JIT-compiled kernels) sits at addresses that
@@ -105,8 +106,8 @@ def _start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, A
                "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
                "instructions"]
     request = {"inputs": setup["inputs"], "artifacts": setup["artifacts"], "cases": list(specs),
-               "library": str(library), "out_prefix": str(out / "cg"), "target_instructions": TARGET_INSTRUCTIONS,
-               "max_calls": MAX_CALLS, "max_warmup_s": MAX_WARMUP_S, "warmup_calls": WARMUP_CALLS}
+               "library": str(library), "calls": COUNTED_CALLS, "max_warmup_s": MAX_WARMUP_S,
+               "warmup_calls": WARMUP_CALLS}
     env = {**side.env(int(np.random.default_rng(repeat).integers(0, 4096))), "PYTHONHASHSEED": str(repeat)}
     with open(out / "valgrind.log", "w") as log:  # a file, not a pipe: nobody reads it while valgrind runs
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,

@@ -449,15 +449,13 @@ def serve_memory(stdin: Any, reply: Any) -> None:
 
 
 def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
-    """Under callgrind with instrumentation off: per case, set up and warm up; count one call (a probe, read back
-    from its dump) to choose how many calls give about `target_instructions`; count those, dumped under the
-    case's name (optcv.gate.instructions)."""
+    """Under callgrind with instrumentation off: per case, set up and warm up, then count `calls` calls, dumped
+    under the case's name (optcv.gate.instructions). A case whose call is too slow under valgrind is left out."""
     import ctypes
     import gc
 
     client = ctypes.CDLL(request["library"])
     client.optcv_callgrind_stop.argtypes = [ctypes.c_char_p]
-    dumps = f"{request['out_prefix']}.{os.getpid()}"
     inputs = {name: np.load(path) for name, path in request["inputs"].items()}
     calls: dict[str, int] = {}
     warmup_s: dict[str, float] = {}
@@ -468,36 +466,23 @@ def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         case.call()
         warmup_s[spec["id"]] = time.perf_counter() - started
-        if warmup_s[spec["id"]] <= request["max_warmup_s"]:
-            for _ in range(request["warmup_calls"]):  # one-off growth (an arena's next block) before counting
-                case.call()
         if warmup_s[spec["id"]] > request["max_warmup_s"]:
             continue  # counted, it would take minutes: reported as not counted, with this time
-        for label, count in (("probe " + spec["id"], 1), (spec["id"], 0)):
-            if not count:  # the probe's instructions decide the count, the same rule on both sides
-                probe = _dump_total(f"{dumps}.{2 * len(calls) + 1}")
-                count = int(min(request["max_calls"], max(3, request["target_instructions"] // max(probe, 1))))
-            gc.collect()
-            gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
-            client.optcv_callgrind_start()
-            for _ in range(count):
-                case.call()
-            client.optcv_callgrind_stop(label.encode())
-            gc.enable()
-        calls[spec["id"]] = count
+        for _ in range(request["warmup_calls"]):  # one-off growth (an arena's next block) before counting
+            case.call()
+        gc.collect()
+        gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
+        client.optcv_callgrind_start()
+        for _ in range(request["calls"]):
+            case.call()
+        client.optcv_callgrind_stop(spec["id"].encode())
+        gc.enable()
+        calls[spec["id"]] = request["calls"]
         del case
         gc.collect()
     import torch
 
     return {"calls": calls, "warmup_s": warmup_s, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _dump_total(path: str) -> int:
-    with open(path, encoding="utf-8", errors="replace") as dump:
-        for line in dump:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise OSError(f"callgrind dump {path} has no total")
 
 
 def serve(stdin: Any, reply: Any) -> None:
