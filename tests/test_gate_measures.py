@@ -138,7 +138,7 @@ def test_the_work_injection_runs_its_cases_own_iterations_and_none_elsewhere(tmp
     assert done == [1234, 0]
     x = 1
     for _ in range(3):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        x = (x * 75 + 74) % 65537
     assert _template_namespace(tmp_path / "loop", {})["extra_work"](3) == x  # plain arithmetic, no clock
 
 
