@@ -224,19 +224,24 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
         log(f"instructions: repeat {repeat + 1}/{repeats}, both sides: {time.perf_counter() - started_at:.0f} s "
             "under valgrind")
     everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
+    return [_finding(case, runs, thresholds) for case in everywhere], _notes(len(specs) - len(chosen), runs)
+
+
+def _notes(left_out: int, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What the counts are of (the kernels valgrind's CPU selects), and which cases they leave out."""
     import torch
 
     native = torch.backends.cpu.get_cpu_capability()
     simulated = sorted({r["cpu_capability"] for rs in runs.values() for r in rs})
-    notes_first = [f"instructions: PyTorch's CPU capability is {native} on this machine and {', '.join(simulated)} "
-                   "under valgrind" + ("" if simulated == [native] else ": the counts are of other kernels than "
-                                       "the timings") + f"; hardware counters: {hardware_counters()}"]
-    left_out = len(specs) - len(chosen)
-    notes = [f"instructions counted for {len(chosen)} case(s): batch 1, one thread, of the course's and declared "
-             f"models; not for the other {left_out} (minutes each under valgrind)"] if left_out else []
+    notes = [f"instructions: PyTorch's CPU capability is {native} on this machine and {', '.join(simulated)} under "
+             "valgrind" + ("" if simulated == [native] else ": the counts are of other kernels than the timings")
+             + f"; hardware counters: {hardware_counters()}"]
+    if left_out:
+        notes.append(f"instructions not counted for {left_out} case(s): only batch 1, one thread, of the course's "
+                     "and declared models are (the others take minutes each under valgrind)")
     notes += [f"instructions not counted for {case}: a call took {seconds:.2f} s under valgrind before counting "
-             f"(more than {MAX_WARMUP_S} s; counted, minutes per call)" for case, seconds in not_counted(runs).items()]
-    return [_finding(case, runs, thresholds) for case in everywhere], notes_first + notes
+              f"(more than {MAX_WARMUP_S} s; counted, minutes per call)" for case, seconds in not_counted(runs).items()]
+    return notes
 
 
 def not_counted(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
