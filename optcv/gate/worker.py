@@ -472,10 +472,15 @@ def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
             case.call()
         gc.collect()
         gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
+        # The GIL is handed over every 5 ms of wall time while another thread waits for it: under valgrind that is
+        # a number of hand-overs that moves with the machine's load (PyTorch's call: +-0.7 % between processes).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e6)
         client.optcv_callgrind_start()
         for _ in range(request["calls"]):
             case.call()
         client.optcv_callgrind_stop(spec["id"].encode())
+        sys.setswitchinterval(interval)
         gc.enable()
         calls[spec["id"]] = request["calls"]
         del case
