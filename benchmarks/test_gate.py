@@ -124,7 +124,11 @@ def test_gate_self_test_at_its_boundary(real_data_dir, request):
     assert 0.5 <= ratios[len(ratios) // 2] <= 1.6, arms
 
 
-MEASURES_CASES = ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1")
+# Instructions at their boundary on ONNX Runtime's call, whose count repeats within ±0.03 %; PyTorch's moves
+# ±0.35 % with the hash seed and layout, too close to a 0.25 % arm below a 0.5 % threshold for one gate to decide
+# (its rates over many gates are in the README).
+MEASURES_CASES = {"instructions": ("tutorial/onnxruntime/b1/t1",),
+                  "memory": ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1")}
 MEASURES_PLANS = {"instructions": ({"work": 1.0}, {"work": 0.25}, {}),
                   "memory": ({"memory": 10.0}, {"memory": 2.5}, {})}
 
@@ -132,15 +136,16 @@ MEASURES_PLANS = {"instructions": ({"work": 1.0}, {"work": 0.25}, {}),
 @pytest.mark.full
 @pytest.mark.parametrize("measure", list(MEASURES_PLANS))
 def test_memory_and_instruction_counts_at_their_boundary(real_data_dir, request, measure):
-    """Extra arithmetic of 1 % of a case's instructions fails the instruction count (threshold 0.5 %) in both
-    batch-1 cases and 0.25 % passes; a retained buffer of 10 % of a case's resident memory fails the memory
-    measure (threshold 5 %) and 2.5 % passes; unchanged code passes. Each a single gate run, one valgrind
-    process per side (the rates over ten and twenty runs at the default repeats are in the README); the
-    measured change is the injected one within a fifth."""
+    """Extra arithmetic of 1 % of a case's instructions fails the instruction count (threshold 0.5 %) and 0.25 %
+    passes; a retained buffer of 10 % of a case's resident memory fails the memory measure (threshold 5 %) and
+    2.5 % passes; unchanged code passes. Each a single gate run, one valgrind process per side (the rates over
+    ten and twenty runs at the default repeats are in the README); the measured change is the injected one
+    within a fifth."""
     from optcv.gate.selftest import run_self_test
     from optcv.report.gate import self_test_markdown
 
-    config = GateConfig(models=("tutorial",), cases=MEASURES_CASES, measures=(measure,), instruction_repeats=1)
+    cases = MEASURES_CASES[measure]
+    config = GateConfig(models=("tutorial",), cases=cases, measures=(measure,), instruction_repeats=1)
     result = run_self_test(config, MEASURES_PLANS[measure], thresholds=(DEFAULT_THRESHOLD_PCT,),
                            data_dir=real_data_dir)
     request.config._optcv_gate_lines += [line for line in self_test_markdown(result).splitlines()
@@ -149,7 +154,7 @@ def test_memory_and_instruction_counts_at_their_boundary(real_data_dir, request,
     arms = result.arms(threshold, measure)
     caught = [a for a in arms if a.nominal_pct > threshold]
     below = [a for a in arms if a.nominal_pct < threshold]
-    assert (len(caught), len(below)) == (2, 2), arms
+    assert (len(caught), len(below)) == (len(cases), len(cases)), arms
     assert all(a.failed == 1 for a in caught) and not any(a.failed for a in below), arms
     assert result.false_alarms(threshold, measure)[:2] == (0, 1), arms
     assert all(abs(a.median_measured_pct - a.nominal_pct) <= a.nominal_pct / 5 for a in caught), arms
