@@ -17,7 +17,7 @@ from optcv.gate.verdict import GateSetupError
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 
 
-def _fixed_address_layout() -> None:
+def fixed_address_layout() -> None:
     """Turn address-space randomisation off for the worker (Linux `setarch -R`).
 
     Where each process's memory lands shifts PyTorch's per-call time by up to ±10 % between processes of
@@ -45,7 +45,7 @@ class Worker:
         try:
             self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad),
-                                            cwd=workdir, text=True, preexec_fn=_fixed_address_layout)
+                                            cwd=workdir, text=True, preexec_fn=fixed_address_layout)
         except OSError as exc:
             self._log.close()
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
