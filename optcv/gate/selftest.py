@@ -268,8 +268,8 @@ def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str,
     from optcv.gate.instructions import client_library, count_side, counted, instructions_per_iteration
 
     library = client_library()
-    side = Side("base", sys.executable, HEAD_TREE, extra_path=(
-        write_injection(workdir / "inject-sizing", dict.fromkeys(wrapped, 0.0)),))
+    side = Side("base", sys.executable, HEAD_TREE, extra_path=(write_injection(
+        workdir / "inject-sizing", dict.fromkeys(wrapped, 0.0), dict.fromkeys((s["id"] for s in counted(specs)), 0)),))
     counts = count_side(side, counted(specs), setup, workdir, "sizing", library)["counts"]
     per_iteration = instructions_per_iteration(sys.executable, library, workdir)
     log(f"self-test: extra work sized from {len(counts)} case(s); the loop costs {per_iteration:.1f} instructions "
@@ -303,9 +303,10 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
         for index, injected in enumerate(injections):
             if index < len(runs):
                 continue
-            # Folders of the same name length on both sides; the same wrappers, only the head's wait.
-            base = Side("base", sys.executable, HEAD_TREE, extra_path=(
-                write_injection(workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0)),))
+            # Folders of the same name length on both sides; the same wrappers and work table (the same cases, zero
+            # iterations on the base), only the head's wait and work.
+            base = Side("base", sys.executable, HEAD_TREE, extra_path=(write_injection(
+                workdir / f"inject-b-{index:04d}", dict.fromkeys(wrapped, 0.0), work(0.0) if work else None),))
             head = Side("head", sys.executable, HEAD_TREE, extra_path=(write_injection(
                 workdir / f"inject-h-{index:04d}", {t: injected.get(t, 0.0) / 100 for t in wrapped},
                 work(injected.get("work", 0.0)) if work else None),))
