@@ -448,6 +448,26 @@ def serve_memory(stdin: Any, reply: Any) -> None:
         reply.flush()
 
 
+def _count_calls(client: Any, case: Case, label: str, warmup: int, calls: int) -> None:
+    """`warmup` uncounted calls, then `calls` counted ones dumped under `label`."""
+    import gc
+
+    for _ in range(warmup):  # one-off growth (an arena's next block) before counting
+        case.call()
+    gc.collect()
+    gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
+    # The GIL is handed over every 5 ms of wall time while another thread waits for it: under valgrind that is
+    # a number of hand-overs that moves with the machine's load (PyTorch's call: +-0.7 % between processes).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e6)
+    client.optcv_callgrind_start()
+    for _ in range(calls):
+        case.call()
+    client.optcv_callgrind_stop(label.encode())
+    sys.setswitchinterval(interval)
+    gc.enable()
+
+
 def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
     """Under callgrind with instrumentation off: per case, set up and warm up, then count `calls` calls, dumped
     under the case's name (optcv.gate.instructions). A case whose call is too slow under valgrind is left out."""
@@ -466,23 +486,9 @@ def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         case.call()
         warmup_s[spec["id"]] = time.perf_counter() - started
-        if warmup_s[spec["id"]] > request["max_warmup_s"]:
-            continue  # counted, it would take minutes: reported as not counted, with this time
-        for _ in range(request["warmup_calls"]):  # one-off growth (an arena's next block) before counting
-            case.call()
-        gc.collect()
-        gc.disable()  # as timeit does: a collection falls into one process's counted calls and not another's
-        # The GIL is handed over every 5 ms of wall time while another thread waits for it: under valgrind that is
-        # a number of hand-overs that moves with the machine's load (PyTorch's call: +-0.7 % between processes).
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e6)
-        client.optcv_callgrind_start()
-        for _ in range(request["calls"]):
-            case.call()
-        client.optcv_callgrind_stop(spec["id"].encode())
-        sys.setswitchinterval(interval)
-        gc.enable()
-        calls[spec["id"]] = request["calls"]
+        if warmup_s[spec["id"]] <= request["max_warmup_s"]:  # else counted, it would take minutes: reported
+            _count_calls(client, case, spec["id"], request["warmup_calls"], request["calls"])
+            calls[spec["id"]] = request["calls"]
         del case
         gc.collect()
     import torch
@@ -523,7 +529,7 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     one_shot = {"build": build, "instructions": count_instructions}
-    if sys.argv[1:2] and sys.argv[1] in one_shot and len(sys.argv) == 2:
+    if len(sys.argv) == 2 and sys.argv[1] in one_shot:
         try:
             answer = one_shot[sys.argv[1]](json.loads(sys.stdin.read()))
         except Exception as exc:
