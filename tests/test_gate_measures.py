@@ -192,3 +192,11 @@ def test_the_history_keeps_each_measures_change_and_the_heads_value():
     change = kept[("memory_change_pct", "m/pytorch/b1/t1")]
     assert change.value == pytest.approx(12.0) and change.verdict == "regression" and change.n == 3
     assert kept[("peak_kib", "m/pytorch/b1/t1")].value == 44_800 and record.passed is False
+
+
+def test_instruction_counts_without_valgrind_are_a_one_line_set_up_error(tmp_path, monkeypatch):
+    from optcv.gate.instructions import InstructionCountsUnavailable, client_library
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither valgrind nor a C compiler on it
+    with pytest.raises(InstructionCountsUnavailable, match="need valgrind, .*a C compiler.*drop --measure"):
+        client_library(tmp_path)

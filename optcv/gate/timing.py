@@ -94,6 +94,10 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
             artifacts: dict[str, dict[str, Any]] | None = None) -> GateResult:
     """Build both sides' artifacts (unless given), time every case A/B, judge each, profile the failing ones."""
     started = time.perf_counter()
+    if "instructions" in config.measures:  # missing valgrind is a set-up error before, not after, the timing
+        from optcv.gate.instructions import client_library
+
+        client_library()
     base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
     specs = case_specs(config, declared_models(config, head.tree))
     # A gate of declared models alone needs no CIFAR-10: each model's inputs come from its declaration.
