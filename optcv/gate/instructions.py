@@ -136,7 +136,8 @@ def _collect(started: dict[str, Any]) -> dict[str, Any]:
     return {"counts": {case: {"per_call": dumps[case]["total"] / n, "calls": n,
                               "functions": {k: v / n for k, v in dumps[case]["functions"].items()}}
                        for case, n in answer["calls"].items()},
-            "warmup_s": answer["warmup_s"], "cpu_capability": answer.get("cpu_capability")}
+            "warmup_s": answer["warmup_s"], "case_s": answer.get("case_s", {}),
+            "cpu_capability": answer.get("cpu_capability")}
 
 
 def read_dump(path: Path) -> dict[str, Any]:
@@ -224,10 +225,19 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
                    for side in sides]
         for count in started:
             runs[count["side"].label].append(_collect(count))
-        log(f"instructions: repeat {repeat + 1}/{repeats}, both sides: {time.perf_counter() - started_at:.0f} s "
-            "under valgrind")
+        seconds = time.perf_counter() - started_at
+        log(f"instructions: repeat {repeat + 1}/{repeats}, both sides: {seconds:.0f} s under valgrind "
+            f"({_where_the_time_went([rs[-1] for rs in runs.values()], seconds)})")
     everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
     return [_finding(case, runs, thresholds) for case in everywhere], _notes(len(specs) - len(chosen), runs)
+
+
+def _where_the_time_went(processes: Sequence[dict[str, Any]], seconds: float) -> str:
+    """The slower process's seconds per case (set-up, warm-up and counted calls) and the rest (valgrind and Python
+    starting, the runtimes' imports), so that a slow gate says what to leave out."""
+    slower = max(processes, key=lambda r: sum(r["case_s"].values()))
+    cases = ", ".join(f"{case} {s:.0f} s" for case, s in slower["case_s"].items())
+    return f"start-up and imports {max(seconds - sum(slower['case_s'].values()), 0.0):.0f} s; {cases}"
 
 
 def _notes(left_out: int, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
