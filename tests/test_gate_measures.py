@@ -203,3 +203,48 @@ def test_instruction_counts_without_valgrind_are_a_one_line_set_up_error(tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))  # neither valgrind nor a C compiler on it
     with pytest.raises(InstructionCountsUnavailable, match="need valgrind, .*a C compiler.*drop --measure"):
         client_library(tmp_path)
+
+
+def _allocations_of(counter: Path, blocks_per_call: int, block_bytes: int) -> dict:
+    """Bytes and blocks per call the memory worker's counter reads for a call that allocates `blocks_per_call`
+    NumPy arrays of `block_bytes` (kept until the call returns, as a runtime's activations are)."""
+    import json
+    import subprocess
+    import sys
+
+    script = ("import json, numpy as np\n"
+              "from optcv.gate.worker import _allocation_counter\n"
+              "counter = _allocation_counter()\n"
+              f"call = lambda: [np.ones({block_bytes}, np.uint8) for _ in range({blocks_per_call})]\n"
+              "call()\n"
+              "before = counter.optcv_allocated_bytes(), counter.optcv_allocated_blocks()\n"
+              "for _ in range(10):\n"
+              "    call()\n"
+              "after = counter.optcv_allocated_bytes(), counter.optcv_allocated_blocks()\n"
+              "print(json.dumps({'bytes': (after[0] - before[0]) / 10, 'blocks': (after[1] - before[1]) / 10}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "LD_PRELOAD": str(counter)})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_memory_workers_malloc_counter_sees_each_calls_allocations(tmp_path):
+    from optcv.gate.memory import allocation_counter
+
+    counter = allocation_counter(tmp_path)
+    none = _allocations_of(counter, 0, 1)
+    one = _allocations_of(counter, 3, 1_000_000)
+    more = _allocations_of(counter, 3, 1_010_000)  # +1 % of the bytes, the same blocks
+    assert none["bytes"] < 2_000 and none["blocks"] < 10  # the loop's own list, now and then
+    assert 3_000_000 <= one["bytes"] <= 3_000_000 + 2_000 and 3 <= one["blocks"] <= 3 + 10
+    assert more["bytes"] - one["bytes"] == pytest.approx(30_000, abs=2_000)
+
+
+def test_a_memory_worker_without_its_counter_says_so_and_no_compiler_is_a_set_up_error(tmp_path, monkeypatch):
+    from optcv.gate.memory import AllocationCountsUnavailable, allocation_counter
+    from optcv.gate.worker import _allocation_counter
+
+    with pytest.raises(RuntimeError, match="not preloaded"):
+        _allocation_counter()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AllocationCountsUnavailable, match="needs a C compiler.*drop --measure memory"):
+        allocation_counter(tmp_path / "empty")

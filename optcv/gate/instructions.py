@@ -13,7 +13,6 @@ memory-bandwidth effect (one-thread cases only); and it is slow (the gate's log 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -23,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from optcv._io import default_cache_dir
 from optcv.errors import OptcvError
 from optcv.gate.inject import WORK_LOOP
+from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
 from optcv.gate.workers import WORKER_SCRIPT, fixed_address_layout
@@ -63,22 +62,12 @@ class InstructionCountsUnavailable(OptcvError):
 
 def client_library(cache_dir: Path | None = None) -> Path:
     """The client-request library, compiled once per source into the cache."""
-    missing = [what for what, ok in (("valgrind", shutil.which("valgrind")), (str(HEADER), HEADER.is_file()),
-                                     ("a C compiler (cc)", shutil.which("cc"))) if not ok]
+    missing = [what for what, ok in (("valgrind", shutil.which("valgrind")), (str(HEADER), HEADER.is_file()))
+               if not ok] + missing_compiler()
     if missing:
         raise InstructionCountsUnavailable(f"instruction counts need {', '.join(missing)}: install Debian's valgrind "
                                            "and gcc (apt-get install valgrind gcc), or drop --measure instructions")
-    folder = (cache_dir or default_cache_dir()) / "callgrind"
-    library = folder / f"optcv-callgrind-{hashlib.sha256(CLIENT_SOURCE.encode()).hexdigest()[:12]}.so"
-    if not library.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        source = folder / "optcv_callgrind.c"
-        source.write_text(CLIENT_SOURCE, encoding="ascii")
-        partial = library.with_suffix(".so.partial")
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(partial), str(source)], check=True,
-                       capture_output=True)
-        partial.replace(library)
-    return library
+    return compiled_library(CLIENT_SOURCE, "optcv-callgrind", cache_dir)
 
 
 def hardware_counters() -> str:

@@ -14,7 +14,7 @@ from optcv.data import load_cifar10, resolve_data_dir
 from optcv.env import environment_info
 from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS, attribution
 from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_models, recipes_for
-from optcv.gate.memory import measure_memory
+from optcv.gate.memory import allocation_counter, measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
@@ -94,10 +94,13 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
             artifacts: dict[str, dict[str, Any]] | None = None) -> GateResult:
     """Build both sides' artifacts (unless given), time every case A/B, judge each, profile the failing ones."""
     started = time.perf_counter()
-    if "instructions" in config.measures:  # missing valgrind is a set-up error before, not after, the timing
+    # A missing valgrind or compiler is a set-up error before, not after, the timing.
+    if "instructions" in config.measures:
         from optcv.gate.instructions import client_library
 
         client_library()
+    if "memory" in config.measures:
+        allocation_counter()
     base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
     specs = case_specs(config, declared_models(config, head.tree))
     # A gate of declared models alone needs no CIFAR-10: each model's inputs come from its declaration.

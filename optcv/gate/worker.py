@@ -387,10 +387,29 @@ def footprint(spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str,
     for _ in range(warmup):
         case.call()
     warm = _status_kib("VmRSS")
+    counter = _allocation_counter()
+    bytes_before, blocks_before = counter.optcv_allocated_bytes(), counter.optcv_allocated_blocks()
     for _ in range(calls):
         case.call()
+    bytes_after, blocks_after = counter.optcv_allocated_bytes(), counter.optcv_allocated_blocks()
     return {"peak_kib": _status_kib("VmHWM") - before, "after_setup_and_warmup_kib": warm - before,
-            "retained_kib_per_call": (_status_kib("VmRSS") - warm) / calls}
+            "retained_kib_per_call": (_status_kib("VmRSS") - warm) / calls,
+            "allocated_bytes_per_call": (bytes_after - bytes_before) / calls,
+            "allocated_blocks_per_call": (blocks_after - blocks_before) / calls}
+
+
+def _allocation_counter() -> Any:
+    """The counting malloc preloaded into this memory worker (optcv.gate.memory.ALLOCATION_COUNTER)."""
+    import ctypes
+
+    process = ctypes.CDLL(None)
+    try:
+        counter = process.optcv_allocated_bytes, process.optcv_allocated_blocks
+    except AttributeError:
+        raise RuntimeError("the allocation counter is not preloaded (LD_PRELOAD) into this memory worker") from None
+    for function in counter:
+        function.restype = ctypes.c_ulonglong
+    return process
 
 
 def in_child(work: Any) -> dict[str, Any]:

@@ -37,15 +37,17 @@ def fixed_address_layout() -> None:
 class Worker:
     """One worker process of a side, answering one JSON request at a time."""
 
-    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0, pair: int = 0):
+    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0, pair: int = 0,
+                 extra_env: dict[str, str] | None = None):
         self.side = side
         self.pair = pair
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
         self._log: IO[str] = open(self.log_path, "w")
         try:
             self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=self._log, env=side.env(pad),
-                                            cwd=workdir, text=True, preexec_fn=fixed_address_layout)
+                                            stdout=subprocess.PIPE, stderr=self._log,
+                                            env={**side.env(pad), **(extra_env or {})}, cwd=workdir, text=True,
+                                            preexec_fn=fixed_address_layout)
         except OSError as exc:
             self._log.close()
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc

@@ -48,8 +48,19 @@ def measure_rows(result: Any, measure: str) -> list[dict[str, Any]]:
              "change": signed_pct(f.change_pct), "range of head ÷ base": f"{signed_pct(f.ci_low_pct)} … "
                                                                        f"{signed_pct(f.ci_high_pct)}",
              "threshold": f"{f.threshold_pct:g} %", "repeats": f"{len(f.base)} + {len(f.head)}",
-             "verdict": ("**" + f.verdict.value.upper() + "**") if f.failed else words.get(f.verdict, f.verdict.value)}
+             "verdict": ("**" + f.verdict.value.upper() + "**") if f.failed else words.get(f.verdict, f.verdict.value),
+             **_allocation_columns(f)}
             for f in result.measured if f.measure == measure]
+
+
+def _allocation_columns(finding: MeasureFinding) -> dict[str, str]:
+    """What each call asked of malloc, base → head (memory findings that carry it)."""
+    d = finding.detail
+    if "base_allocated_bytes_per_call" not in d:
+        return {}
+    return {"malloc KiB/call": f"{d['base_allocated_bytes_per_call'] / 1024:,.1f} → "
+                               f"{d['head_allocated_bytes_per_call'] / 1024:,.1f}",
+            "blocks/call": f"{d['base_allocated_blocks_per_call']:,.0f} → {d['head_allocated_blocks_per_call']:,.0f}"}
 
 
 def measured_markdown(result: Any) -> list[str]:
@@ -58,7 +69,9 @@ def measured_markdown(result: Any) -> list[str]:
     if any(f.measure == "memory" for f in result.measured):
         lines += ["", "### Memory: each case's peak resident memory", "",
                   "In a child forked per measurement from a worker that has imported the runtimes: the peak it "
-                  "reached over the case's set-up and calls, less what it held at its start.", "",
+                  "reached over the case's set-up and calls, less what it held at its start; and what each call "
+                  "asked of malloc (bytes and blocks, the median over repeats; a runtime's own mmap is not in it).",
+                  "",
                   markdown_table(measure_rows(result, "memory"))]
         leaks = [f for f in result.measured if f.measure == "memory"
                  and f.detail.get("head_retained_kib_per_call", 0) > f.detail.get("base_retained_kib_per_call", 0)]
