@@ -249,3 +249,27 @@ def test_a_memory_worker_without_its_counter_says_so_and_no_compiler_is_a_set_up
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(AllocationCountsUnavailable, match="needs a C compiler.*drop --measure memory"):
         allocation_counter(tmp_path / "empty")
+
+
+def test_the_instruction_counts_run_as_many_processes_at_once_as_there_are_cores(monkeypatch):
+    import subprocess
+    import time
+
+    from optcv.gate import instructions
+
+    started, log = [], []
+
+    def start(repeat, side):
+        started.append(time.perf_counter())
+        return {"process": subprocess.Popen(["sleep", "0.5"]), "label": f"{side.label}{repeat}"}
+
+    monkeypatch.setattr(instructions.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(instructions, "_collect", lambda count: {"case_s": {"c": 0.1}, "label": count["label"]})
+    sides = [type("S", (), {"label": label})() for label in ("base", "head")]
+    jobs = [(repeat, side) for repeat in range(3) for side in sides]
+    done = instructions._run_all(jobs, start, log.append, len(jobs))
+    assert {key: r["label"] for key, r in done.items()} == {(r, s.label): f"{s.label}{r}" for r, s in jobs}
+    # Two at a time: the third starts only when one of the first two has ended, and never three at once.
+    assert started[1] - started[0] < 0.3 and started[2] - started[0] >= 0.45
+    assert all(started[i + 2] - started[i] >= 0.45 for i in range(len(started) - 2))
+    assert len(log) == 6 and log[-1].startswith("instructions: 6/6, the ")

@@ -14,8 +14,10 @@ memory-bandwidth effect (one-thread cases only); and it is slow (the gate's log 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,31 +204,46 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
                          repeats: int = REPEATS) -> tuple[list[MeasureFinding], list[str]]:
     """Per counted case, instructions per call of each side over `repeats` valgrind processes, judged with the rule
     of every measure; the functions that changed most go with it."""
-    import time
-
     library = client_library()
     chosen = counted(specs)
-    runs: dict[str, list[dict[str, Any]]] = {side.label: [] for side in sides}
-    for repeat in range(repeats):
-        # Both sides at once: a count does not depend on what else runs, and valgrind uses one core.
-        started_at = time.perf_counter()
-        started = [_start_count(side, chosen, setup[side.label], workdir, str(repeat), library, seed + repeat)
-                   for side in sides]
-        for count in started:
-            runs[count["side"].label].append(_collect(count))
-        seconds = time.perf_counter() - started_at
-        log(f"instructions: repeat {repeat + 1}/{repeats}, both sides: {seconds:.0f} s under valgrind "
-            f"({_where_the_time_went([rs[-1] for rs in runs.values()], seconds)})")
+    jobs = [(repeat, side) for repeat in range(repeats) for side in sides]
+    done = _run_all(jobs, lambda repeat, side: _start_count(side, chosen, setup[side.label], workdir, str(repeat),
+                                                            library, seed + repeat), log, len(jobs))
+    runs = {side.label: [done[(repeat, side.label)] for repeat in range(repeats)] for side in sides}
     everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
     return [_finding(case, runs, thresholds) for case in everywhere], _notes(len(specs) - len(chosen), runs)
 
 
-def _where_the_time_went(processes: Sequence[dict[str, Any]], seconds: float) -> str:
-    """The slower process's seconds per case (set-up, warm-up and counted calls) and the rest (valgrind and Python
-    starting, the runtimes' imports), so that a slow gate says what to leave out."""
-    slower = max(processes, key=lambda r: sum(r["case_s"].values()))
-    cases = ", ".join(f"{case} {s:.0f} s" for case, s in slower["case_s"].items())
-    return f"start-up and imports {max(seconds - sum(slower['case_s'].values()), 0.0):.0f} s; {cases}"
+def _run_all(jobs: list[tuple[int, Side]], start: Callable[[int, Side], dict[str, Any]], log: Callable[[str], None],
+             total: int) -> dict[tuple[int, str], dict[str, Any]]:
+    """Every (repeat, side) process, as many at once as the machine has cores: a count does not depend on what else
+    runs, and valgrind uses one core, so a core that one process leaves is taken by the next, not left idle
+    while the other side's process of the same repeat finishes."""
+    waiting = list(jobs)
+    running: list[tuple[int, Side, float, dict[str, Any]]] = []
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    while waiting or running:
+        while waiting and len(running) < max(os.cpu_count() or 1, 1):
+            repeat, side = waiting.pop(0)
+            running.append((repeat, side, time.perf_counter(), start(repeat, side)))
+        ended = [r for r in running if r[3]["process"].poll() is not None]
+        for item in ended:
+            repeat, side, started_at, count = item
+            running.remove(item)
+            done[(repeat, side.label)] = result = _collect(count)
+            seconds = time.perf_counter() - started_at
+            log(f"instructions: {len(done)}/{total}, the {side.label} side's repeat {repeat + 1}: {seconds:.0f} s "
+                f"under valgrind ({_where_the_time_went(result, seconds)})")
+        if not ended:
+            time.sleep(0.2)
+    return done
+
+
+def _where_the_time_went(process: dict[str, Any], seconds: float) -> str:
+    """A process's seconds per case (set-up, warm-up and counted calls) and the rest (valgrind and Python starting),
+    so that a slow gate says what to leave out."""
+    cases = ", ".join(f"{case} {s:.0f} s" for case, s in process["case_s"].items())
+    return f"start-up {max(seconds - sum(process['case_s'].values()), 0.0):.0f} s; {cases}"
 
 
 def _notes(left_out: int, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
