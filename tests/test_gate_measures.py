@@ -267,7 +267,7 @@ def test_the_instruction_counts_run_as_many_processes_at_once_as_there_are_cores
     monkeypatch.setattr(instructions, "_collect", lambda count: {"case_s": {"c": 0.1}, "label": count["label"]})
     sides = [type("S", (), {"label": label})() for label in ("base", "head")]
     jobs = [(repeat, side) for repeat in range(3) for side in sides]
-    done = instructions._run_all(jobs, start, log.append, len(jobs))
+    done = instructions._run_all(jobs, start, log.append)
     assert {key: r["label"] for key, r in done.items()} == {(r, s.label): f"{s.label}{r}" for r, s in jobs}
     # Two at a time: the third starts only when one of the first two has ended, and never three at once.
     assert started[1] - started[0] < 0.3 and started[2] - started[0] >= 0.45

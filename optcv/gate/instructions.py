@@ -208,14 +208,14 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
     chosen = counted(specs)
     jobs = [(repeat, side) for repeat in range(repeats) for side in sides]
     done = _run_all(jobs, lambda repeat, side: _start_count(side, chosen, setup[side.label], workdir, str(repeat),
-                                                            library, seed + repeat), log, len(jobs))
+                                                            library, seed + repeat), log)
     runs = {side.label: [done[(repeat, side.label)] for repeat in range(repeats)] for side in sides}
     everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
     return [_finding(case, runs, thresholds) for case in everywhere], _notes(len(specs) - len(chosen), runs)
 
 
-def _run_all(jobs: list[tuple[int, Side]], start: Callable[[int, Side], dict[str, Any]], log: Callable[[str], None],
-             total: int) -> dict[tuple[int, str], dict[str, Any]]:
+def _run_all(jobs: list[tuple[int, Side]], start: Callable[[int, Side], dict[str, Any]], log: Callable[[str], None]
+             ) -> dict[tuple[int, str], dict[str, Any]]:
     """Every (repeat, side) process, as many at once as the machine has cores: a count does not depend on what else
     runs, and valgrind uses one core, so a core that one process leaves is taken by the next, not left idle
     while the other side's process of the same repeat finishes."""
@@ -232,7 +232,7 @@ def _run_all(jobs: list[tuple[int, Side]], start: Callable[[int, Side], dict[str
             running.remove(item)
             done[(repeat, side.label)] = result = _collect(count)
             seconds = time.perf_counter() - started_at
-            log(f"instructions: {len(done)}/{total}, the {side.label} side's repeat {repeat + 1}: {seconds:.0f} s "
+            log(f"instructions: {len(done)}/{len(jobs)}, the {side.label} side's repeat {repeat + 1}: {seconds:.0f} s "
                 f"under valgrind ({_where_the_time_went(result, seconds)})")
         if not ended:
             time.sleep(0.2)
