@@ -273,3 +273,19 @@ def test_the_instruction_counts_run_as_many_processes_at_once_as_there_are_cores
     assert started[1] - started[0] < 0.3 and started[2] - started[0] >= 0.45
     assert all(started[i + 2] - started[i] >= 0.45 for i in range(len(started) - 2))
     assert len(log) == 6 and log[-1].startswith("instructions: 6/6, the ")
+
+
+def test_a_net_with_more_arithmetic_gets_fewer_counted_calls_within_the_bounds():
+    """Under valgrind a call's time grows with its multiply-accumulates: the course's nets get 100 and 25 calls."""
+    from optcv.gate import instructions
+    from optcv.gate.worker import counted_calls
+    from optcv.measure.reference import REFERENCE_MODELS
+    from optcv.training.models import build_model, count_macs
+
+    request = {"max_calls": instructions.COUNTED_CALLS, "min_calls": instructions.MIN_COUNTED_CALLS,
+               "counted_macs": instructions.COUNTED_MACS}
+    macs = {name: count_macs(build_model(REFERENCE_MODELS[name].model)) for name in ("tutorial", "tunable")}
+    assert counted_calls(macs["tutorial"], request) == 100
+    assert counted_calls(macs["tunable"], request) == 25
+    assert counted_calls(instructions.COUNTED_MACS // 50, request) == 50
+    assert counted_calls(None, request) == 100  # no PyTorch net to count (an ONNX-only declared model)

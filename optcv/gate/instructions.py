@@ -37,12 +37,17 @@ from optcv.measure.reference import COURSE_MODELS
 # -0.3 % on TutorialNet's PyTorch call here), so each repeat gets its own hash seed and environment padding,
 # the same on both sides, and the interval is the spread that this leaves.
 REPEATS = 2  # GateConfig.instruction_repeats
-# Calls counted per case and repeat, the same everywhere. One-off work (an arena taking its next block, a pool
+# Calls counted per case and repeat, the same on both sides. One-off work (an arena taking its next block, a pool
 # growing) landed in some processes' counted calls and not others': +0.5 ... +4 % on TutorialNet's ONNX Runtime
 # call counted over 20 calls after 2 warm-up calls; more warm-up moves it out, more calls dilute what is left.
 # (A first counted call to size the rest was tried: callgrind's count of one call right after switching
-# instrumentation on came out wrong, even negative.)
+# instrumentation on came out wrong, even negative.) A net with more arithmetic gets fewer calls, as many as make
+# COUNTED_MACS multiply-accumulates (100 of TutorialNet's 0.65 M, 25 of TunableNet's 3.4 M): valgrind runs float
+# GEMM kernels some 500 times slower than the machine (a 67 M-MAC float32 matrix product, 0.01 s natively, 5.8 s
+# under it), and at 100 calls TunableNet's float cases took 20-40 s each of every process.
 COUNTED_CALLS = 100
+MIN_COUNTED_CALLS = 25
+COUNTED_MACS = 65_000_000
 WARMUP_CALLS = 10
 # A case whose call takes longer than this under valgrind before counting starts (its JIT alone, ~5-10x slower
 # than the machine) would take minutes per counted call; it is reported as not counted, with its time.
@@ -98,7 +103,8 @@ def _start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, A
                "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
                "instructions"]
     request = {"inputs": setup["inputs"], "artifacts": setup["artifacts"], "cases": list(specs),
-               "library": str(library), "calls": COUNTED_CALLS, "max_warmup_s": MAX_WARMUP_S,
+               "library": str(library), "max_calls": COUNTED_CALLS, "min_calls": MIN_COUNTED_CALLS,
+               "counted_macs": COUNTED_MACS, "max_warmup_s": MAX_WARMUP_S,
                "warmup_calls": WARMUP_CALLS}
     env = {**side.env(int(np.random.default_rng(repeat).integers(0, 4096))), "PYTHONHASHSEED": str(repeat)}
     with open(out / "valgrind.log", "w") as log:  # a file, not a pipe: nobody reads it while valgrind runs

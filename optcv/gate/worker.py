@@ -260,6 +260,7 @@ class Case:
         batch = self.spec["batch"]
         # A compiling backend prepares the case's batch size here, in the set-up, never inside a timing.
         options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
+        self.source = source
         self.predictor = side_module("runtime").make_predictor(self.spec["backend"], source, self.spec["threads"],
                                                                **options)
         self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
@@ -487,6 +488,34 @@ def _count_calls(client: Any, case: Case, label: str, warmup: int, calls: int) -
     gc.enable()
 
 
+def _macs_per_call(case: Case) -> int | None:
+    """Multiply-accumulates of one call of the case's net, by the side's own counter; None where there is no
+    PyTorch net to count (an ONNX-only declared model) or the side's revision has no counter."""
+    import torch
+
+    models = side_module("models")
+    if not hasattr(models, "count_macs") or case.spec["kind"] != "predict":
+        return None
+    source, spec = case.source, case.source.input_spec
+    if source.declared is not None:
+        net, dtype = source.declared.build_inference(), getattr(torch, spec.dtype)
+    elif source.checkpoint is not None:
+        net, dtype = models.load_checkpoint(source.checkpoint).build(), torch.float32
+    else:
+        return None
+    shape = (case.spec["batch"], *(spec.shape if spec is not None else (3, 32, 32)))
+    return int(models.count_macs(net, shape, dtype))
+
+
+def counted_calls(macs: int | None, request: dict[str, Any]) -> int:
+    """Calls to count: enough for `counted_macs` multiply-accumulates, within [min_calls, max_calls] (a call's
+    time under valgrind grows with its arithmetic: optcv.gate.instructions). The same net gets the same number
+    on both sides."""
+    if not macs:
+        return int(request["max_calls"])
+    return max(int(request["min_calls"]), min(int(request["max_calls"]), -(-int(request["counted_macs"]) // macs)))
+
+
 def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
     """Under callgrind with instrumentation off: per case, set up and warm up, then count `calls` calls, dumped
     under the case's name (optcv.gate.instructions). A case whose call is too slow under valgrind is left out."""
@@ -508,8 +537,8 @@ def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
         case.call()
         warmup_s[spec["id"]] = time.perf_counter() - started
         if warmup_s[spec["id"]] <= request["max_warmup_s"]:  # else counted, it would take minutes: reported
-            _count_calls(client, case, spec["id"], request["warmup_calls"], request["calls"])
-            calls[spec["id"]] = request["calls"]
+            calls[spec["id"]] = counted_calls(_macs_per_call(case), request)
+            _count_calls(client, case, spec["id"], request["warmup_calls"], calls[spec["id"]])
         del case
         gc.collect()
         case_s[spec["id"]] = time.perf_counter() - case_started
