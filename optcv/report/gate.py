@@ -129,6 +129,14 @@ def profile_rows(profile: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
     return rows
 
 
+def _pace_text(profile: dict[str, Any]) -> str:
+    paces = profile.get("head_paces")
+    if not paces:
+        return ""
+    return (f"Each head profile is brought to its base's pace (the median head ÷ base of its larger rows: "
+            f"{min(paces):.2f} … {max(paces):.2f}), so a slowdown of every operator alike is not named here.")
+
+
 def _change_row(label: str, change: OperatorChange) -> dict[str, Any]:
     return {"operator": label, "base µs/call": change.base_us, "head µs/call": change.head_us,
             "change µs (95% CI)": f"{change.change_us:+.1f} ({change.ci_low_us:+.1f} … {change.ci_high_us:+.1f})",
@@ -177,7 +185,8 @@ def gate_markdown(result: Any) -> str:
         if finding.profile:
             lines += ["", f"### Where the time went: {finding.case}", "",
                       f"{finding.profile['repeats']} profiles of {finding.profile['calls_per_profile']} calls per "
-                      "side, interleaved; a change is named where its interval excludes zero.", "",
+                      "side, interleaved; a change is named where its interval excludes zero. "
+                      + _pace_text(finding.profile), "",
                       markdown_table(profile_rows(finding.profile), digits=1)]
     if result.retested:
         final = {f.case: f for f in result.findings}
