@@ -289,3 +289,19 @@ def test_a_net_with_more_arithmetic_gets_fewer_counted_calls_within_the_bounds()
     assert counted_calls(macs["tunable"], request) == 25
     assert counted_calls(instructions.COUNTED_MACS // 50, request) == 50
     assert counted_calls(None, request) == 100  # no PyTorch net to count (an ONNX-only declared model)
+
+
+def test_the_instruction_worker_counts_a_declared_nets_multiply_accumulates_per_call(tmp_path, monkeypatch):
+    """A user's declared net is counted by the side's own counter at the case's batch, on its declared input."""
+    from optcv.gate import worker
+    from tests.user_repo import write_user_repo
+
+    write_user_repo(tmp_path)
+    monkeypatch.setattr(worker, "_DECLARED", {})
+    entry = {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["pytorch"], "tree": str(tmp_path),
+             "cache_dir": str(tmp_path / "cache")}
+    spec = {"id": "tiny/pytorch/b4/t1", "model": "tiny", "kind": "predict", "backend": "pytorch", "threads": 1,
+            "batch": 4, "declared": True}
+    case = worker.Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
+    conv, linear = 16 * 16 * 4 * (3 * 3 * 3), 4 * 5  # Tiny: a 3x3 conv to 4 channels on 16x16, a 4-to-5 head
+    assert worker._macs_per_call(case) == 4 * (conv + linear)
