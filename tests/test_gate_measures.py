@@ -305,3 +305,44 @@ def test_the_instruction_worker_counts_a_declared_nets_multiply_accumulates_per_
     case = worker.Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
     conv, linear = 16 * 16 * 4 * (3 * 3 * 3), 4 * 5  # Tiny: a 3x3 conv to 4 channels on 16x16, a 4-to-5 head
     assert worker._macs_per_call(case) == 4 * (conv + linear)
+
+
+def test_an_onnx_runtime_profile_reads_its_twins_operators_and_leaves_no_trace_in_the_working_directory(
+        tmp_path, monkeypatch, tiny_tutorial):
+    """ONNX Runtime writes its profile into the working directory unless told otherwise, and the gate's is the
+    user's repository. The twin's trace goes to a folder of its own and is gone afterwards, also when a profiled
+    call fails; the predictor gets its own session back either way."""
+    import tempfile
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from optcv.gate import worker
+    from optcv.runtime import make_predictor
+
+    for folder in ("repo", "tmp"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, 32, 32), dtype=np.uint8)
+
+    def case_of(predictor, fail_at=None):
+        calls = []
+
+        def call():
+            calls.append(1)
+            if len(calls) == fail_at:
+                raise RuntimeError("the side's predict failed")
+            predictor.predict(x)
+        return SimpleNamespace(spec={"kind": "predict", "backend": "onnxruntime"}, settings={"threads": 1},
+                               onnx_path=str(tiny_tutorial.onnx), predictor=predictor, cpus=set(), call=call)
+
+    with make_predictor("onnxruntime", tiny_tutorial, 1) as predictor:
+        own = predictor.session
+        profiled = worker.profile(case_of(predictor), calls=5)
+        assert predictor.session is own
+        with pytest.raises(RuntimeError, match="predict failed"):
+            worker.profile(case_of(predictor, fail_at=3), calls=5)
+        assert predictor.session is own
+    assert "Conv" in profiled["ops_us_per_call"] and all(us > 0 for us in profiled["ops_us_per_call"].values())
+    assert list((tmp_path / "repo").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []

@@ -338,7 +338,10 @@ def _torch_profile(case: Case, calls: int) -> tuple[dict[str, float], float]:
 
 def _ort_profile(case: Case, session: Any, calls: int) -> tuple[dict[str, float], float]:
     # Profiling cannot be switched on in the predictor's own session: a twin with the same model file and
-    # threads takes its place for the profiled calls, so the side's whole predict path runs around it.
+    # threads takes its place for the profiled calls, so the side's whole predict path runs around it. Its trace
+    # goes to a folder of its own: ONNX Runtime's default is the working directory, the user's repository.
+    import tempfile
+
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -347,20 +350,25 @@ def _ort_profile(case: Case, session: Any, calls: int) -> tuple[dict[str, float]
     options.enable_profiling = True
     options.log_severity_level = 3
     model_path = getattr(session, "_model_path", None) or case.onnx_path
-    twin = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    case.predictor.session = twin
-    try:
-        wall_us = _timed_calls(case, calls)
-    finally:
-        case.predictor.session = session
-    trace = Path(twin.end_profiling())
+    with tempfile.TemporaryDirectory(prefix="optcv-ort-profile-") as folder:
+        options.profile_file_prefix = str(Path(folder) / "twin")
+        twin = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        case.predictor.session = twin
+        try:
+            wall_us = _timed_calls(case, calls)
+        finally:
+            case.predictor.session = session
+            trace = Path(twin.end_profiling())
+        return _ort_operator_totals(json.loads(trace.read_text()), calls), wall_us
+
+
+def _ort_operator_totals(events: list[dict[str, Any]], calls: int) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for event in json.loads(trace.read_text()):
+    for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             op = event.get("args", {}).get("op_name", event["name"])
             totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0)) / calls
-    trace.unlink(missing_ok=True)
-    return totals, wall_us
+    return totals
 
 
 def _status_kib(field: str) -> int:
