@@ -21,6 +21,7 @@ import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -340,8 +341,6 @@ def _ort_profile(case: Case, session: Any, calls: int) -> tuple[dict[str, float]
     # Profiling cannot be switched on in the predictor's own session: a twin with the same model file and
     # threads takes its place for the profiled calls, so the side's whole predict path runs around it. Its trace
     # goes to a folder of its own: ONNX Runtime's default is the working directory, the user's repository.
-    import tempfile
-
     import onnxruntime as ort
 
     options = ort.SessionOptions()
