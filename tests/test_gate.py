@@ -67,11 +67,28 @@ def test_a_difference_between_worker_pairs_widens_the_interval():
     assert split.ci_low_pct < 0.5 and split.ci_high_pct > 9.5 and 4 < split.change_pct < 6
 
 
+def test_the_pairs_of_two_passes_of_other_lengths_are_judged_together():
+    first = np.vstack([noisy_rounds(seed=6), noisy_rounds(seed=7)])
+    disagree = first * np.array([[1.10], [0.995]])  # a real +5 %, read +10 and -0.5 by two pairs' processes
+    second = [noisy_rounds(30, seed=8), noisy_rounds(30, seed=9)]
+    agree = [second[0] * 1.055, second[1] * 1.045]
+    alone = paired_change(first, disagree)
+    pooled = paired_change([*first, *second], [*disagree, *agree])
+    assert alone.ci_low_pct < 0 < 3 < alone.change_pct  # undecided on its own
+    assert 0 < pooled.ci_low_pct < pooled.change_pct and 4 < pooled.change_pct < 6 and pooled.rounds == 30
+    assert pooled.ci_high_pct - pooled.ci_low_pct < alone.ci_high_pct - alone.ci_low_pct
+    finding = judge("m/openvino/b1/t1", [*first, *second], [*disagree, *agree], 3.0, 10, passes=2)
+    assert finding.failed and finding.passes == 2 and len(finding.pair_changes_pct) == 4
+    assert judge("m/openvino/b1/t1", first, disagree, 3.0, 10).undecided and not finding.undecided
+
+
 def test_paired_change_rejects_unpaired_or_empty_rounds():
     with pytest.raises(ValueError):
         paired_change([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         paired_change([1.0], [1.0])
+    with pytest.raises(ValueError):
+        paired_change([[1.0, 2.0], [1.0]], [[1.0, 2.0], [1.0]])  # a pair of one round
 
 
 @pytest.mark.parametrize("change, low, high, expected", [
@@ -422,9 +439,9 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
               1: [_finding("a/pytorch/b1/t1", 8.0, slow), _finding("b/pytorch/b1/t1", 0.5, same)]}
     calls = []
 
-    def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt):
+    def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt, earlier=None):
         calls.append(([s.label for s in sides], [s["id"] for s in specs_], attempt))
-        return passes[attempt], {"base": {}, "head": {}}
+        return passes[attempt], {"base": {}, "head": {}}, {}
 
     monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
     monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: specs)
@@ -445,6 +462,53 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     assert len(calls) == 1 and len(result.regressions) == 2
 
 
+def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes(tmp_path, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from optcv.gate import timing
+    from optcv.gate.sides import HEAD_TREE, Side
+
+    # Per case, each pass's two worker pairs' head ÷ base: a real +5 % that one pool's pairs read +10 and -0.5,
+    # noise that one pool reads +8 and -1, a confirmed regression, and a case with nothing to re-test.
+    reads = {"u/openvino/b1/t1": ((1.10, 0.995), (1.055, 1.045)), "n/openvino/b1/t1": ((1.08, 0.99), (1.0, 0.995)),
+             "a/pytorch/b1/t1": ((1.06, 1.06), (1.05, 1.05)), "c/pytorch/b1/t1": ((1.0, 1.0),)}
+    pools = []
+
+    @contextlib.contextmanager
+    def fake_pool(sides, per_side, workdir, setup, seed):
+        pools.append(([s.label for s in sides], seed))
+        yield [SimpleNamespace(side=s, settings={}) for s in sides]
+
+    def fake_time_case(workers, case, config, rng):
+        attempt, rounds = pools[-1][1], 40 - 10 * pools[-1][1]
+        base = [noisy_rounds(rounds, seed=10 * attempt + i) for i in range(2)]
+        head = [b * r * np.exp(np.random.default_rng(i).normal(0, 0.005, rounds))
+                for i, (b, r) in enumerate(zip(base, reads[case][attempt], strict=True))]
+        return timing.CaseSamples(case, 10, base, head)
+
+    monkeypatch.setattr(timing, "worker_pool", fake_pool)
+    monkeypatch.setattr(timing, "time_case", fake_time_case)
+    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: [{"id": c} for c in reads])
+    monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    side = Side("base", sys.executable, HEAD_TREE)
+    built = {"code_hash": "h", "versions": {}}
+    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
+                            data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                            artifacts={"base": built, "head": built})
+    final = {f.case: f for f in result.findings}
+    first = {f.case: f for f in result.retested}
+    assert pools == [(["base", "head"], 0), (["head", "base"], 1)]  # one fresh pool re-times them, head first
+    assert sorted(first) == ["a/pytorch/b1/t1", "n/openvino/b1/t1", "u/openvino/b1/t1"]
+    assert first["u/openvino/b1/t1"].undecided and first["n/openvino/b1/t1"].undecided
+    assert final["u/openvino/b1/t1"].failed and final["u/openvino/b1/t1"].passes == 2
+    assert 4 < final["u/openvino/b1/t1"].change_pct < 6 and len(final["u/openvino/b1/t1"].pair_changes_pct) == 4
+    assert not final["n/openvino/b1/t1"].failed and final["n/openvino/b1/t1"].passes == 2
+    assert final["a/pytorch/b1/t1"].failed and final["a/pytorch/b1/t1"].passes == 1  # its re-test alone confirms
+    assert final["c/pytorch/b1/t1"].passes == 1 and "c/pytorch/b1/t1" not in first
+    assert [f.case for f in result.regressions] == ["u/openvino/b1/t1", "a/pytorch/b1/t1"]
+
+
 def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():
     from optcv.gate.selftest import SelfTestRun
 
@@ -456,6 +520,13 @@ def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():
     assert run.verdict(retest, 5.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # first pass alone stays under 5
     plain = SelfTestRun({}, 0, [first["x"]], 1.0)
     assert plain.verdict(first["x"], 3.0) is Verdict.REGRESSION
+    undecided = {"y": CaseFinding("y", 100, 106, 6.0, -1.0, 13.0, 2.0, Verdict.NO_CHANGE, 30, 10)}
+    pooled = CaseFinding("y", 100, 104, 4.0, 1.0, 7.0, 2.0, Verdict.REGRESSION, 30, 10, passes=2)
+    both = SelfTestRun({"openvino": 5.0}, 0, [pooled], 1.0, undecided)
+    assert both.verdict(pooled, 2.0) is Verdict.REGRESSION  # undecided at 2: both passes decide
+    assert both.verdict(pooled, 3.0) is Verdict.REGRESSION  # undecided at 3 too (+6 %), and both passes read +4 %
+    assert both.verdict(pooled, 5.0) is Verdict.SLOWER_WITHIN_THRESHOLD  # both passes under 5 %
+    assert both.verdict(pooled, 8.0) is Verdict.NO_CHANGE  # not undecided at 8: the first pass alone decides
 
 
 def test_self_test_reports_each_arm_with_its_nominal_and_measured_change_and_what_it_should_do():

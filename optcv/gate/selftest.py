@@ -97,9 +97,14 @@ class SelfTestRun:
         return not any(self.injected.values())
 
     def verdict(self, finding: CaseFinding, threshold_pct: float) -> Verdict:
-        """What a gate at `threshold_pct` would have said: a first-pass failure stands only if its re-test
-        (run at the lowest threshold judged, so every case that could fail was re-tested) fails too."""
-        first = _verdict(self.first_pass.get(finding.case, finding), threshold_pct)
+        """What a gate at `threshold_pct` would have said. The re-tests ran at the lowest threshold judged, so
+        every case that a gate at `threshold_pct` re-tests was re-tested: a first-pass failure stands only if its
+        re-test fails too, and a case undecided at `threshold_pct` is judged on both passes together."""
+        first_pass = self.first_pass.get(finding.case, finding)
+        first = _verdict(first_pass, threshold_pct)
+        if finding.passes > 1:
+            undecided = first_pass.ci_low_pct <= 0 and first_pass.change_pct > threshold_pct
+            return _verdict(finding, threshold_pct) if undecided else first
         return _verdict(finding, threshold_pct) if first is Verdict.REGRESSION else first
 
 

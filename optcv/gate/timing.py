@@ -1,9 +1,9 @@
-"""Timing both sides case by case in rounds, judging each case, re-testing the failing ones."""
+"""Timing both sides case by case in rounds, judging each case, re-testing the failing and the undecided ones."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,18 +115,13 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
              for label in artifacts}
     findings: list[CaseFinding] = []
+    samples: dict[str, CaseSamples] = {}
     settings: dict[str, Any] = {"base": {}, "head": {}}
     if "time" in config.measures:
-        findings, settings = _time_cases((base, head), specs, config, thresholds, workdir, setup, log, progress, 0)
-    flagged = [f.case for f in findings if f.failed]
-    retested: list[CaseFinding] = []
-    if flagged and config.retest_failures:
-        log(f"re-testing {len(flagged)} flagged case(s) with fresh workers: {', '.join(flagged)}")
-        again, _ = _time_cases((head, base), [s for s in specs if s["id"] in flagged], config, thresholds,
-                               workdir, setup, log, progress, 1)
-        confirmed = {f.case: f for f in again}
-        retested = [f for f in findings if f.case in confirmed]
-        findings = [confirmed.get(f.case, f) for f in findings]
+        findings, settings, samples = _time_cases((base, head), specs, config, thresholds, workdir, setup, log,
+                                                  progress, 0)
+    findings, retested = _retest(findings, samples, (base, head), specs, config, thresholds, workdir, setup, log,
+                                 progress)
     side_info = {label: {**side.describe(), "code_hash": _code_hash(side, artifacts[label]),
                          "versions": artifacts[label]["versions"], "settings": settings[label]}
                  for label, side in (("base", base), ("head", head))}
@@ -166,28 +161,53 @@ def _code_hash(side: Side, built: dict[str, Any]) -> str:
     return subject_hash(side.tree) if side.harness else built["code_hash"]
 
 
+def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides: tuple[Side, Side],
+            specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds, workdir: Path,
+            setup: dict[str, dict[str, Any]], log: Log, progress: bool) -> tuple[list[CaseFinding], list[CaseFinding]]:
+    """The failing and the undecided cases timed again in one pool of fresh workers: a failure stands only if its
+    re-test fails too; an undecided case is judged on the worker pairs of both passes. Returns the findings with
+    the re-tests' last word, and the first-pass findings of the re-tested cases."""
+    again = {f.case for f in findings if f.failed or f.undecided}
+    if not again or not config.retest_failures:
+        return findings, []
+    undecided = {f.case: samples[f.case] for f in findings if f.undecided}
+    log(f"re-testing {len(again)} case(s) with fresh workers: {', '.join(sorted(again))}")
+    final, _, _ = _time_cases(sides[::-1], [s for s in specs if s["id"] in again], config, thresholds, workdir,
+                              setup, log, progress, 1, undecided)
+    confirmed = {f.case: f for f in final}
+    return [confirmed.get(f.case, f) for f in findings], [f for f in findings if f.case in confirmed]
+
+
 def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds,
-                workdir: Path, setup: dict[str, dict[str, Any]], log: Log, progress: bool, attempt: int
-                ) -> tuple[list[CaseFinding], dict[str, Any]]:
+                workdir: Path, setup: dict[str, dict[str, Any]], log: Log, progress: bool, attempt: int,
+                earlier: Mapping[str, CaseSamples] | None = None
+                ) -> tuple[list[CaseFinding], dict[str, Any], dict[str, CaseSamples]]:
     """Every case timed A/B in one pool of fresh workers (attempt 0: the first pass; 1: the re-test, whose
-    workers get other memory layouts and start head first), judged, and profiled where it failed."""
+    workers get other memory layouts and start head first), judged, and profiled where it failed. A case with
+    `earlier` samples (another pool's) is judged on the worker pairs of both."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng([config.seed, attempt])
     findings: list[CaseFinding] = []
+    timed: dict[str, CaseSamples] = {}
+    earlier = earlier or {}
     with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt) as workers:
         for spec in tqdm(specs, desc="gate" if attempt == 0 else "re-test", unit="case",
                          disable=not progress or None):
-            samples = time_case(workers, spec["id"], config, rng)
-            finding = judge(spec["id"], samples.base_us, samples.head_us,
-                            thresholds.for_case(spec["id"]), samples.calls_per_turn, seed=config.seed)
+            case = spec["id"]
+            timed[case] = samples = time_case(workers, case, config, rng)
+            before = earlier.get(case)
+            base_us = [*before.base_us, *samples.base_us] if before else samples.base_us
+            head_us = [*before.head_us, *samples.head_us] if before else samples.head_us
+            finding = judge(case, base_us, head_us, thresholds.for_case(case), samples.calls_per_turn,
+                            seed=config.seed, passes=2 if before else 1)
             last_word = attempt == 1 or not config.retest_failures
             if finding.failed and last_word and config.profile_ms > 0:
                 calls = max(3, int(config.profile_ms * 1000 / PROFILE_REPEATS / max(finding.base_median_us, 1.0)))
-                finding = replace(finding, profile=profile_case(workers, spec["id"], min(calls, 2000), rng,
+                finding = replace(finding, profile=profile_case(workers, case, min(calls, 2000), rng,
                                                                 seed=config.seed))
             findings.append(finding)
             log(f"{finding.case}: {finding.change_pct:+.1f} % ({finding.ci_low_pct:+.1f} … "
                 f"{finding.ci_high_pct:+.1f}) → {finding.verdict.value}")
         settings = {w.side.label: w.settings for w in workers}  # type: ignore[attr-defined]
-    return findings, settings
+    return findings, settings, timed

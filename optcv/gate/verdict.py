@@ -63,29 +63,43 @@ class PairedChange:
 
 def paired_change(base_us: Any, head_us: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                   level: float = 0.95) -> PairedChange:
-    """Head ÷ base from per-round medians shaped (pairs, rounds) (a 1-D sequence is one pair).
+    """Head ÷ base from per-round medians: one sequence of rounds per worker pair (a flat sequence is one pair).
+    Pairs may hold different numbers of rounds (a case judged on the pairs of two passes).
 
     Pair i is base worker i and head worker i, which share a memory layout (see ab.worker_pool). The estimate
     is the mean over pairs of each pair's median per-round log ratio; the interval is a two-level percentile
     bootstrap (pairs, then rounds within each), so a difference between processes widens it instead of
     passing for a change of the code.
     """
-    base, head = np.atleast_2d(np.asarray(base_us, dtype=float)), np.atleast_2d(np.asarray(head_us, dtype=float))
-    if base.shape != head.shape or base.shape[1] < 2:
-        raise ValueError(f"need two or more paired rounds, got shapes {base.shape} and {head.shape}")
-    if not (np.all(base > 0) and np.all(head > 0)):
-        raise ValueError("round medians must be positive")
-    log_ratios = np.log(head / base)
-    pairs, rounds = log_ratios.shape
+    log_ratios = [np.log(h / b) for b, h in _paired_rounds(base_us, head_us)]
+    pairs = len(log_ratios)
     rng = np.random.default_rng(seed)
-    pick_pairs = rng.integers(0, pairs, (resamples, pairs, 1))
-    pick_rounds = rng.integers(0, rounds, (resamples, pairs, rounds))
-    draws = np.median(log_ratios[pick_pairs, pick_rounds], axis=2).mean(axis=1)
+    pick_pairs = rng.integers(0, pairs, (resamples, pairs))
+    # Per pair, a resampled median for every (resample, slot); each slot a picked pair fills gets its own.
+    medians = np.stack([np.median(r[rng.integers(0, len(r), (resamples, pairs, len(r)))], axis=2)
+                        for r in log_ratios])
+    draws = medians[pick_pairs, np.arange(resamples)[:, None], np.arange(pairs)[None, :]].mean(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
-    estimate = np.median(log_ratios, axis=1).mean()
+    estimate = np.mean([np.median(r) for r in log_ratios])
     pct = lambda v: float(np.expm1(v) * 100)  # noqa: E731
-    return PairedChange(pct(estimate), pct(low), pct(high), rounds)
+    return PairedChange(pct(estimate), pct(low), pct(high), min(len(r) for r in log_ratios))
+
+
+def _paired_rounds(base_us: Any, head_us: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per worker pair, its (base, head) round medians as arrays, checked."""
+    def per_pair(rounds: Any) -> list[np.ndarray]:
+        rounds = list(rounds)
+        flat = len(rounds) > 0 and np.ndim(rounds[0]) == 0
+        return [np.asarray(rounds, dtype=float)] if flat else [np.asarray(r, dtype=float) for r in rounds]
+
+    base, head = per_pair(base_us), per_pair(head_us)
+    shapes = [b.shape for b in base], [h.shape for h in head]
+    if shapes[0] != shapes[1] or not base or min(len(b) for b in base) < 2:
+        raise ValueError(f"need two or more paired rounds per pair, got rounds {shapes[0]} and {shapes[1]}")
+    if not all(np.all(b > 0) and np.all(h > 0) for b, h in zip(base, head, strict=True)):
+        raise ValueError("round medians must be positive")
+    return list(zip(base, head, strict=True))
 
 
 def verdict_of(change: PairedChange, threshold_pct: float) -> Verdict:
@@ -168,10 +182,17 @@ class CaseFinding:
     calls_per_turn: int
     pair_changes_pct: tuple[float, ...] = ()  # each worker pair's own median change
     profile: dict[str, Any] | None = None
+    passes: int = 1  # pools of fresh workers whose pairs it is judged on (2: an undecided case, timed again)
 
     @property
     def failed(self) -> bool:
         return self.verdict is Verdict.REGRESSION
+
+    @property
+    def undecided(self) -> bool:
+        """Slower than its threshold by the estimate, but not significantly: the worker pairs disagree too much
+        to tell a regression from a process's placement, so more processes must decide."""
+        return self.ci_low_pct <= 0 < self.threshold_pct < self.change_pct
 
 
 @dataclass(frozen=True)
@@ -223,14 +244,16 @@ def judge_repeats(measure: str, case: str, base: Sequence[float], head: Sequence
 
 
 def judge(case: str, base_rounds_us: Any, head_rounds_us: Any, threshold_pct: float,
-          calls_per_turn: int, seed: int = 0) -> CaseFinding:
-    """The finding of one case from per-round medians in µs, shaped (pairs, rounds) or (rounds,)."""
+          calls_per_turn: int, seed: int = 0, passes: int = 1) -> CaseFinding:
+    """The finding of one case from per-round medians in µs, one sequence of rounds per worker pair (or one
+    flat sequence), from `passes` pools of workers."""
     change = paired_change(base_rounds_us, head_rounds_us, seed=seed)
-    base, head = np.atleast_2d(base_rounds_us), np.atleast_2d(head_rounds_us)
-    pairs = tuple(round(float(np.expm1(np.median(np.log(h / b))) * 100), 3) for b, h in zip(base, head, strict=True))
-    return CaseFinding(case, float(np.median(base)), float(np.median(head)), change.change_pct,
+    paired = _paired_rounds(base_rounds_us, head_rounds_us)
+    pairs = tuple(round(float(np.expm1(np.median(np.log(h / b))) * 100), 3) for b, h in paired)
+    return CaseFinding(case, float(np.median(np.concatenate([b for b, _ in paired]))),
+                       float(np.median(np.concatenate([h for _, h in paired]))), change.change_pct,
                        change.ci_low_pct, change.ci_high_pct, threshold_pct, verdict_of(change, threshold_pct),
-                       change.rounds, calls_per_turn, pairs)
+                       change.rounds, calls_per_turn, pairs, passes=passes)
 
 
 @dataclass
@@ -243,8 +266,8 @@ class GateResult:
     environment: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
-    # The first-pass findings of cases that failed and were timed again with fresh workers; `findings` holds
-    # the re-test's, which decide.
+    # The first-pass findings of cases that failed or were undecided and were timed again with fresh workers;
+    # `findings` holds the last word (a failure's re-test; an undecided case's judgement on both passes).
     retested: list[CaseFinding] = field(default_factory=list)
     measured: list[MeasureFinding] = field(default_factory=list)  # memory and instructions, where asked for
 

@@ -190,9 +190,12 @@ def gate_markdown(result: Any) -> str:
                       markdown_table(profile_rows(finding.profile), digits=1)]
     if result.retested:
         final = {f.case: f for f in result.findings}
-        lines += ["", "Re-tested with fresh workers (a case fails only if the re-test confirms it):", "",
+        lines += ["", "Re-tested with fresh workers: a failing case fails only if its re-test fails too; an undecided "
+                  "one (slower than its threshold, but not significantly) is judged on the worker pairs of both "
+                  "passes:", "",
                   markdown_table([{"case": f.case, "first pass": _change_text(f),
-                                   "re-test": _change_text(final[f.case]), "verdict": final[f.case].verdict.value}
+                                   "decided on": "both passes" if final[f.case].passes > 1 else "the re-test",
+                                   "change": _change_text(final[f.case]), "verdict": final[f.case].verdict.value}
                                   for f in result.retested])]
     lines += measured_markdown(result)
     lines += [f"- {note}" for note in result.notes]

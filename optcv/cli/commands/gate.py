@@ -67,7 +67,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--even-if-unchanged", action="store_true",
                       help="time base and head even when they hold the same optcv code (by default: nothing to time)")
     gate.add_argument("--no-retest", dest="retest", action="store_false", default=default.retest_failures,
-                      help="fail on the first pass, without re-timing failing cases with fresh workers")
+                      help="decide on the first pass, without re-timing failing or undecided cases with fresh "
+                           "workers")
     gate.add_argument("--json", help="write every number to this JSON file")
     gate.add_argument("--summary", help="write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY)")
     gate.add_argument("--allow-no-base", action="store_true",
