@@ -132,6 +132,9 @@ def test_a_commit_that_changes_no_model_input_is_not_timed(tmp_path):
     (tmp_path / "README.md").write_text("# their app\n")
     same = run_ab(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path)
     assert isinstance(same, SameCode) and same.user_models
+    with pytest.raises(OptcvError, match="no gate case matches nosuch"):  # checked before "nothing to time"
+        run_ab(dataclasses.replace(_config(), cases=("nosuch/*",)), against="HEAD", head_tree=path.parent,
+               repo=tmp_path)
     assert "the same files their declared models are made of" in outcome_markdown(same)
     (path.parent / "usernets" / "nets.py").write_text(NETS + "# a comment\n")
     with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
