@@ -103,8 +103,7 @@ class SelfTestRun:
         first_pass = self.first_pass.get(finding.case, finding)
         first = _verdict(first_pass, threshold_pct)
         if finding.passes > 1:
-            undecided = first_pass.ci_low_pct <= 0 and first_pass.change_pct > threshold_pct
-            return _verdict(finding, threshold_pct) if undecided else first
+            return _verdict(finding, threshold_pct) if first_pass.undecided_at(threshold_pct) else first
         return _verdict(finding, threshold_pct) if first is Verdict.REGRESSION else first
 
 

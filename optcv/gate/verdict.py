@@ -192,7 +192,10 @@ class CaseFinding:
     def undecided(self) -> bool:
         """Slower than its threshold by the estimate, but not significantly: the worker pairs disagree too much
         to tell a regression from a process's placement, so more processes must decide."""
-        return self.ci_low_pct <= 0 < self.threshold_pct < self.change_pct
+        return self.undecided_at(self.threshold_pct)
+
+    def undecided_at(self, threshold_pct: float) -> bool:
+        return self.ci_low_pct <= 0 < threshold_pct < self.change_pct
 
 
 @dataclass(frozen=True)
