@@ -67,6 +67,17 @@ def test_a_difference_between_worker_pairs_widens_the_interval():
     assert split.ci_low_pct < 0.5 and split.ci_high_pct > 9.5 and 4 < split.change_pct < 6
 
 
+def test_holding_the_pairs_leaves_only_the_rounds_noise_in_the_interval():
+    base = np.vstack([noisy_rounds(seed=4), noisy_rounds(seed=5)])
+    disagree = base * np.array([[1.10], [1.00]])
+    whole, rounds_only = paired_change(base, disagree), paired_change(base, disagree, resample_pairs=False)
+    assert whole.change_pct == rounds_only.change_pct
+    assert (whole.ci_high_pct - whole.ci_low_pct) / 2 > 4 and (rounds_only.ci_high_pct - rounds_only.ci_low_pct) / 2 < 1
+    noisy = np.vstack([noisy_rounds(noise=0.05, seed=6), noisy_rounds(noise=0.05, seed=7)])
+    held = paired_change(noisy, noisy_rounds(80, noise=0.05, seed=8).reshape(2, 40), resample_pairs=False)
+    assert (held.ci_high_pct - held.ci_low_pct) / 2 > 1  # noisy rounds stay wide with the pairs held
+
+
 def test_the_pairs_of_two_passes_of_other_lengths_are_judged_together():
     first = np.vstack([noisy_rounds(seed=6), noisy_rounds(seed=7)])
     disagree = first * np.array([[1.10], [0.995]])  # a real +5 %, read +10 and -0.5 by two pairs' processes
@@ -633,3 +644,63 @@ def test_attribution_divides_out_the_machines_pace_that_moves_every_row_of_a_pro
     assert waited and waited[0].operator == OUTSIDE and 13 < waited[0].change_us < 18
     assert named_changes(attribution(base, paced(_profiles(8, seed=4), 1.1, 1.4), calls=50)) == []
     assert all(1.0 < p < 1.45 for p in head_paces(base, paced(_profiles(8, seed=5), 1.1, 1.4)))
+
+
+class _Clock:
+    """The gate's clock in a test: turns advance it by the time their calls take, pauses by their length."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class _TimedWorker:
+    """A worker whose every turn takes `factor` × 100 µs per call, times its own noise for that turn."""
+
+    def __init__(self, clock, label, pair, factor, noise, seed):
+        from types import SimpleNamespace
+
+        self.clock, self.side, self.pair = clock, SimpleNamespace(label=label), pair
+        self.factor, self.noise = factor, noise
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self, request):
+        per_call_ns = 100_000 * self.factor * float(np.exp(self.rng.normal(0, self.noise)))
+        self.clock.now += request["calls"] * per_call_ns / 1e9
+        return {"ns": [per_call_ns] * request["calls"]}
+
+
+def _time_with(monkeypatch, head_factors, noise, **settings):
+    from optcv.gate import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "time", clock)
+    workers = [_TimedWorker(clock, label, pair, factor, noise, seed=2 * pair + (label == "head"))
+               for pair, head in enumerate(head_factors) for label, factor in (("base", 1.0), ("head", head))]
+    samples = timing.time_case(workers, "m/pytorch/b1/t1", GateConfig(**settings), np.random.default_rng(0))
+    return samples, clock.now
+
+
+def test_a_case_whose_pairs_disagree_stops_adding_rounds_that_cannot_settle_it(monkeypatch):
+    # Quiet rounds, but one pair's processes read +10 %: the whole interval stays wide whatever the rounds.
+    samples, _ = _time_with(monkeypatch, (1.10, 1.00), noise=0.002)
+    assert len(samples.base_us[0]) == 37  # the first 3 s of rounds, not one more
+    assert (lambda c: (c.ci_high_pct - c.ci_low_pct) / 2)(paired_change(samples.base_us, samples.head_us)) > 3
+
+
+@pytest.mark.parametrize("noise, max_seconds, by_the_clock", [(0.06, 7.0, True), (0.04, 60.0, False)])
+def test_a_case_with_noisy_rounds_adds_rounds_until_precise_or_out_of_time(monkeypatch, noise, max_seconds,
+                                                                           by_the_clock):
+    samples, seconds = _time_with(monkeypatch, (1.0, 1.0), noise=noise, max_case_seconds=max_seconds)
+    narrowest = min((c.ci_high_pct - c.ci_low_pct) / 2 for c in (
+        paired_change(samples.base_us, samples.head_us, resamples=500, resample_pairs=held) for held in (True, False)))
+    assert len(samples.base_us[0]) > 37 and len(samples.base_us[0]) == len(samples.head_us[1])
+    if by_the_clock:
+        assert max_seconds <= seconds < max_seconds + 0.1 and narrowest > 1
+    else:
+        assert seconds < max_seconds / 2 and narrowest <= 1

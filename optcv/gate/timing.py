@@ -32,31 +32,51 @@ class CaseSamples:
 
 def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.random.Generator) -> CaseSamples:
     """Warm every worker up alike, then rounds (at least `config.min_rounds`, about `config.case_seconds` of
-    timed work) in which every worker takes one turn of the same number of calls, in a random order."""
+    timed work) in which every worker takes one turn of the same number of calls, in a random order. Rounds
+    are added while the rounds' own noise keeps the interval wider than the target, until
+    `config.max_case_seconds` on the clock."""
+    started = time.perf_counter()
     probe = [np.median(w.ask({"op": "time", "case": case, "calls": 3})["ns"]) for w in workers]
     per_call_ns = float(np.median(probe))
     warmup = int(min(2000, max(3, config.warmup_ms * 1e6 / per_call_ns)))
     for worker in workers:
         worker.ask({"op": "time", "case": case, "calls": warmup})
     calls = int(min(1000, max(1, round(config.turn_ms * 1e6 / per_call_ns))))
-    turn_seconds = calls * per_call_ns / 1e9
-    round_seconds = len(workers) * turn_seconds
+    round_seconds = len(workers) * calls * per_call_ns / 1e9
     rounds = max(config.min_rounds, int(config.case_seconds / round_seconds))
-    most = max(rounds, int(config.max_case_seconds / round_seconds))
     per_side = len(workers) // 2
     samples = CaseSamples(case, calls, [[] for _ in range(per_side)], [[] for _ in range(per_side)])
-    while True:
-        for _ in range(rounds - len(samples.base_us[0])):
-            for index in rng.permutation(len(workers)):
-                worker = workers[int(index)]
-                time.sleep(config.gap_ms / 1000)
-                median_us = float(np.median(worker.ask({"op": "time", "case": case, "calls": calls})["ns"])) / 1000
-                side = samples.base_us if worker.side.label == "base" else samples.head_us
-                side[worker.pair].append(median_us)
-        change = paired_change(samples.base_us, samples.head_us, resamples=500, seed=config.seed)
-        if rounds >= most or (change.ci_high_pct - change.ci_low_pct) / 2 <= config.target_half_width_pct:
-            return samples
-        rounds = min(most, rounds + max(5, rounds // 4))
+    for _ in range(rounds):
+        _take_round(workers, samples, config, rng)
+    while not _precise_enough(samples, config):
+        for _ in range(max(5, len(samples.base_us[0]) // 4)):
+            if time.perf_counter() - started >= config.max_case_seconds:
+                return samples
+            _take_round(workers, samples, config, rng)
+    return samples
+
+
+def _take_round(workers: Sequence[Worker], samples: CaseSamples, config: GateConfig,
+                rng: np.random.Generator) -> None:
+    """One turn of `samples.calls_per_turn` calls for every worker, in a random order."""
+    for index in rng.permutation(len(workers)):
+        worker = workers[int(index)]
+        time.sleep(config.gap_ms / 1000)
+        answer = worker.ask({"op": "time", "case": samples.case, "calls": samples.calls_per_turn})
+        side = samples.base_us if worker.side.label == "base" else samples.head_us
+        side[worker.pair].append(float(np.median(answer["ns"])) / 1000)
+
+
+def _precise_enough(samples: CaseSamples, config: GateConfig) -> bool:
+    """Whether more rounds would no longer narrow the interval enough to matter: the whole interval is within
+    the target, or its rounds' part is and the rest is the worker pairs' disagreement, which only other
+    processes (the re-test of an undecided case) can settle. Looks at widths only, never at the estimate."""
+    for resample_pairs in (True, False):
+        change = paired_change(samples.base_us, samples.head_us, resamples=500, seed=config.seed,
+                               resample_pairs=resample_pairs)
+        if (change.ci_high_pct - change.ci_low_pct) / 2 <= config.target_half_width_pct:
+            return True
+    return False
 
 
 def profile_case(workers: Sequence[Worker], case: str, calls: int, rng: np.random.Generator,

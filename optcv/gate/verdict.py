@@ -62,19 +62,21 @@ class PairedChange:
 
 
 def paired_change(base_us: Any, head_us: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                  level: float = 0.95) -> PairedChange:
+                  level: float = 0.95, resample_pairs: bool = True) -> PairedChange:
     """Head ÷ base from per-round medians: one sequence of rounds per worker pair (a flat sequence is one pair).
     Pairs may hold different numbers of rounds (a case judged on the pairs of two passes).
 
     Pair i is base worker i and head worker i, which share a memory layout (see ab.worker_pool). The estimate
     is the mean over pairs of each pair's median per-round log ratio; the interval is a two-level percentile
     bootstrap (pairs, then rounds within each), so a difference between processes widens it instead of
-    passing for a change of the code.
+    passing for a change of the code. With `resample_pairs` false the pairs are held as they are: the interval
+    then holds only the rounds' noise, the part that more rounds in the same processes can narrow.
     """
     log_ratios = [np.log(h / b) for b, h in _paired_rounds(base_us, head_us)]
     pairs = len(log_ratios)
     rng = np.random.default_rng(seed)
-    pick_pairs = rng.integers(0, pairs, (resamples, pairs))
+    pick_pairs = (rng.integers(0, pairs, (resamples, pairs)) if resample_pairs
+                  else np.broadcast_to(np.arange(pairs), (resamples, pairs)))
     # Per pair, a resampled median for every (resample, slot); each slot a picked pair fills gets its own.
     medians = np.stack([np.median(r[rng.integers(0, len(r), (resamples, pairs, len(r)))], axis=2)
                         for r in log_ratios])

@@ -118,7 +118,7 @@ def add_timing_options(parser: argparse.ArgumentParser, default: GateConfig) -> 
     parser.add_argument("--case-seconds", type=positive_float, default=default.case_seconds,
                         help="timed work per case, both sides together")
     parser.add_argument("--max-case-seconds", type=positive_float, default=default.max_case_seconds,
-                        help="a noisy case adds rounds up to this long, until its interval is narrow enough")
+                        help="a noisy case adds rounds until its interval is narrow enough, up to this long")
 
 
 def run(args: argparse.Namespace) -> int:
