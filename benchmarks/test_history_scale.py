@@ -1,13 +1,15 @@
 """The history at the size a team reaches: 1,000 runs of 20 cases on two machines. Its dashboard is written in at
 most 5 s (the whole `optcv history html` command) and drawn by headless Chromium in at most 2 s (from navigation to
-the last chart, as the page measures itself)."""
+the last chart, as the page measures itself), each the median of three tries."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -18,6 +20,7 @@ from tests.history_data import AMD, INTEL, START
 from tests.test_history import CHROMIUM_FLAGS, _chromium
 
 RUNS, CASES = 1000, 20
+TRIES = 3
 
 
 def _fill(store: HistoryStore) -> None:
@@ -42,23 +45,33 @@ def _fill(store: HistoryStore) -> None:
         conn.execute(measurements.insert(), rows)
 
 
+def _write(db: Path, out: Path) -> float:
+    started = time.perf_counter()
+    written = subprocess.run([sys.executable, "-m", "optcv", "history", "html", str(out), "--history", str(db)],
+                             capture_output=True, text=True)
+    assert written.returncode == 0, written.stderr
+    return time.perf_counter() - started
+
+
+def _draw(page: Path, profile: Path) -> int:
+    shown = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+                            "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = shown.stdout
+    assert f'data-rendered="{CASES}"' in dom and dom.count("<circle") == RUNS * CASES and "data-errors" not in dom
+    return int(dom.split('data-render-ms="', 1)[1].split('"', 1)[0])
+
+
 def test_a_thousand_runs_draw_within_their_budget(tmp_path):
+    """Each budget holds for the median of three tries: one slow start of the machine's first browser or
+    interpreter is not the page's speed (one try read 1,670 ms where the next four read 520–1,100)."""
     db = tmp_path / "history.sqlite"
     with HistoryStore(db) as store:
         _fill(store)
-    started = time.perf_counter()
-    written = subprocess.run([sys.executable, "-m", "optcv", "history", "html", str(tmp_path / "dash"), "--history",
-                              str(db)], capture_output=True, text=True)
-    html_seconds = time.perf_counter() - started
-    assert written.returncode == 0, written.stderr
-    shown = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                            "--virtual-time-budget=10000", "--dump-dom", (tmp_path / "dash" / "index.html").as_uri()],
-                           capture_output=True, text=True, timeout=120)
-    dom = shown.stdout
-    assert f'data-rendered="{CASES}"' in dom and dom.count("<circle") == RUNS * CASES
-    render_ms = int(dom.split('data-render-ms="', 1)[1].split('"', 1)[0])
-    print(f"{RUNS} runs x {CASES} cases: optcv history html {html_seconds:.2f} s; Chromium drew the page in "
-          f"{render_ms} ms")
-    assert html_seconds <= 5.0
-    assert render_ms <= 2000
-    assert "net3/onnxruntime/b1" in (tmp_path / "dash" / "regressions.html").read_text()  # the step at run 600
+    out = tmp_path / "dash"
+    html_seconds = [_write(db, out) for _ in range(TRIES)]
+    render_ms = [_draw(out / "index.html", tmp_path / f"profile-{i}") for i in range(TRIES)]
+    print(f"{RUNS} runs x {CASES} cases: optcv history html " + ", ".join(f"{s:.2f}" for s in html_seconds)
+          + " s; Chromium drew the page in " + ", ".join(map(str, render_ms)) + " ms")
+    assert statistics.median(html_seconds) <= 5.0
+    assert statistics.median(render_ms) <= 2000
+    assert "net3/onnxruntime/b1" in (out / "regressions.html").read_text()  # the step at run 600
