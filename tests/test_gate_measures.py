@@ -149,6 +149,19 @@ def test_the_work_injection_runs_its_cases_own_iterations_and_none_elsewhere(tmp
     assert _template_namespace(tmp_path / "loop", {})["extra_work"](3) == x  # plain arithmetic, no clock
 
 
+def test_a_fractional_work_level_is_carried_over_so_its_mean_per_call_is_exact(tmp_path, monkeypatch):
+    """0.25 % of a 0.57 M-instruction call is 1.65 iterations of ~860: whole iterations per call made it 0.15 or
+    0.30 %; the fraction owed is carried to the next call."""
+    namespace = _template_namespace(tmp_path, {"work": 0.01}, {"m/onnxruntime/b1/t1": 1.65})
+    done = []
+    namespace["extra_work"] = done.append
+    unit = namespace["_timed_unit"](lambda: None, 0.0, work=True)
+    monkeypatch.setenv("OPTCV_GATE_CASE", "m/onnxruntime/b1/t1")
+    for _ in range(100):
+        unit()
+    assert set(done) == {1, 2} and sum(done) == 165
+
+
 def _result(measured) -> GateResult:
     side = {"revision": "abc", "tree": "/t", "python": "python", "versions": {}, "code_hash": "h"}
     return GateResult(side, side, [], {"workers_per_side": 2, "seed": 0, "statistic": "s"},
@@ -264,7 +277,7 @@ def test_the_instruction_counts_run_as_many_processes_at_once_as_there_are_cores
         return {"process": subprocess.Popen(["sleep", "0.5"]), "label": f"{side.label}{repeat}"}
 
     monkeypatch.setattr(instructions.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(instructions, "_collect", lambda count: {"case_s": {"c": 0.1}, "label": count["label"]})
+    monkeypatch.setattr(instructions, "collect_count", lambda count: {"case_s": {"c": 0.1}, "label": count["label"]})
     sides = [type("S", (), {"label": label})() for label in ("base", "head")]
     jobs = [(repeat, side) for repeat in range(3) for side in sides]
     done = instructions._run_all(jobs, start, log.append)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from optcv.errors import OptcvError
-from optcv.gate.inject import WORK_LOOP
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
@@ -88,14 +87,10 @@ def hardware_counters() -> str:
             else f"perf stat -e instructions said {counted.strip() or done.stderr.strip()[:80]!r}")
 
 
-def count_side(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
-               library: Path, repeat: int = 0) -> dict[str, Any]:
-    """One valgrind process of `side` through every case: per case, instructions per call and per function."""
-    return _collect(_start_count(side, specs, setup, workdir, tag, library, repeat))
-
-
-def _start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
-                 library: Path, repeat: int) -> dict[str, Any]:
+def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
+                library: Path, repeat: int) -> dict[str, Any]:
+    """Start one valgrind process of `side` through every case (hash seed and padding from `repeat`);
+    `collect_count` waits for it and reads per case instructions per call and per function."""
     out = workdir / f"callgrind-{side.label}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
@@ -116,7 +111,7 @@ def _start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, A
     return {"process": process, "side": side, "out": out}
 
 
-def _collect(started: dict[str, Any]) -> dict[str, Any]:
+def collect_count(started: dict[str, Any]) -> dict[str, Any]:
     """A started count's per-case results, once its valgrind process has ended."""
     process, side, out = started["process"], started["side"], started["out"]
     stdout = process.stdout.read()
@@ -176,27 +171,6 @@ def changed_functions(base: Sequence[dict[str, float]], head: Sequence[dict[str,
     return sorted(rows, key=lambda r: -abs(float(r["change_per_call"])))[:top]
 
 
-def instructions_per_iteration(python: str, library: Path, workdir: Path, iterations: int = 100_000) -> float:
-    """The instructions of one iteration of the self-test's extra-work loop (optcv.gate.inject.WORK_LOOP) on
-    `python`, counted under callgrind as the difference between `iterations` iterations and none."""
-    script = WORK_LOOP + (
-        "import ctypes\n"
-        f"client = ctypes.CDLL({str(library)!r})\n"
-        "client.optcv_callgrind_stop.argtypes = [ctypes.c_char_p]\n"
-        f"for n in (0, {iterations}, 0):\n"
-        "    client.optcv_callgrind_start()\n"
-        "    extra_work(n)\n"
-        "    client.optcv_callgrind_stop(str(n).encode())\n")
-    out = workdir / "callgrind-loop"
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.out",
-                    python, "-c", script], check=True, capture_output=True)
-    totals: dict[str, list[int]] = {}
-    for dump in map(read_dump, sorted(out.glob("cg.out.*"))):
-        totals.setdefault(dump["label"], []).append(dump["total"])
-    return (totals[str(iterations)][0] - max(totals["0"])) / iterations
-
-
 def counted(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cases instructions are counted for: batch 1 on one thread, of the course's models and of declared
     ones. Under valgrind, batched calls, training steps and the torchvision reference nets' set-up (OpenVINO's
@@ -213,7 +187,7 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
     library = client_library()
     chosen = counted(specs)
     jobs = [(repeat, side) for repeat in range(repeats) for side in sides]
-    done = _run_all(jobs, lambda repeat, side: _start_count(side, chosen, setup[side.label], workdir, str(repeat),
+    done = _run_all(jobs, lambda repeat, side: start_count(side, chosen, setup[side.label], workdir, str(repeat),
                                                             library, seed + repeat), log)
     runs = {side.label: [done[(repeat, side.label)] for repeat in range(repeats)] for side in sides}
     everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
@@ -236,7 +210,7 @@ def _run_all(jobs: list[tuple[int, Side]], start: Callable[[int, Side], dict[str
         for item in ended:
             repeat, side, started_at, count = item
             running.remove(item)
-            done[(repeat, side.label)] = result = _collect(count)
+            done[(repeat, side.label)] = result = collect_count(count)
             seconds = time.perf_counter() - started_at
             log(f"instructions: {len(done)}/{len(jobs)}, the {side.label} side's repeat {repeat + 1}: {seconds:.0f} s "
                 f"under valgrind ({_where_the_time_went(result, seconds)})")
