@@ -15,8 +15,10 @@ of 0 wraps without waiting, which is what the other side gets (the wrapper's own
 - shared: optcv's own path every case goes through: the `predict` of every predictor (optcv.backends) and
   `optcv.training.train.train`. It is the only target that reaches torch-compile, whose compiled call goes
   around `nn.Module.__call__`.
-- work: extra arithmetic after each of those calls, a fixed number of loop iterations per case (no clock in
-  it), sized by the self-test from the case's instructions per call, so that instruction counts see it;
+- work: extra arithmetic after each of those calls, a fixed mean number of loop iterations per call for each
+  case (no clock in it; a fraction of an iteration is carried to the next call), sized by the self-test from
+  the case's instructions per call and an iteration's cost, both counted in the worker, so that instruction
+  counts see it;
 - memory: after the second of those calls, a buffer of the fraction of the memory the case has made resident
   is kept, so that the case's peak resident memory grows by about that fraction.
 """
