@@ -113,8 +113,8 @@ def _chart(index: int, trend: CaseTrend) -> dict[str, Any]:
 
 
 def _shown(value: float | None) -> float | None:
-    """Six significant digits, more than a chart or its tooltip (four) shows: 17 made data.js half as long again
-    to load."""
+    """Six significant digits, more than a chart or its tooltip (four) shows: with 17, the 1,000-run history's
+    data.js was 4.2 MB instead of 3.5."""
     return None if value is None else float(f"{value:.6g}")
 
 
