@@ -262,12 +262,15 @@ def test_an_unreadable_or_foreign_database_is_refused_and_left_as_it_was(tmp_pat
     (["history", "import", "README.md"], "result file README.md cannot be read"),
     (["history", "import", "benchmarks/gate_thresholds.json"], "has schema 'optcv-gate-thresholds/1'"),
     (["history", "runs", "--history", "postgresql://optcv@127.0.0.1:9/none"], "cannot open the history database"),
+    (["history", "html", "dash", "--history", "/no-such-folder-optcv/h.sqlite"], "no history at /no-such-folder"),
 ])
 def test_bad_history_input_is_one_line_and_exit_2(tmp_path, args, expected):
+    HistoryStore(tmp_path / "h.sqlite").close()  # an empty history, so that only the input is wrong
     history = [] if "--history" in args else ["--history", str(tmp_path / "h.sqlite")]
     result = cli(*args, *history)
     assert result.returncode == 2, result.stdout
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not Path("/no-such-folder-optcv").exists()  # reading never creates a history
 
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

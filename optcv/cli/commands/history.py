@@ -12,7 +12,7 @@ from optcv.cli.args import positive_int
 from optcv.errors import OptcvError
 from optcv.history.baseline import baseline_from_history, write_baseline
 from optcv.history.records import Machine, now_utc
-from optcv.history.store import HISTORY_ENV, HistoryStore, default_location
+from optcv.history.store import HISTORY_ENV, HistoryStore, default_location, history_exists
 from optcv.history.trends import found_steps, trends
 from optcv.report.dashboard import write_dashboard
 from optcv.report.history_tables import runs_rows, steps_markdown, trend_markdown
@@ -86,6 +86,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     location = args.history or default_location()
+    if args.action != "import" and not history_exists(location):  # reading must not create an empty one
+        raise OptcvError(f"no history at {location}: give --history (or {HISTORY_ENV}) the file or URL that "
+                         "`optcv history import` or a gate recorded into")
     with HistoryStore(location) as store:
         if args.action == "import":
             from optcv.history.ingest import record_of_file
