@@ -20,6 +20,34 @@ class BackendCannotRun(OptcvError):
         super().__init__(f"{backend} cannot run {model}: {reason}; drop {backend} from its backends")
 
 
+class MissingDependency(OptcvError):
+    """An optional package or program that the work needs is not installed; the message says what to install."""
+
+    def __init__(self, what: str, needs: str, install: str):
+        self.what, self.needs, self.install = what, needs, install
+        super().__init__(f"{what} needs {needs}, not installed here: {install}")
+
+
+# optcv's optional Python packages, by the top-level module a missing one fails to import as: (what it is, its extra).
+OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
+    "psycopg": ("psycopg (PostgreSQL's driver)", "pip install 'optcv[postgres]'"),
+    "openvino": ("OpenVINO", "pip install 'optcv[openvino]'"),
+    "pytest_benchmark": ("pytest-benchmark", "pip install 'optcv[pytest]'"),
+}
+
+
+def missing_optional_module(exc: BaseException, what: str) -> MissingDependency | None:
+    """The one-line error for an ImportError of one of optcv's optional packages (also when a library re-raised it
+    as its own ImportError); None for any other import error, which is a bug to show in full."""
+    while exc is not None:
+        name = getattr(exc, "name", None) or ""
+        if isinstance(exc, ImportError) and name.split(".")[0] in OPTIONAL_MODULES:
+            needs, install = OPTIONAL_MODULES[name.split(".")[0]]
+            return MissingDependency(what, needs, install)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
 def require_at_least_one(settings: object, *names: str) -> None:
     """Refuse a config whose named whole-number fields (None allowed: "all") are below 1, naming the field."""
     for name in names:

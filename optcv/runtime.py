@@ -30,7 +30,7 @@ from optcv.declared.build import DeclaredNet, build_declared, class_names, onnx_
 from optcv.declared.config import DeclaredModel, InputSpec
 from optcv.declared.inputs import sample_inputs
 from optcv.env import package_versions, usable_cores
-from optcv.errors import BackendCannotRun, OptcvError
+from optcv.errors import OPTIONAL_MODULES, BackendCannotRun, MissingDependency, OptcvError
 from optcv.training.models import load_checkpoint
 
 
@@ -103,7 +103,7 @@ class Backend:
 
     make: Callable[..., Predictor]
     options: tuple[dict[str, Any], ...] = ({},)  # settings besides threads that calibration (optcv bench) tries
-    extra: tuple[str, str] | None = None  # an optional runtime: (the package to import, how to install it)
+    optional_module: str | None = None  # an optional runtime's module (optcv.errors.OPTIONAL_MODULES: its extra)
     compiles: bool = False  # prepares for seconds per batch size: left out of the default sets that time all
 
 
@@ -112,7 +112,7 @@ BACKENDS: dict[str, Backend] = {
     "onnxruntime": Backend(_ort_backend),
     "onnxruntime-int8": Backend(_ort_int8_backend),
     "torch-compile": Backend(_torch_compile_backend, compiles=True),
-    "openvino": Backend(_openvino_backend, extra=("openvino", "pip install 'optcv[openvino]'")),
+    "openvino": Backend(_openvino_backend, optional_module="openvino"),
 }
 DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
 NON_COMPILING_BACKENDS = tuple(name for name, backend in BACKENDS.items() if not backend.compiles)
@@ -120,9 +120,9 @@ NON_COMPILING_BACKENDS = tuple(name for name, backend in BACKENDS.items() if not
 
 def backend_unavailable(backend: str) -> str | None:
     """Why `backend` cannot run here (its optional runtime is not installed), or None."""
-    extra = BACKENDS[backend].extra if backend in BACKENDS else None
-    if extra is not None and importlib.util.find_spec(extra[0]) is None:
-        return f"the {backend} backend needs {extra[0]}, which is not installed: {extra[1]}"
+    module = BACKENDS[backend].optional_module if backend in BACKENDS else None
+    if module is not None and importlib.util.find_spec(module) is None:
+        return str(MissingDependency(f"the {backend} backend", *OPTIONAL_MODULES[module]))
     return None
 
 

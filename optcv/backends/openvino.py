@@ -15,7 +15,7 @@ import numpy as np
 from optcv.backends.base import Closing, check_input
 from optcv.backends.onnx_export import INPUT_NAME, read_onnx_metadata
 from optcv.declared.config import InputSpec
-from optcv.errors import OptcvError, first_line
+from optcv.errors import OptcvError, first_line, missing_optional_module
 
 
 def openvino_version() -> str | None:
@@ -33,7 +33,10 @@ class OpenVinoPredictor(Closing):
         try:
             import openvino as ov
         except ImportError as exc:
-            raise OptcvError("the openvino backend needs OpenVINO: pip install 'optcv[openvino]'") from exc
+            missing = missing_optional_module(exc, "the openvino backend")
+            if missing is None:
+                raise
+            raise missing from exc
 
         self.name = name
         self.classes = tuple(read_onnx_metadata(onnx_path).get("classes") or classes)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from optcv import __version__
 from optcv.cli.args import EXIT_ERROR, EXIT_INTERRUPTED, Parser
 from optcv.cli.interrupts import interrupts_reach_the_command
-from optcv.errors import OptcvError, first_line
+from optcv.errors import OptcvError, first_line, missing_optional_module
 
 # Each command's module (optcv.cli.commands.<name, - as _>) is imported when its parser is built: a command that
 # needs no PyTorch (history) then starts without importing it.
@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"optcv {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
+    except ImportError as exc:  # an optional package a library imported for the command: one line naming its extra
+        missing = missing_optional_module(exc, f"optcv {args.command}")
+        if missing is None or args.debug:
+            raise
+        print(f"optcv {args.command}: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -11,10 +11,10 @@ from typing import Any
 
 from optcv.declared.config import DeclaredModel, load_declarations
 from optcv.env import usable_cores
-from optcv.errors import OptcvError
+from optcv.errors import OPTIONAL_MODULES, MissingDependency, OptcvError
 from optcv.measure.reference import REFERENCE_MODELS
 from optcv.runtime import BACKENDS as REGISTRY
-from optcv.runtime import DEFAULT_BACKENDS
+from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable
 from optcv.training.models import arch_name
 
 MODELS = tuple(REFERENCE_MODELS)
@@ -113,6 +113,17 @@ def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> lis
         what = spec["backend"] if spec["kind"] == "predict" else "train"
         spec["id"] = f"{spec['model']}/{what}/b{spec['batch']}/t{spec['threads']}"
     return specs
+
+
+def require_backends(specs: Sequence[dict[str, Any]]) -> None:
+    """Before anything is built: every backend the cases use can run in this interpreter, or a one-line error
+    naming what to install."""
+    for spec in specs:
+        module = REGISTRY[spec["backend"]].optional_module
+        if module is not None and backend_unavailable(spec["backend"]):
+            needs, install = OPTIONAL_MODULES[module]
+            raise MissingDependency(f"the gate's case {spec['id']}", needs,
+                                    f"{install}, or leave {spec['backend']} out with --backends")
 
 
 def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None = None) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import OptcvError
+from optcv.errors import MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
@@ -62,7 +62,7 @@ void optcv_callgrind_stop(const char *label) { CALLGRIND_DUMP_STATS_AT(label); C
 """
 
 
-class InstructionCountsUnavailable(OptcvError):
+class InstructionCountsUnavailable(MissingDependency):
     """valgrind, its header or a C compiler is missing: the counts cannot be taken here."""
 
 
@@ -71,8 +71,8 @@ def client_library(cache_dir: Path | None = None) -> Path:
     missing = [what for what, ok in (("valgrind", shutil.which("valgrind")), (str(HEADER), HEADER.is_file()))
                if not ok] + missing_compiler()
     if missing:
-        raise InstructionCountsUnavailable(f"instruction counts need {', '.join(missing)}: install Debian's valgrind "
-                                           "and gcc (apt-get install valgrind gcc), or drop --measure instructions")
+        raise InstructionCountsUnavailable("--measure instructions", " and ".join(missing),
+                                           "apt-get install valgrind gcc (Debian's), or drop --measure instructions")
     return compiled_library(CLIENT_SOURCE, "optcv-callgrind", cache_dir)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import OptcvError
+from optcv.errors import MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
@@ -50,15 +50,15 @@ unsigned long long optcv_allocated_blocks(void) { return optcv_blocks; }
 """
 
 
-class AllocationCountsUnavailable(OptcvError):
+class AllocationCountsUnavailable(MissingDependency):
     """No C compiler: the memory workers' allocation counter cannot be built here."""
 
 
 def allocation_counter(cache_dir: Path | None = None) -> Path:
     """The counting malloc the memory workers preload, compiled once into the cache."""
     if missing_compiler():
-        raise AllocationCountsUnavailable("the memory measure needs a C compiler (cc) for its allocation counter: "
-                                          "install gcc (apt-get install gcc), or drop --measure memory")
+        raise AllocationCountsUnavailable("--measure memory", "a C compiler (cc) for its allocation counter",
+                                          "apt-get install gcc (Debian's), or drop --measure memory")
     return compiled_library(ALLOCATION_COUNTER, "optcv-malloc-counter", cache_dir)
 
 

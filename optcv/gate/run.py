@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from optcv.data import default_cache_dir
-from optcv.gate.config import GateConfig, case_specs, declared_models
+from optcv.gate.config import GateConfig, case_specs, declared_models, require_backends
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
 from optcv.gate.sides import Side, code_hash, sides_for, subject_hash
 from optcv.gate.timing import Log, measure
@@ -80,8 +80,9 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
                                               user_repository=config.declarations is not None))
         if isinstance(sides, str):
             return sides
-        case_specs(config, declared_models(config, sides[1].tree))  # a selection that matches nothing is an error,
-        # also on a commit with nothing to time, so that a mistyped --cases never passes for a quiet one
+        # A selection that matches nothing is an error, also on a commit with nothing to time, so that a mistyped
+        # --cases never passes for a quiet one; so is a backend this interpreter cannot run.
+        require_backends(case_specs(config, declared_models(config, sides[1].tree)))
         if not even_if_unchanged and (same := _same_code(*sides)):
             return same
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-gate-")))

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from optcv._io import default_cache_dir
-from optcv.errors import OptcvError, first_line
+from optcv.errors import OptcvError, first_line, missing_optional_module
 from optcv.history.records import Machine, Measurement, RunRecord
 
 SCHEMA_VERSION = 1
@@ -128,7 +128,12 @@ class HistoryStore:
 
     def __init__(self, location: str | Path | None = None):
         self.url = database_url(location or default_location())
-        self.engine = _engine(self.url)
+        try:
+            self.engine = _engine(self.url)
+        except ImportError as exc:
+            missing = missing_optional_module(exc, f"the history database {_safe(self.url)}")
+            raise missing or HistoryError(f"cannot open the history database {_safe(self.url)}: {first_line(exc)}; "
+                                          "install its driver, or give another with --history") from exc
         try:
             with self.transaction() as conn:
                 migrate(conn)
@@ -141,10 +146,9 @@ class HistoryStore:
         except HistoryError:
             self.engine.dispose()
             raise
-        except (sa.exc.SQLAlchemyError, ImportError) as exc:
+        except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
-            hint = "; for PostgreSQL install optcv[postgres]" if isinstance(exc, ImportError) else ""
-            raise HistoryError(f"cannot open the history database {_safe(self.url)}: {first_line(exc)}{hint}; "
+            raise HistoryError(f"cannot open the history database {_safe(self.url)}: {first_line(exc)}; "
                                "give another with --history") from exc
 
     def __enter__(self) -> HistoryStore:

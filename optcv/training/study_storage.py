@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optcv._io import interrupts_deferred, process_alive
-from optcv.errors import OptcvError, first_line
+from optcv.errors import OptcvError, first_line, missing_optional_module
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -66,8 +66,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return InterruptSafeRDBStorage(url, heartbeat_interval=10, grace_period=30,
                                               engine_kwargs=_engine_kwargs(url))
     except ImportError as exc:
-        raise OptcvError(f"storage {url!r} needs a driver that is not installed ({exc}); for PostgreSQL "
-                         "install optcv[postgres]") from exc
+        missing = missing_optional_module(exc, f"storage {url!r}")
+        if missing is not None:
+            raise missing from exc
+        raise OptcvError(f"storage {url!r} needs a database driver that is not installed ({first_line(exc)}); "
+                         "install the driver its URL names") from exc
     except Exception as exc:
         raise OptcvError(f"cannot open storage {url!r}: {first_line(exc)}") from exc
 
