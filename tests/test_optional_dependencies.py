@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from optcv.errors import MissingDependency, missing_optional_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +56,8 @@ def _one_line_naming(done: subprocess.CompletedProcess, *fix: str) -> str:
 def test_psycopg_missing_the_history_and_tune_name_optcv_postgres(tmp_path, tiny_data_dir):
     env = _without_modules(tmp_path, "psycopg", "psycopg2")
     url = "postgresql://optcv@127.0.0.1:9/none"
-    line = _one_line_naming(_optcv(env, "history", "runs", "--history", url), "psycopg", "pip install 'optcv[postgres]'")
+    history = _optcv(env, "history", "runs", "--history", url)
+    line = _one_line_naming(history, "psycopg", "pip install 'optcv[postgres]'")
     assert line.startswith("optcv history: error: the history database postgresql+psycopg://")
     _one_line_naming(_optcv(env, "tune", "--data-dir", str(tiny_data_dir), "--storage", url, "--trials", "1",
                             "--out", str(tmp_path / "tune")), "pip install 'optcv[postgres]'")
