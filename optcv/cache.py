@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from optcv._io import process_alive
+from optcv.build_cache import BUILDING
 from optcv.data import DecodeEntry, decode_entries, default_cache_dir, remove_decode_entry
 from optcv.errors import OptcvError
 
@@ -99,6 +101,10 @@ def _decode_entry(entry: DecodeEntry) -> CacheEntry:
 
 def _model_entry(area: str, folder: Path, now: float) -> CacheEntry:
     key = folder / KEY_FILE
+    if BUILDING in folder.name:  # optcv.build_cache's staging folder: its builder's pid ends the name
+        pid = folder.name.rpartition(BUILDING)[2]
+        alive = pid.isdigit() and process_alive(int(pid))
+        return CacheEntry(area, folder, _size(folder), None, "current" if alive else "build abandoned", None)
     if not key.is_file():
         # Another process may be building it right now; an hour without its key file means it died.
         building = now - folder.stat().st_mtime < BUILD_GRACE_SECONDS

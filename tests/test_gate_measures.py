@@ -215,7 +215,7 @@ def test_instruction_counts_without_valgrind_are_a_one_line_set_up_error(tmp_pat
     from optcv.gate.instructions import InstructionCountsUnavailable, client_library
 
     monkeypatch.setenv("PATH", str(tmp_path))  # neither valgrind nor a C compiler on it
-    with pytest.raises(InstructionCountsUnavailable, match="need valgrind, .*a C compiler.*drop --measure"):
+    with pytest.raises(InstructionCountsUnavailable, match="needs valgrind and .*a C compiler.*drop --measure"):
         client_library(tmp_path)
 
 
@@ -227,7 +227,7 @@ def _allocations_of(counter: Path, blocks_per_call: int, block_bytes: int) -> di
     import sys
 
     script = ("import json, numpy as np\n"
-              "from optcv.gate.worker import _allocation_counter\n"
+              "from optcv.gate.worker.measures import _allocation_counter\n"
               "counter = _allocation_counter()\n"
               f"call = lambda: [np.ones({block_bytes}, np.uint8) for _ in range({blocks_per_call})]\n"
               "call()\n"
@@ -255,7 +255,7 @@ def test_the_memory_workers_malloc_counter_sees_each_calls_allocations(tmp_path)
 
 def test_a_memory_worker_without_its_counter_says_so_and_no_compiler_is_a_set_up_error(tmp_path, monkeypatch):
     from optcv.gate.memory import AllocationCountsUnavailable, allocation_counter
-    from optcv.gate.worker import _allocation_counter
+    from optcv.gate.worker.measures import _allocation_counter
 
     with pytest.raises(RuntimeError, match="not preloaded"):
         _allocation_counter()
@@ -291,7 +291,7 @@ def test_the_instruction_counts_run_as_many_processes_at_once_as_there_are_cores
 def test_a_net_with_more_arithmetic_gets_fewer_counted_calls_within_the_bounds():
     """Under valgrind a call's time grows with its multiply-accumulates: the course's nets get 100 and 25 calls."""
     from optcv.gate import instructions
-    from optcv.gate.worker import counted_calls
+    from optcv.gate.worker.measures import counted_calls
     from optcv.measure.reference import REFERENCE_MODELS
     from optcv.training.models import build_model, count_macs
 
@@ -306,18 +306,19 @@ def test_a_net_with_more_arithmetic_gets_fewer_counted_calls_within_the_bounds()
 
 def test_the_instruction_worker_counts_a_declared_nets_multiply_accumulates_per_call(tmp_path, monkeypatch):
     """A user's declared net is counted by the side's own counter at the case's batch, on its declared input."""
-    from optcv.gate import worker
+    from optcv.gate.worker import build, measures
+    from optcv.gate.worker.cases import Case
     from tests.user_repo import write_user_repo
 
     write_user_repo(tmp_path)
-    monkeypatch.setattr(worker, "_DECLARED", {})
+    monkeypatch.setattr(build, "DECLARED", {})
     entry = {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["pytorch"], "tree": str(tmp_path),
              "cache_dir": str(tmp_path / "cache")}
     spec = {"id": "tiny/pytorch/b4/t1", "model": "tiny", "kind": "predict", "backend": "pytorch", "threads": 1,
             "batch": 4, "declared": True}
-    case = worker.Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
+    case = Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
     conv, linear = 16 * 16 * 4 * (3 * 3 * 3), 4 * 5  # Tiny: a 3x3 conv to 4 channels on 16x16, a 4-to-5 head
-    assert worker._macs_per_call(case) == 4 * (conv + linear)
+    assert measures._macs_per_call(case) == 4 * (conv + linear)
 
 
 def test_an_onnx_runtime_profile_reads_its_twins_operators_and_leaves_no_trace_in_the_working_directory(

@@ -19,7 +19,7 @@ HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this op
 
 
 def code_hash(tree: Path) -> str:
-    """optcv's source in `tree`, hashed as a worker hashes the side it runs in (optcv/gate/worker.py)."""
+    """optcv's source in `tree`, hashed as a worker hashes the side it runs in (optcv/gate/worker/side.py)."""
     return _files_hash(tree / "optcv", sorted((tree / "optcv").rglob("*.py")))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError
 
-WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
 
 
 def fixed_address_layout() -> None:
@@ -95,6 +95,24 @@ class Worker:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+def models_cache_key(tree: Path) -> str:
+    """A key over everything the cached model builds of optcv at `tree` depend on on this machine: the benchmark
+    suite's reference builds and the gate's (recipes, code, the worker's build harness, libraries, CPU). For a CI
+    cache that must be saved anew when any of them changes; each entry inside is still checked on its own."""
+    from optcv.build_cache import key_of, machine_inputs, source_closure
+    from optcv.gate.config import MODELS, build_recipes
+    from optcv.gate.worker.build import BUILD_ROLES, harness_hash
+    from optcv.gate.worker.side import side_module_names
+    from optcv.measure.reference import BUILD_ROOTS
+
+    inputs = {"reference": source_closure(tree, BUILD_ROOTS),
+              "gate": source_closure(tree, side_module_names(tree, BUILD_ROLES)),
+              "gate_recipes": build_recipes(MODELS, MODELS),
+              "harness": harness_hash(),
+              "machine": machine_inputs()}
+    return f"optcv-models-{key_of(inputs)}"
 
 
 def build_artifacts(side: Side, workdir: Path, recipes: dict[str, Any], data_dir: str | Path | None,

@@ -9,17 +9,15 @@ measures networks whose compute matters; they are trained briefly on a stratifie
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optcv.backends.onnx_export import export_onnx
-from optcv.backends.onnxruntime_int8 import QuantizeSettings, int8_path, quantize_onnx
-from optcv.cache import KEY_FILE, mark_used
+from optcv.backends.onnxruntime_int8 import QuantizeSettings, quantize_onnx
+from optcv.build_cache import build_once, key_of, machine_inputs, source_closure
+from optcv.cache import mark_used
 from optcv.data import CIFAR10, Normalization, stratified_subset
-from optcv.env import package_versions
 from optcv.training.models import (
     Checkpoint,
     MobileNetV3SmallConfig,
@@ -67,40 +65,42 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
                                          description="torchvision MobileNetV3-small; briefly trained on a subset"),
 }
 COURSE_MODELS = ("tutorial", "tunable")
+OPTCV_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this optcv package
 
 
-def _code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in ("training/models.py", "training/train.py", "torch_settings.py", "backends/onnx_export.py",
-                 "backends/onnxruntime_int8.py", "data.py", "measure/reference.py"):
-        digest.update((root / name).read_bytes())
-    return digest.hexdigest()[:16]
+# What builds a reference model: this module's recipes and training, and everything they import (optcv.build_cache).
+BUILD_ROOTS = ("optcv.measure.reference",)
 
 
-def cache_key(name: str, data_source: str) -> tuple[str, str]:
-    """(key, the material it hashes): the recipe, the data, optcv's code and the library versions."""
+def build_inputs(name: str, data_source: str) -> dict[str, Any]:
+    """Everything that can change what `build_reference(name)` makes: the recipe, the data, the build's code, the
+    libraries, Python and the CPU's kernels."""
     spec = REFERENCE_MODELS[name]
-    material = json.dumps({"arch": arch_name(spec.model), "model": dataclasses.asdict(spec.model),
-                           "train": dataclasses.asdict(spec.train), "train_images": spec.train_images,
-                           "eval_images": spec.eval_images, "quantize": dataclasses.asdict(spec.quantize),
-                           "data": data_source, "code": _code_version(),
-                           "versions": package_versions()}, sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()[:16], material
+    recipe = {"arch": arch_name(spec.model), "model": dataclasses.asdict(spec.model),
+              "train": dataclasses.asdict(spec.train), "train_images": spec.train_images,
+              "eval_images": spec.eval_images, "quantize": dataclasses.asdict(spec.quantize)}
+    return {"recipe": recipe, "data": data_source, "code": source_closure(OPTCV_TREE, BUILD_ROOTS),
+            "machine": machine_inputs()}
+
+
+def cache_key(name: str, data_source: str) -> str:
+    return key_of(build_inputs(name, data_source))
 
 
 def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, Path]:
     """(checkpoint, ONNX file) of reference model `name`, trained, exported and quantised (the int8 twin
-    beside the ONNX file, optcv.backends.onnxruntime_int8), or taken from the cache."""
+    beside the ONNX file, optcv.backends.onnxruntime_int8), or taken from the cache when its entry is whole."""
     if name not in REFERENCE_MODELS:
         raise KeyError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
-    spec = REFERENCE_MODELS[name]
-    key, material = cache_key(name, cifar.source)
-    folder = Path(cache_dir) / "bench-models" / f"{name}-{key}"
+    inputs = build_inputs(name, cifar.source)
+    folder = build_once(Path(cache_dir) / "bench-models" / f"{name}-{key_of(inputs)}", inputs,
+                        lambda staging: _build(REFERENCE_MODELS[name], cifar, staging))
+    mark_used(folder)
+    return folder / "model.pt", folder / "model.onnx"
+
+
+def _build(spec: ReferenceModel, cifar: CIFAR10, folder: Path) -> None:
     checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
-    if checkpoint.is_file() and onnx_path.is_file() and int8_path(onnx_path).is_file():
-        mark_used(folder)
-        return checkpoint, onnx_path
     model = build_model(spec.model, seed=spec.train.seed)
     train_split = stratified_subset(cifar.train, spec.train_images, seed=0)
     test = stratified_subset(cifar.test, spec.eval_images, seed=0)
@@ -111,8 +111,6 @@ def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, P
     export_onnx(checkpoint, onnx_path, check_images=cifar.test.images[:64].numpy())
     calibration = stratified_subset(cifar.train, spec.quantize.calibration_images, seed=1).images.numpy()
     quantize_onnx(onnx_path, calibration, settings=spec.quantize)
-    (folder / KEY_FILE).write_text(material)
-    return checkpoint, onnx_path
 
 
 def reference_accuracy(checkpoint: Path) -> dict[str, Any]:

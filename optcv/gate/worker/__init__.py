@@ -1,0 +1,75 @@
+"""The A/B gate's worker: the measuring harness each side's interpreter runs (`__main__.py`), with that side's
+source tree first on sys.path.
+
+It is not code under test, so both sides run these same files (the head's) while every model, export, predictor
+and training step comes from the side's own `optcv` (`side.side_module`). It talks JSON lines: `build` trains and
+exports the models with the side's code (cached by optcv.build_cache); `serve` answers set-up, timing and profiling
+requests one at a time, so the gate decides which worker runs when; `memory` measures each case's resident memory
+in a child of its own; `instructions` runs the cases under callgrind. It imports only the standard library and
+NumPy before the side's optcv, and no optcv module by name but the side's (an import-linter contract).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from .build import build_models
+from .cases import CASE_VARIABLE, Case
+from .measures import count_instructions, serve_memory
+from .operators import profile
+from .side import optcv_file, versions
+
+
+def serve(stdin: Any, reply: Any) -> None:
+    cases: dict[str, Case] = {}
+    for line in stdin:
+        request = json.loads(line)
+        op = request["op"]
+        try:
+            if op == "setup":
+                inputs = {name: np.load(path) for name, path in request["inputs"].items()}
+                for spec in request["cases"]:
+                    cases[spec["id"]] = Case(spec, request["artifacts"], inputs)
+                answer: dict[str, Any] = {"optcv_file": optcv_file(), "versions": versions(), "pid": os.getpid(),
+                                          "settings": {k: c.settings for k, c in cases.items()}}
+            elif op == "time":
+                os.environ[CASE_VARIABLE] = request["case"]
+                answer = {"ns": cases[request["case"]].time(request["calls"])}
+            elif op == "profile":
+                answer = profile(cases[request["case"]], request["calls"])
+            elif op == "exit":
+                return
+            else:
+                answer = {"error": f"unknown request {op!r}"}
+        except Exception as exc:  # reported to the gate as a set-up error of this side
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+
+
+def main() -> None:
+    # Replies go through a private copy of stdout; anything a library prints goes to stderr instead.
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    one_shot = {"build": build_models, "instructions": count_instructions}
+    if len(sys.argv) == 2 and sys.argv[1] in one_shot:
+        try:
+            answer = one_shot[sys.argv[1]](json.loads(sys.stdin.read()))
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        reply.write(json.dumps(answer) + "\n")
+    elif sys.argv[1:] == ["serve"]:
+        serve(sys.stdin, reply)
+    elif sys.argv[1:] == ["memory"]:
+        serve_memory(sys.stdin, reply)
+    else:
+        sys.exit("usage: optcv/gate/worker/__main__.py build|serve|memory|instructions (JSON on standard input)")
+    reply.flush()
+
+
