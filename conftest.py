@@ -1,8 +1,9 @@
 """Shared pytest set-up for tests/ and benchmarks/: the two tiers, synthetic and real CIFAR-10.
 
-Two tiers (README, "Tests"): `pytest` runs the fast one (unit tests, bad inputs, one kill point per command and
-signal, parity on the course's two models, the A/B gate when optcv's code changed); `pytest --tier full` (what
-.ci/run and `tox -e full` run) adds every case marked `full`.
+Two tiers (README, "Tests"): the pull-request tier, `pytest`'s default (what .ci/run and `tox -e pr` run: the unit
+tests, bad inputs, one kill point per command and signal; then alone on the machine parity of the course's two
+nets, the A/B gate against the base revision and, when the gate's own code changed, its boundary self-test); the
+nightly tier, `pytest --tier full` (`tox -e full`), adds every case marked `full`.
 """
 
 from __future__ import annotations
@@ -21,27 +22,19 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NO_SKIP = IN_CI or os.environ.get("OPTCV_NO_SKIP", "").lower() in ("1", "true", "yes")
 
 
-TIERS = ("fast", "full")
+TIERS = ("pr", "full")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--tier", choices=TIERS, default="fast",
-                     help="fast (the default: minutes) or full (every case; what CI runs)")
-    parser.addoption("--ctrl-c-sweep", action="store_true",
-                     help="also interrupt tune at 8 moments and run at 6 (tests/faults/test_kill_points.py)")
+    parser.addoption("--tier", choices=TIERS, default="pr",
+                     help="pr (the default: what CI runs on every pull request) or full (every case: the nightly tier)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "full: runs only in the full tier (pytest --tier full, .ci/run, tox -e full)")
-    config.addinivalue_line("markers", "sweep: runs only with --ctrl-c-sweep")
+    config.addinivalue_line("markers", "full: runs only in the nightly tier (pytest --tier full, tox -e full)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getoption("ctrl_c_sweep"):
-        sweep = [item for item in items if item.get_closest_marker("sweep")]
-        if sweep:
-            config.hook.pytest_deselected(items=sweep)
-            items[:] = [item for item in items if not item.get_closest_marker("sweep")]
     if config.getoption("tier") == "full":
         return
     later = [item for item in items if item.get_closest_marker("full")]
@@ -57,7 +50,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     fault_summary(terminalreporter)
     later = getattr(config, "_optcv_full_only", 0)
     if later:
-        terminalreporter.write_line(f"fast tier: {later} full-tier cases not run here (pytest --tier full runs them)")
+        terminalreporter.write_line(f"pull-request tier: {later} nightly cases not run here (pytest --tier full "
+                                    "runs them)")
 
 
 def full_tier(config: pytest.Config) -> bool:

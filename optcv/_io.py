@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -130,6 +131,22 @@ def folder_lock(path: Path, what: str) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+@contextmanager
+def work_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder named with this process's id, removed afterwards. A process killed outright cannot remove
+    its own, so each new one first removes the folders of `prefix` whose process is gone."""
+    root = Path(tempfile.gettempdir())
+    for orphan in root.glob(f"{glob.escape(prefix)}*"):
+        pid = orphan.name[len(prefix):].split("-", 1)[0]
+        if orphan.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(orphan, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sha256_file(path: str | Path) -> str:

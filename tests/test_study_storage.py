@@ -62,7 +62,7 @@ def test_ctrl_c_inside_a_storage_write_lets_it_finish_and_leaves_the_database_un
     """SIGINT sent from inside SQLAlchemy as a write commits: the trial's new state is stored, the KeyboardInterrupt
     comes after the call, and another connection can write at once. (Unguarded, the write is lost here. The 60 s
     lock that about one interrupted `optcv tune` in 40 hit is not reproduced deterministically; the kill points
-    and `--ctrl-c-sweep` interrupt real runs.)"""
+    and the nightly Ctrl-C sweep (benchmarks/test_interrupt.py) interrupt real runs.)"""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url)
     with warnings.catch_warnings():

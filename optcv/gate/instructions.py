@@ -28,7 +28,7 @@ from optcv.errors import MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
-from optcv.gate.workers import WORKER_SCRIPT, fixed_address_layout
+from optcv.gate.workers import WORKER_SCRIPT, worker_start
 from optcv.measure.reference import COURSE_MODELS
 
 # Valgrind processes per side. One process's count is exact, but identical code under another tree's path or
@@ -104,7 +104,7 @@ def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, An
     env = {**side.env(int(np.random.default_rng(repeat).integers(0, 4096))), "PYTHONHASHSEED": str(repeat)}
     with open(out / "valgrind.log", "w") as log:  # a file, not a pipe: nobody reads it while valgrind runs
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                   env=env, cwd=workdir, preexec_fn=fixed_address_layout)
+                                   env=env, cwd=workdir, preexec_fn=worker_start)
     assert process.stdin is not None
     process.stdin.write(json.dumps(request))
     process.stdin.close()

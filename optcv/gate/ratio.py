@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from optcv._io import work_folder
 from optcv.backends.base import all_closed
 from optcv.data import default_cache_dir
 from optcv.env import environment_info, fingerprint_differences, machine_fingerprint, same_machine
@@ -226,7 +226,7 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
                               "`pytest benchmarks -k ratio_gate --ratio-save`")
     recipes = build_recipes(list(backends), {m for m, names in backends.items() if "onnxruntime-int8" in names})
     head = Side("head", sys.executable, HEAD_TREE)
-    with tempfile.TemporaryDirectory(prefix="optcv-gate-") as tmp:
+    with work_folder("optcv-ratio-") as tmp:
         inputs, root = prepare_inputs(Path(tmp), data_dir)
         built = build_artifacts(head, Path(tmp), recipes, root, default_cache_dir())
         images = np.load(inputs["predict_images"])

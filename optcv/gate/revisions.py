@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from optcv._io import work_folder
 from optcv.gate.verdict import GateSetupError
 
 
@@ -55,15 +54,26 @@ def resolve_revision(repo: Path, revision: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def changed_since(repo: Path, revision: str, paths: tuple[str, ...]) -> list[str] | None:
+    """The files under `paths` that differ between `revision` and the working tree (uncommitted and untracked changes
+    included), or None when `revision` is not in the history."""
+    commit = resolve_revision(repo, revision)
+    if commit is None:
+        return None
+    changed = git(repo, "diff", "--name-only", commit, "--", *paths).splitlines()
+    changed += git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths).splitlines()
+    return sorted(set(changed))
+
+
 @contextmanager
 def revision_tree(repo: Path, commit: str) -> Iterator[Path]:
-    """`commit` checked out with `git worktree` into a temporary folder, removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="optcv-gate-base-"))
-    git(repo, "worktree", "add", "--detach", "--quiet", str(folder / "tree"), commit)
-    try:
-        yield folder / "tree"
-    finally:
-        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(folder / "tree")],
-                       capture_output=True)
-        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    """`commit` checked out with `git worktree` into a temporary folder, removed afterwards (a killed gate's is removed
+    by the next one, and git forgets it at the next prune)."""
+    with work_folder("optcv-gate-base-") as folder:
+        git(repo, "worktree", "add", "--detach", "--quiet", str(folder / "tree"), commit)
+        try:
+            yield folder / "tree"
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(folder / "tree")],
+                           capture_output=True)
+            subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)

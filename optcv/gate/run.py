@@ -4,12 +4,12 @@ code on both sides, nothing to time."""
 
 from __future__ import annotations
 
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optcv._io import work_folder
 from optcv.data import default_cache_dir
 from optcv.gate.config import GateConfig, case_specs, declared_models, require_backends
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
@@ -85,7 +85,7 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
         require_backends(case_specs(config, declared_models(config, sides[1].tree)))
         if not even_if_unchanged and (same := _same_code(*sides)):
             return same
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-gate-")))
+        workdir = stack.enter_context(work_folder("optcv-gate-"))
         return measure(*sides, config, thresholds, data_dir=data_dir, cache_dir=default_cache_dir(),
                        workdir=workdir, log=log, progress=progress)
     raise AssertionError("unreachable")

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optcv._io import read_json_object, write_json
+from optcv._io import read_json_object, work_folder, write_json
 from optcv.data import default_cache_dir
 from optcv.env import environment_info
 from optcv.errors import OptcvError
@@ -310,8 +309,7 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
     runs = resumable_runs(Path(record), settings, injections) if record else []
     if runs:
         log(f"self-test: {len(runs)} of {len(injections)} runs recorded in {record}; going on from run {len(runs) + 1}")
-    with tempfile.TemporaryDirectory(prefix="optcv-selftest-") as tmp:
-        workdir = Path(tmp)
+    with work_folder("optcv-selftest-") as workdir:
         inputs, root = prepare_inputs(workdir, data_dir)
         built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, recipes_for(specs), root,
                                 default_cache_dir())

@@ -17,19 +17,22 @@ from optcv.gate.verdict import GateSetupError
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
 
 
-def fixed_address_layout() -> None:
-    """Turn address-space randomisation off for the worker (Linux `setarch -R`).
+def worker_start() -> None:
+    """Run in each worker process before it starts the side's interpreter (Linux; elsewhere nothing).
 
-    Where each process's memory lands shifts PyTorch's per-call time by up to ±10 % between processes of
-    identical code (measured here: one process's median 15 % above another's), a bias that no number of
-    rounds averages out. With a fixed layout, identical code gets identical placement on both sides.
+    Address-space randomisation off (`setarch -R`): where each process's memory lands shifts PyTorch's per-call time
+    by up to ±10 % between processes of identical code, a bias that no number of rounds averages out; with a fixed
+    layout, identical code gets identical placement on both sides. And the worker is killed with the gate
+    (PR_SET_PDEATHSIG): a gate killed outright cannot stop a worker that is building a model for minutes.
     """
     import ctypes
+    import signal
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         current = libc.personality(0xFFFFFFFF)
         libc.personality(current | 0x0040000)  # ADDR_NO_RANDOMIZE
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -47,7 +50,7 @@ class Worker:
             self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=self._log,
                                             env={**side.env(pad), **(extra_env or {})}, cwd=workdir, text=True,
-                                            preexec_fn=fixed_address_layout)
+                                            preexec_fn=worker_start)
         except OSError as exc:
             self._log.close()
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -22,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from optcv._io import work_folder
 from optcv.data import default_cache_dir
 from optcv.errors import OptcvError
 from optcv.gate.config import GateConfig
@@ -234,7 +234,7 @@ def _time_candidate(setup: BisectSetup, base: Side, good: str, commit: str, key:
                          max_case_seconds=setup.config.max_case_seconds * scale,
                          min_rounds=setup.config.min_rounds * scale)
         log(f"{commit[:12]}: timing against {good[:12]}" + (f" again, with {scale}x the rounds" if attempt else ""))
-        with revision_tree(setup.repo, commit) as tree, tempfile.TemporaryDirectory(prefix="optcv-bisect-") as work:
+        with revision_tree(setup.repo, commit) as tree, work_folder("optcv-bisect-") as work:
             head = Side("head", sys.executable, tree / setup.subfolder, revision=f"candidate ({commit[:12]})",
                         harness=base.harness)
             result = measure(base, head, config, setup.thresholds, data_dir=setup.data_dir,

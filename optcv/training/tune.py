@@ -250,6 +250,26 @@ def run_worker(spec: WorkerSpec, data: CIFAR10 | None = None,
         _run_trials(spec, data, on_trial)
 
 
+def _worker_process(spec: WorkerSpec, command: int) -> None:
+    """A worker process of `optcv tune --workers N`: it ends with its command, however that ends."""
+    _end_with(command)
+    run_worker(spec)
+
+
+def _end_with(command: int) -> None:
+    """Ask Linux to kill this process when `command`, its parent, dies: a SIGKILL gives the command no chance to
+    stop its workers, and an orphaned worker would go on training and writing trials nobody asked for."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the worker stops when it next finds the study's target reached
+    if os.getppid() != command:  # the command died before the request was in place
+        os._exit(1)
+
+
 def _run_trials(spec: WorkerSpec, data: CIFAR10 | None,
                 on_trial: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
     data = data or load_cifar10(spec.data_dir, progress=False)
@@ -321,7 +341,7 @@ def _run_with_progress(specs: list[WorkerSpec], study: optuna.Study, target: int
             bar.close()
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(spec,), daemon=True) for spec in specs]
+    processes = [context.Process(target=_worker_process, args=(spec, os.getpid()), daemon=True) for spec in specs]
     for process in processes:
         process.start()
     bar = tqdm(total=target, initial=count_trials(study)["finished"], desc="trials", unit="trial",

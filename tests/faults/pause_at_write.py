@@ -4,7 +4,9 @@ Every file optcv writes goes to a temporary file that one `os.replace` puts in p
 This wrapper counts those renames; with OPTCV_FAULTS_PAUSE_AT=k it writes the destination's path to
 OPTCV_FAULTS_MARKER at the k-th and sleeps, the temporary file complete but not yet renamed: the moment a
 kill is most likely to leave a half-written file behind. OPTCV_FAULTS_COUNT receives the count and the
-time of the last rename (time.monotonic, one clock for every process) at exit.
+time of the last rename (time.monotonic, one clock for every process) at exit. OPTCV_FAULTS_STARTED names a file
+written once the imports are done and the command begins (time.monotonic inside); OPTCV_FAULTS_IGNORE_SIGINT=1 makes
+the command ignore Ctrl-C, as a hung one would (the harness's own test of its time-outs).
 """
 
 from __future__ import annotations
@@ -37,9 +39,21 @@ def _write_count() -> None:
         Path(os.environ["OPTCV_FAULTS_COUNT"]).write_text(f"{_renames} {_last_rename}")
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    real = signal.signal
+    signal.signal = lambda signum, handler: real(signum, handler) if signum != signal.SIGINT else signal.SIG_IGN
+
+
 if __name__ == "__main__":
     os.replace = _counting_replace
     atexit.register(_write_count)
+    if os.environ.get("OPTCV_FAULTS_IGNORE_SIGINT") == "1":
+        _ignore_sigint()
     from optcv.cli import run_cli
 
+    if os.environ.get("OPTCV_FAULTS_STARTED"):
+        Path(os.environ["OPTCV_FAULTS_STARTED"]).write_text(str(time.monotonic()))
     run_cli(sys.argv[1:])

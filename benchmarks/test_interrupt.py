@@ -1,0 +1,71 @@
+"""Ctrl-C ends `tune` and `run` within seconds, at many moments of their work (the nightly sweep).
+
+A timing, so it runs with the benchmarks, alone on the machine, one interruption at a time: the kill points in
+tests/faults/ check what an interrupt leaves behind on a loaded machine, this how long it takes. SQLite storage,
+so Optuna's heartbeat thread runs during each trial; the sweep once found an interrupt that landed inside an Optuna
+storage call and left SQLite locked for 60 s about once in 40 runs (held until the call ends since,
+optcv._io.interrupts_deferred). The budget comes from measured exits (benchmarks/budgets.json).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.budgets import budget
+from conftest import make_image_folder
+from tests.faults.groups import left_behind, output, own_group
+from tests.faults.test_kill_points import (
+    COMMANDS,
+    INTERRUPTED,
+    SIGNAL_TIMEOUT,
+    SWEEP_POINTS,
+    KillPoint,
+    Place,
+    _reference,
+    _start,
+    _started,
+    _wait_for,
+)
+
+pytestmark = pytest.mark.full
+EXIT = budget("ctrl_c_exit_seconds")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("sweep-data"), train_per_class=20, test_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def references(data, tmp_path_factory):
+    return {name: _reference(name, data, tmp_path_factory.mktemp(f"reference-{name}"))
+            for name in sorted({p.command for p in SWEEP_POINTS})}
+
+
+@pytest.mark.parametrize("point", SWEEP_POINTS, ids=[p.id for p in SWEEP_POINTS])
+def test_ctrl_c_ends_the_command_within_its_budget(point: KillPoint, data, references, tmp_path):
+    command, place = COMMANDS[point.command], Place(data, tmp_path / "out", Path.cwd())
+    with own_group(_start(command, place, {})) as process:
+        _wait_for(_started(command, place), process)
+        time.sleep(point.draw * references[point.command].work_seconds)
+        if process.poll() is not None:
+            pytest.fail(f"{point.id}: the command finished before its moment; the reference run was slower")
+        signalled = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+        try:
+            process.wait(timeout=SIGNAL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{point.id}: still running {SIGNAL_TIMEOUT:.0f} s after Ctrl-C")
+        seconds = time.monotonic() - signalled
+        left = left_behind(process.pid)
+    stderr = output(process)
+    print(f"{point.id}: exited {process.returncode} {seconds:.2f} s after Ctrl-C")
+    assert process.returncode in INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert not left, left
+    assert seconds <= EXIT.limit, f"{point.id}: {seconds:.2f} s after Ctrl-C, budget {EXIT.describe()}"
