@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import skip_or_fail
+from conftest import full_tier, skip_or_fail
 from optcv.backends.base import Predictor
 from optcv.data import CIFAR10, default_cache_dir, load_cifar10
 from optcv.env import cpu_model, isa_flags, package_versions
@@ -83,7 +83,51 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_storage = f"file://{HERE / 'baselines'}"
     config._optcv_ratio_results = []  # type: ignore[attr-defined]
     config._optcv_gate_lines = []  # type: ignore[attr-defined]
+    config.addinivalue_line("markers", "gate_change: in the pull-request tier, runs only when the code under "
+                                       f"{', '.join(GATE_CODE)} changed since the gate's base revision")
+    config.addinivalue_line("markers", "ratio: runs only with --ratio-gate or --ratio-save")
     config._optcv_baseline = _choose_baseline(config)  # type: ignore[attr-defined]
+
+
+# The gate's boundary self-test runs in the pull-request tier when the code that decides a verdict changed.
+GATE_CODE = ("optcv/gate", "optcv/backends", "optcv/measure")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ratio cases only when asked for (--ratio-gate, --ratio-save). In the pull-request tier, the cases marked
+    `gate_change` only when the gate's, the backends' or the measurements' code changed since the gate's base, said
+    either way."""
+    if not (config.getoption("ratio_gate") or config.getoption("ratio_save")):
+        ratio = [item for item in items if item.get_closest_marker("ratio")]
+        if ratio:
+            config.hook.pytest_deselected(items=ratio)
+            items[:] = [item for item in items if not item.get_closest_marker("ratio")]
+    marked = [item for item in items if item.get_closest_marker("gate_change")]
+    if not marked or full_tier(config):
+        return
+    changed, base = gate_code_changes(config)
+    if changed == []:
+        config.hook.pytest_deselected(items=marked)
+        items[:] = [item for item in items if not item.get_closest_marker("gate_change")]
+        config._optcv_gate_lines.append(f"the gate's self-test left out: nothing under {', '.join(GATE_CODE)} "
+                                        f"changed since {base} (the nightly tier always runs it)")
+    else:
+        why = (f"{len(changed)} file(s) under {', '.join(GATE_CODE)} changed since {base}, e.g. {changed[0]}"
+               if changed else f"the base revision {base} is not here, so every change counts")
+        config._optcv_gate_lines.append(f"the gate's self-test runs: {why}")
+
+
+def gate_code_changes(config: pytest.Config) -> tuple[list[str] | None, str]:
+    """(the files of GATE_CODE changed since the gate's base revision, or None where it is not in the history;
+    the base)."""
+    from optcv.gate.revisions import changed_since, default_base_revision, repo_root
+
+    repo = repo_root(HERE.parent)
+    against = config.getoption("gate_against")
+    if repo is None:
+        return None, "(no git repository)"
+    base = default_base_revision(repo) if against in ("default", "none") else against
+    return changed_since(repo, base, GATE_CODE), base
 
 
 def _choose_baseline(config: pytest.Config) -> tuple[str, bool] | None:

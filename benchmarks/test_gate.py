@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
-from conftest import full_tier
 from optcv._io import write_json, write_text
 from optcv.backends.base import all_closed
 from optcv.data import default_cache_dir
@@ -48,11 +47,7 @@ from optcv.gate.workers import build_artifacts
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
 from optcv.report.gate import outcome_failure_lines, outcome_markdown
-from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable, make_predictor
-
-# The fast tier gates the course nets at batch 1 on one thread in PyTorch and ONNX Runtime; the full tier the
-# pull-request set (every backend and model, optcv.gate.config.DEFAULT_CASES).
-FAST_TIER = GateConfig(models=COURSE_MODELS, backends=DEFAULT_BACKENDS, cases=("*/b1/t1",))
+from optcv.runtime import backend_unavailable, make_predictor
 
 
 def test_ab_gate(request, real_data_dir):
@@ -63,8 +58,7 @@ def test_ab_gate(request, real_data_dir):
     if against == "none":
         pytest.skip("--gate-against none: the A/B gate is off in this run")
     option = request.config.getoption
-    config = GateConfig() if full_tier(request.config) else FAST_TIER
-    outcome = run_gate(config, Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
+    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
                        against=None if against == "default" else against, base_python=option("gate_base_python"),
                        data_dir=real_data_dir, baseline=option("ratio_baseline"),
                        allow_no_base=option("gate_allow_no_base"))
@@ -97,7 +91,7 @@ SELF_TEST_CASES = ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tuto
 SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5}, {"shared": 5.0}, {})
 
 
-@pytest.mark.full
+@pytest.mark.gate_change
 def test_gate_self_test_at_its_boundary(real_data_dir, request):
     """At the default threshold (3 %), 5 % slowdowns of PyTorch, ONNX Runtime and the shared path are failed in at
     least 5 of the 6 batch-1 and batched measurements, and 1.5 % ones and unchanged code pass in at least 7 of 8
@@ -280,9 +274,12 @@ def gate_config(request: pytest.FixtureRequest) -> BenchConfig:
     return ratio_bench_config(request.config.getoption("gate_images"))
 
 
-@pytest.mark.full
+@pytest.mark.ratio
 @pytest.mark.parametrize("model", COURSE_MODELS)  # the committed ratios cover these
 def test_speedup_ratio_gate(request, model_sources, test_images, model):
+    """With --ratio-save, this machine's speed-ups recorded; with --ratio-gate, held to the recorded ones (none
+    recorded for this machine: a failure). Asked for by neither, it is left out: recorded on one CPU, ratios are
+    no standard for another, and the A/B gate judges every pull request."""
     # A missing optional runtime fails its own latency and parity cases in CI; here it is left out.
     names = [name for name in BACKENDS if backend_unavailable(name) is None]
     with all_closed([gate_predictor(model_sources, model, name) for name in names]) as predictors:
@@ -290,10 +287,8 @@ def test_speedup_ratio_gate(request, model_sources, test_images, model):
                            reference=REFERENCE_BACKEND)
     as_dict = result.to_dict()
     request.config._optcv_ratio_results.append(as_dict)
-    for ratio in result.ratios:
-        assert ratio.ci_low <= ratio.ratio <= ratio.ci_high
     if not request.config.getoption("ratio_gate"):
-        return  # measured and reported in the summary; --ratio-gate turns it into a gate
+        return  # --ratio-save alone: recorded at the session's end (benchmarks/conftest.py)
     recorded, differences = recorded_ratios(request.config.getoption("ratio_baseline"))
     if differences:
         request.config._optcv_gate_lines.append(f"ratio baseline recorded on this machine with other software "
