@@ -29,6 +29,11 @@ DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b
 ALL_CASES = "all"
 MEASURES = ("time", "memory", "instructions")
 
+# Cases the gate cannot resolve, left out of every set with the reason: a gate there would pass anything.
+NOT_GATED = {"tutorial/pytorch/b1/t2": "two threads hand TutorialNet's tiny call between the cores, and its unchanged "
+                                       "gates' 95 % half-width was about 40 % (benchmarks/gate_thresholds.json); the "
+                                       "one-thread case gates the same code"}
+
 # Batched and training cases are gated at one thread: on a 2-core machine shared with the gate's own
 # processes, all-core runs of 5-50 ms calls moved ±5-20 % between rounds of identical code (measured here),
 # too much to see 5 %. The suite still times them at every thread count.
@@ -112,7 +117,7 @@ def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> lis
     for spec in specs:
         what = spec["backend"] if spec["kind"] == "predict" else "train"
         spec["id"] = f"{spec['model']}/{what}/b{spec['batch']}/t{spec['threads']}"
-    return specs
+    return [spec for spec in specs if spec["id"] not in NOT_GATED]
 
 
 def require_backends(specs: Sequence[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from optcv.data import CLASSES, SHORT_NAMES
 from optcv.measure.declared import DeclaredParity
-from optcv.measure.parity import AgreementResult, Evaluation, ParityResult
+from optcv.measure.parity import AgreementResult, Evaluation, KnownParityFailure, ParityResult
 from optcv.report.tables import markdown_table
 
 
@@ -19,6 +19,16 @@ def parity_line(result: Any) -> str:
     return (f"{status}: {result.backend} vs {result.reference} on {result.n_images:,} images: {result.n_disagree:,} "
             f"classes differ; accuracy {result.overall_diff_points:+.2f} points overall, worst class "
             f"{result.worst_class} {result.worst_class_diff_points:+.1f}; required: {bar}")
+
+
+def known_failure_line(result: ParityResult, known: KnownParityFailure) -> str:
+    """A parity failure that was measured before: within its recorded figures it is a KNOWN FAILURE, beyond them a
+    failure like any other."""
+    overall, worst = known.bound(result.tolerance)
+    state = "KNOWN FAILURE" if known.holds(result) else "WORSE THAN ITS KNOWN FAILURE"
+    return (f"{state}: {parity_line(result)}; recorded {known.overall_points:+.2f} overall, "
+            f"{known.worst_class_points:+.1f} worst class on {known.measured_on}; it fails beyond ±{overall:.2f} "
+            f"overall or ±{worst:.1f} in a class ({known.why})")
 
 
 def course_table(evaluation: Evaluation, backend: str) -> str:
