@@ -26,7 +26,7 @@ class Budget:
         return self.factor * max(self.measured)
 
     def describe(self) -> str:
-        return (f"{self.limit:.3g} {self.unit}: {self.factor:g} × the slowest of {len(self.measured)} measured "
+        return (f"{self.limit:,.4g} {self.unit}: {self.factor:g} × the slowest of {len(self.measured)} measured "
                 f"({min(self.measured):.3g}–{max(self.measured):.3g} {self.unit}, {self.measured_on}); {self.why}")
 
 

@@ -44,18 +44,38 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def references(data, tmp_path_factory):
-    return {name: _reference(name, data, tmp_path_factory.mktemp(f"reference-{name}"))
-            for name in sorted({p.command for p in SWEEP_POINTS})}
+    """Each command's work time, from its second uninterrupted run: the first also decodes the image folder."""
+    def warm(name: str):
+        _reference(name, data, tmp_path_factory.mktemp(f"first-{name}"))
+        return _reference(name, data, tmp_path_factory.mktemp(f"reference-{name}"))
+
+    return {name: warm(name) for name in sorted({p.command for p in SWEEP_POINTS})}
 
 
 @pytest.mark.parametrize("point", SWEEP_POINTS, ids=[p.id for p in SWEEP_POINTS])
 def test_ctrl_c_ends_the_command_within_its_budget(point: KillPoint, data, references, tmp_path):
-    command, place = COMMANDS[point.command], Place(data, tmp_path / "out", Path.cwd())
+    # A run faster than its reference (a shared machine) can be past its work at a late moment, where the finished
+    # command ignores Ctrl-C while its interpreter shuts down (exit 0): that moment is tried once more, at half.
+    for attempt, draw in enumerate((point.draw, point.draw / 2)):
+        seconds, code, stderr, left = _interrupted(point, draw, data, references, tmp_path / f"try-{attempt}")
+        if code is not None and code != 0:
+            break
+    print(f"{point.id}: exited {code} {seconds:.2f} s after Ctrl-C")
+    assert code in INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr, (code, stderr)
+    assert not left, left
+    assert seconds <= EXIT.limit, f"{point.id}: {seconds:.2f} s after Ctrl-C, budget {EXIT.describe()}"
+
+
+def _interrupted(point: KillPoint, draw: float, data: Path, references, folder: Path
+                 ) -> tuple[float, int | None, str, list[str]]:
+    """(seconds from Ctrl-C to the command's exit, its exit code or None if it finished before the moment, its
+    standard error, the processes of its group it left behind)."""
+    command, place = COMMANDS[point.command], Place(data, folder / "out", Path.cwd())
     with own_group(_start(command, place, {})) as process:
         _wait_for(_started(command, place), process)
-        time.sleep(point.draw * references[point.command].work_seconds)
+        time.sleep(draw * references[point.command].work_seconds)
         if process.poll() is not None:
-            pytest.fail(f"{point.id}: the command finished before its moment; the reference run was slower")
+            return 0.0, None, output(process), []
         signalled = time.monotonic()
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
         try:
@@ -64,8 +84,4 @@ def test_ctrl_c_ends_the_command_within_its_budget(point: KillPoint, data, refer
             pytest.fail(f"{point.id}: still running {SIGNAL_TIMEOUT:.0f} s after Ctrl-C")
         seconds = time.monotonic() - signalled
         left = left_behind(process.pid)
-    stderr = output(process)
-    print(f"{point.id}: exited {process.returncode} {seconds:.2f} s after Ctrl-C")
-    assert process.returncode in INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr, stderr
-    assert not left, left
-    assert seconds <= EXIT.limit, f"{point.id}: {seconds:.2f} s after Ctrl-C, budget {EXIT.describe()}"
+    return seconds, process.returncode, output(process), left
