@@ -383,3 +383,17 @@ def test_a_baseline_per_machine_from_the_latest_runs_on_main_and_the_suite_says_
     assert again.returncode == 0 and len(list(storage.glob("*/*_machine-*.json"))) == 1
     other = cli("history", "baseline", "--branch", "release", "--out", str(storage), "--history", db)
     assert other.returncode == 2 and "no pytest-benchmark run on branch release" in other.stderr
+
+
+@pytest.mark.parametrize("step_at, fails", [(9, True), (10, False), (6, False)])
+def test_a_scheduled_run_fails_on_the_step_its_own_run_made_claimable_and_only_then(tmp_path, step_at, fails):
+    """12 runs per machine, a +20 % step on AMD at run `step_at`: a step needs 3 runs after it, so the 12th run makes
+    one at run 9 claimable (a new step: exit 1), one at run 10 is not claimable yet, and one at run 6 was claimable
+    three runs ago and was failed on then (exit 0 now; still listed)."""
+    db = tmp_path / "h.sqlite"
+    with HistoryStore(db) as store:
+        fill_history(store, runs_per_machine=12, step_at=step_at)
+    done = cli("history", "steps", "--fail-on-new", "--history", str(db))
+    assert done.returncode == (1 if fails else 0), done.stdout + done.stderr
+    assert ("NEW STEP FOR THE WORSE: net/pytorch/b1" in done.stdout) is fails
+    assert ("net/pytorch/b1" in done.stdout) is (step_at != 10)

@@ -75,3 +75,22 @@ def found_steps(case_trends: Sequence[CaseTrend]) -> list[FoundStep]:
                 found.append(FoundStep(trend.case, trend.metric, series.machine, step,
                                        series.points[step.index - 1], series.points[step.index]))
     return sorted(found, key=lambda f: (not f.worse, -abs(f.step.change_pct)))
+
+
+def new_worse_steps(case_trends: Sequence[CaseTrend]) -> list[FoundStep]:
+    """The worse steps that each machine's newest run made claimable: found in its series as it is, not in the same
+    series without its newest point. What a scheduled run should fail on: an older step is known, and was failed
+    on when it became claimable."""
+    new = []
+    for trend in case_trends:
+        for series in trend.series:
+            values = [p.measurement.value for p in series.points[:-1]]
+            lows = [p.measurement.low for p in series.points[:-1]]
+            highs = [p.measurement.high for p in series.points[:-1]]
+            before = {step.index for step in find_steps(values, lows, highs)} if len(values) > 1 else set()
+            for step in series.steps:
+                found = FoundStep(trend.case, trend.metric, series.machine, step, series.points[step.index - 1],
+                                  series.points[step.index])
+                if step.index not in before and found.worse:
+                    new.append(found)
+    return new

@@ -39,6 +39,14 @@ def runs_rows(runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
              "cases": len({m.case for m in r.record.measurements}), "machine": r.record.machine.label()} for r in runs]
 
 
+def new_steps_line(steps: Sequence[FoundStep]) -> str:
+    """The new steps for the worse, in one line: what a scheduled run failed on."""
+    found = "; ".join(f"{f.case} {UNITS.get(f.metric, f.metric)} {f.step.change_pct:+.1f} % on {f.machine.label()}, "
+                      f"between {(f.last_before.commit or '?')[:10]} and {(f.first_after.commit or '?')[:10]}"
+                      for f in steps)
+    return f"NEW STEP FOR THE WORSE: {found} (bisect: optcv bisect --good BEFORE --bad AFTER)"
+
+
 def steps_markdown(steps: Sequence[FoundStep]) -> str:
     if not steps:
         return "no step found"

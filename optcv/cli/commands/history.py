@@ -13,9 +13,9 @@ from optcv.errors import OptcvError
 from optcv.history.baseline import baseline_from_history, write_baseline
 from optcv.history.records import Machine, now_utc
 from optcv.history.store import HISTORY_ENV, HistoryStore, default_location, history_exists
-from optcv.history.trends import found_steps, trends
+from optcv.history.trends import found_steps, new_worse_steps, trends
 from optcv.report.dashboard import write_dashboard
-from optcv.report.history_tables import runs_rows, steps_markdown, trend_markdown
+from optcv.report.history_tables import new_steps_line, runs_rows, steps_markdown, trend_markdown
 from optcv.report.tables import markdown_table
 
 
@@ -70,6 +70,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     page.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
     stepped = actions.add_parser("steps", help="the step changes found in every case's history")
     stepped.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
+    stepped.add_argument("--fail-on-new", action="store_true",
+                         help="exit 1 when a machine's newest run made a step for the worse claimable (a scheduled "
+                              "run's check: each step fails once, when it is first found)")
     based = actions.add_parser(
         "baseline", help="a pytest-benchmark baseline per machine, from the latest runs on main",
         description="For one machine, the latest entry of every case from the pytest-benchmark runs recorded on the "
@@ -117,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
             index = write_dashboard(args.out, chosen, found_steps(chosen), store.runs(), store.safe_url, now_utc())
             print(f"wrote {index} ({len(chosen)} charts)")
         elif args.action == "steps":
-            print(steps_markdown(found_steps(trends(store, args.cases))))
+            chosen = trends(store, args.cases)
+            print(steps_markdown(found_steps(chosen)))
+            new = new_worse_steps(chosen) if args.fail_on_new else []
+            if new:
+                print(new_steps_line(new))
+                return 1
         else:
             machine = _machine(store, args.machine)
             path = write_baseline(args.out, baseline_from_history(store, machine, args.branch))
