@@ -27,7 +27,7 @@ from optcv.stats import median_ci_order_statistics
 from tests.history_data import AMD, INTEL, START, fill_history, noisy_levels
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = ROOT / "benchmarks" / "baselines" / "Linux-CPython-3.11-64bit" / "0001_baseline.json"
+BASELINE = ROOT / "tests" / "data" / "pytest_benchmark_run.json"  # a real pytest-benchmark file, as input
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
