@@ -3,10 +3,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from optcv.training.models import Checkpoint, TutorialNetConfig, build_model
 
 
+@pytest.mark.full  # torch.compile takes 20 s here: nightly (torch-compile is not in the pull-request gate)
 def test_compiled_predictor_matches_eager_and_leaves_settings_alone(tmp_path, monkeypatch):
     import torch._inductor.config as inductor_config
 
@@ -48,6 +50,7 @@ np.testing.assert_allclose(compiled.predict(images), expected, rtol=1e-4, atol=1
 """
 
 
+@pytest.mark.full  # compiles twice: nightly
 def test_compiled_predictor_keeps_its_onednn_flag_whatever_another_predictor_left(tmp_path):
     """Compiled while oneDNN was off, called after a pytorch predictor turned it on: a convolution inductor
     leaves to eager must see the flag it was traced with, or the compiled code's layout check fails (before

@@ -96,6 +96,7 @@ def _state() -> tuple[object, ...]:
     return (*vars(current_state()).values(), matplotlib.rcParams._get("backend"))
 
 
+@pytest.mark.full  # trains and times every backend in turn (19 s): nightly
 def test_state_is_given_back_and_training_is_the_same_whatever_ran_first(world):
     weights: list[list[np.ndarray]] = []
     steps = _steps(world, weights)

@@ -77,6 +77,7 @@ def test_every_grid_setting_builds_a_predictor_with_the_same_logits(source):
                 assert {k: predictor.describe()[k] for k in settings} == settings
 
 
+@pytest.mark.full  # times the whole grid (16 s): nightly; the search itself is tested above
 def test_cli_bench_search_prints_the_grid_and_keeps_the_fastest(source, tiny_data_dir, capsys):
     code = main(["bench", str(source.checkpoint), "--search", "--backends", "onnxruntime", "-n", "40",
                  "--chunk", "20", "--batch-sizes", "4", "--data-dir", str(tiny_data_dir), "--quiet"])
