@@ -156,9 +156,10 @@ COMMANDS = {
     # A restarted sampler draws other parameters: for tune, only nothing lost is asserted.
     "tune": Command("tune", lambda d, o: [*TUNE, "--data-dir", str(d), "--out", str(o)], _tune_finished, None,
                     pull_request_tier=True),
-    # Trials long enough that a worker orphaned by a killed command would still be training seconds later.
+    # Trials of seconds each (30 epochs), so a worker orphaned by a killed command would still be training well
+    # after its command ended: with 8 epochs the last trials ended within the 3 s a group gets, hiding the orphans.
     "tune-2-workers": Command("tune-2-workers", lambda d, o: [
-        *TUNE, "--workers", "2", "--epochs", "8", "--trials", "6", "--data-dir", str(d), "--out", str(o)],
+        *TUNE, "--workers", "2", "--epochs", "30", "--trials", "6", "--data-dir", str(d), "--out", str(o)],
         _tune_finished, None),
     "run": Command("run", lambda d, o: ["run", "--data-dir", str(d), "--out", str(o), "--set", *RUN_SETTINGS,
                                         "--quiet"], _run_finished, _run_outcome, pull_request_tier=True),
