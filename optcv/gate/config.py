@@ -28,6 +28,7 @@ DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b
                  "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
 ALL_CASES = "all"
 MEASURES = ("time", "memory", "instructions")
+SETUP_ORDERS = ("abba", "base-first", "head-first", "alternate", "random")  # optcv.gate.workers.pair_orders
 
 # Cases the gate cannot resolve, left out of every set with the reason: a gate there would pass anything.
 NOT_GATED = {"tutorial/pytorch/b1/t2": "two threads hand TutorialNet's tiny call between the cores, and its unchanged "
@@ -44,7 +45,9 @@ BATCH_THREADS = 1
 class GateConfig:
     models: tuple[str, ...] = MODELS
     backends: tuple[str, ...] = BACKENDS
-    workers_per_side: int = 2
+    # Worker pairs are the interval's unit (optcv.gate.verdict): with 2, a t interval has 1 degree of freedom.
+    workers_per_side: int = 4
+    setup_order: str = "abba"  # optcv.gate.workers.pair_orders; the others measure what the order does
     min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 3.0  # timed work per case, both sides: sets the number of rounds
@@ -90,6 +93,8 @@ class GateConfig:
             raise OptcvError(f"unknown gate measure {name}: choose from {', '.join(MEASURES)}")
         if self.workers_per_side < 1 or self.min_rounds < 5:
             raise OptcvError("the gate needs at least 1 worker per side and 5 rounds")
+        if self.setup_order not in SETUP_ORDERS:
+            raise OptcvError(f"unknown set-up order {self.setup_order}: choose from {', '.join(SETUP_ORDERS)}")
 
 
 def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[dict[str, Any]]:

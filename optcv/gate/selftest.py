@@ -122,6 +122,22 @@ class ArmResult:
         return statistics.median(self.measured_pct)
 
 
+@dataclass(frozen=True)
+class UnchangedCoverage:
+    """One case over every run that injected nothing into it: how often its 95 % interval held zero."""
+
+    case: str
+    runs: int
+    contain: int  # intervals that contain zero
+    below: int  # intervals wholly below zero: read faster
+    above: int  # wholly above: read slower
+    median_change_pct: float
+
+    @property
+    def coverage(self) -> float:
+        return self.contain / self.runs
+
+
 @dataclass
 class SelfTestResult:
     runs: list[SelfTestRun]
@@ -171,6 +187,20 @@ class SelfTestResult:
                 found, n = out.get(hit[0], (0, 0))
                 out[hit[0]] = (found + right, n + 1)
         return out
+
+    def coverage(self) -> list[UnchangedCoverage]:
+        """Per case, its time intervals in the runs that injected nothing into it (the unchanged arm, and the
+        untouched cases of the other runs): a 95 % interval should contain zero 95 % of the time, and miss as often
+        on either side."""
+        seen: dict[str, list[CaseFinding]] = {}
+        for run in self.runs:
+            for finding in run.findings:
+                if not touched(run.injected, finding.case):
+                    seen.setdefault(finding.case, []).append(finding)
+        return [UnchangedCoverage(case, len(found), sum(f.ci_low_pct <= 0 <= f.ci_high_pct for f in found),
+                                  sum(f.ci_high_pct < 0 for f in found), sum(f.ci_low_pct > 0 for f in found),
+                                  statistics.median(f.change_pct for f in found))
+                for case, found in seen.items()]
 
     def false_alarms(self, threshold_pct: float, measure: str = "time") -> tuple[int, int, int, int]:
         """(unchanged gate runs that failed on `measure`, unchanged runs, cases with nothing injected that failed in

@@ -18,7 +18,6 @@ from optcv.gate.memory import allocation_counter, measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
-from optcv.stats import BOOTSTRAP_RESAMPLES
 
 
 @dataclass
@@ -146,8 +145,8 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                          "versions": artifacts[label]["versions"], "settings": settings[label]}
                  for label, side in (("base", base), ("head", head))}
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
-                "per worker pair, the median per-round head/base ratio; their mean; 95 % two-level percentile "
-                f"bootstrap (pairs, then rounds; {BOOTSTRAP_RESAMPLES})"}
+                f"per worker pair (a base and a head process, set up in {config.setup_order} order), the median "
+                "per-round head/base ratio; their mean; 95 % t interval over the pairs (k - 1 degrees of freedom)"}
     measured, notes = _other_measures((base, head), specs, config, thresholds, workdir, setup, log)
     return GateResult(side_info["base"], side_info["head"], findings, protocol, environment_info(),
                       time.perf_counter() - started, notes=notes, retested=retested, measured=measured)
@@ -211,7 +210,7 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
     findings: list[CaseFinding] = []
     timed: dict[str, CaseSamples] = {}
     earlier = earlier or {}
-    with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt) as workers:
+    with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt, order=config.setup_order) as workers:
         for spec in tqdm(specs, desc="gate" if attempt == 0 else "re-test", unit="case",
                          disable=not progress or None):
             case = spec["id"]

@@ -1,11 +1,14 @@
-"""The A/B gate's statistics and verdicts: base and head timed in the same job, paired by round.
+"""The A/B gate's statistics and verdicts: base and head timed in the same job, paired by round and by process.
 
-Each case is timed in rounds; in every round each worker of both sides runs the same number of calls, one
-worker at a time in a seeded random order. A round gives each side one median, so the head ÷ base ratio of
-a round compares the two sides under the same machine conditions. The change of a case is the median of
-its per-round ratios, with a bootstrap 95 % interval over rounds. Rule (asv's shape): a case is a
-regression when the interval excludes no change **and** the estimate exceeds the case's threshold.
-A faster head is reported, never a failure.
+Each case is timed in rounds by k pairs of worker processes (a base and a head process each, set up in an ABBA
+order of sides: optcv.gate.workers); in every round each worker runs the same number of calls, one worker at a time
+in a seeded random order. A round gives each worker one median, so the head ÷ base ratio of a round compares the
+two sides under the same machine conditions. A pair's change is the median of its per-round ratios; the case's is
+the mean of its pairs'. Its 95 % interval takes the pair as the unit (a t interval on the pairs' changes, k − 1
+degrees of freedom): it carries every level of variation between the sides, the rounds' noise and each process's
+own offset (its heap, its placement), which no number of rounds in the same processes averages out. Rule (asv's
+shape): a case is a regression when the interval excludes no change **and** the estimate exceeds the case's
+threshold. A faster head is reported, never a failure.
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ class PairedChange:
     ci_low_pct: float
     ci_high_pct: float
     rounds: int
+    pairs: int = 1
+    pair_spread_pct: float = 0.0  # the standard deviation of the pairs' changes
+    round_noise_pct: float = 0.0  # the standard error of a pair's change that its rounds' noise alone makes (rms)
+    pairs_disagree: bool = False  # the pairs' changes differ more than their rounds' noise explains
+
+    @property
+    def half_width_pct(self) -> float:
+        return (self.ci_high_pct - self.ci_low_pct) / 2
 
 
 def paired_change(base_us: Any, head_us: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
@@ -66,26 +77,48 @@ def paired_change(base_us: Any, head_us: Any, resamples: int = BOOTSTRAP_RESAMPL
     """Head ÷ base from per-round medians: one sequence of rounds per worker pair (a flat sequence is one pair).
     Pairs may hold different numbers of rounds (a case judged on the pairs of two passes).
 
-    Pair i is base worker i and head worker i, which share a memory layout (see ab.worker_pool). The estimate
-    is the mean over pairs of each pair's median per-round log ratio; the interval is a two-level percentile
-    bootstrap (pairs, then rounds within each), so a difference between processes widens it instead of
-    passing for a change of the code. With `resample_pairs` false the pairs are held as they are: the interval
-    then holds only the rounds' noise, the part that more rounds in the same processes can narrow.
+    The estimate is the mean over pairs of each pair's median per-round log ratio. With two or more pairs the
+    interval is a t interval on those pair changes: the pair is the unit, so a process's own offset widens it
+    instead of passing for a change of the code. (A percentile bootstrap over so few pairs is too narrow: in
+    tests/test_gate.py's simulation of a per-process offset, the two-level bootstrap held zero in 62 % of unchanged
+    gates with 2 pairs and 80 % with 4; the t interval in 95 %.) With one pair, or with `resample_pairs` false, only
+    the rounds' noise is known: a percentile bootstrap of
+    each pair's rounds, the pairs held as they are (the part that more rounds in the same processes can narrow).
     """
     log_ratios = [np.log(h / b) for b, h in _paired_rounds(base_us, head_us)]
     pairs = len(log_ratios)
     rng = np.random.default_rng(seed)
-    pick_pairs = (rng.integers(0, pairs, (resamples, pairs)) if resample_pairs
-                  else np.broadcast_to(np.arange(pairs), (resamples, pairs)))
-    # Per pair, a resampled median for every (resample, slot); each slot a picked pair fills gets its own.
-    medians = np.stack([np.median(r[rng.integers(0, len(r), (resamples, pairs, len(r)))], axis=2)
-                        for r in log_ratios])
-    draws = medians[pick_pairs, np.arange(resamples)[:, None], np.arange(pairs)[None, :]].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    estimate = np.mean([np.median(r) for r in log_ratios])
+    # Per pair, its change resampled from its rounds: the rounds' noise in a pair's change.
+    resampled = np.stack([np.median(r[rng.integers(0, len(r), (resamples, len(r)))], axis=1) for r in log_ratios])
+    pair_changes = np.array([np.median(r) for r in log_ratios])
+    estimate = float(pair_changes.mean())
+    round_se = resampled.std(axis=1, ddof=1)
+    tail = (1 - level) / 2
+    if pairs == 1 or not resample_pairs:
+        low, high = np.percentile(resampled.mean(axis=0), [tail * 100, 100 - tail * 100])
+    else:
+        from scipy import stats
+
+        half = stats.t.ppf(1 - tail, pairs - 1) * pair_changes.std(ddof=1) / np.sqrt(pairs)
+        low, high = estimate - half, estimate + half
     pct = lambda v: float(np.expm1(v) * 100)  # noqa: E731
-    return PairedChange(pct(estimate), pct(low), pct(high), min(len(r) for r in log_ratios))
+    return PairedChange(pct(estimate), pct(low), pct(high), min(len(r) for r in log_ratios), pairs,
+                        float(pair_changes.std(ddof=1) * 100) if pairs > 1 else 0.0,
+                        float(np.sqrt(np.mean(round_se ** 2)) * 100),
+                        _pairs_disagree(pair_changes, round_se, level))
+
+
+def _pairs_disagree(pair_changes: np.ndarray, round_se: np.ndarray, level: float) -> bool:
+    """Cochran's Q: whether the pairs' changes differ more than their own rounds' noise explains (a per-process
+    offset the rounds cannot see), at `level`."""
+    if len(pair_changes) < 2:
+        return False
+    from scipy import stats
+
+    weights = 1 / np.maximum(round_se, 1e-12) ** 2
+    mean = np.sum(weights * pair_changes) / np.sum(weights)
+    q = float(np.sum(weights * (pair_changes - mean) ** 2))
+    return q > stats.chi2.ppf(level, len(pair_changes) - 1)
 
 
 def _paired_rounds(base_us: Any, head_us: Any) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -185,6 +218,14 @@ class CaseFinding:
     pair_changes_pct: tuple[float, ...] = ()  # each worker pair's own median change
     profile: dict[str, Any] | None = None
     passes: int = 1  # pools of fresh workers whose pairs it is judged on (2: an undecided case, timed again)
+    pair_spread_pct: float = 0.0  # the standard deviation of the pairs' changes
+    round_noise_pct: float = 0.0  # the standard error of a pair's change that its rounds' noise alone makes
+    pairs_disagree: bool = False  # the pairs differ more than their rounds explain: a per-process offset
+
+    @property
+    def half_width_pct(self) -> float:
+        """The case's measured resolution: its interval's half-width."""
+        return (self.ci_high_pct - self.ci_low_pct) / 2
 
     @property
     def failed(self) -> bool:
@@ -258,7 +299,8 @@ def judge(case: str, base_rounds_us: Any, head_rounds_us: Any, threshold_pct: fl
     return CaseFinding(case, float(np.median(np.concatenate([b for b, _ in paired]))),
                        float(np.median(np.concatenate([h for _, h in paired]))), change.change_pct,
                        change.ci_low_pct, change.ci_high_pct, threshold_pct, verdict_of(change, threshold_pct),
-                       change.rounds, calls_per_turn, pairs, passes=passes)
+                       change.rounds, calls_per_turn, pairs, passes=passes, pair_spread_pct=change.pair_spread_pct,
+                       round_noise_pct=change.round_noise_pct, pairs_disagree=change.pairs_disagree)
 
 
 @dataclass

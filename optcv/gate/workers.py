@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from optcv.gate.config import SETUP_ORDERS
 from optcv.gate.sides import Side
 from optcv.gate.verdict import GateSetupError
 
@@ -159,23 +160,39 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str,
     return answers
 
 
+def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> list[list[Side]]:
+    """Per worker pair, its two sides in the order they are started and set up. "abba" (the gate's): base first in
+    pairs 0 and 3 of every four, head first in 1 and 2, so that whatever the set-up order does to a process's speed
+    is on both sides alike (it cancels in the mean of the pairs and widens their spread, where the interval sees it);
+    the others exist to measure that effect (benchmarks/proofs/side_bias.py)."""
+    if order not in SETUP_ORDERS:
+        raise ValueError(f"unknown set-up order {order!r}: choose from {', '.join(SETUP_ORDERS)}")
+    rng = np.random.default_rng([seed, 35])
+    first_is_own: list[bool] = {
+        "abba": [i % 4 in (0, 3) for i in range(per_side)],
+        "base-first": [True] * per_side,
+        "head-first": [False] * per_side,
+        "alternate": [i % 2 == 0 for i in range(per_side)],
+        "random": [bool(rng.integers(2)) for _ in range(per_side)],
+    }[order]
+    return [list(sides) if own else list(sides)[::-1] for own in first_is_own]
+
+
 @contextmanager
 def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
-                seed: int = 0) -> Iterator[list[Worker]]:
+                seed: int = 0, order: str = "abba") -> Iterator[list[Worker]]:
     """`per_side` serving workers for each side, set up with that side's artifacts and the cases.
 
     Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), so
     worker i of each side gets the same environment padding, a different one per i: identical code gets
-    identical layouts, and several layouts are sampled.
+    identical layouts, and several layouts are sampled. The two workers of a pair are started and set up one after
+    the other, in the pair's order (pair_orders).
     """
     pads = np.random.default_rng([seed, len(sides) * per_side]).integers(0, 4096, per_side)
     workers: list[Worker] = []
     try:
-        # Pair by pair, base then head: processes set up at about the same time get memory from about the same
-        # place, and where a worker's memory lies moved its speed by up to 20 % here (workers set up side by
-        # side after each other made identical code read +17 % in CI); this way a pair shares its luck.
-        for i in range(per_side):
-            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in sides]
+        for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
+            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in pair]
         for worker in workers:  # started together, set up one by one: their imports overlap
             info = worker.ask(setup[worker.side.label])
             expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()

@@ -109,9 +109,26 @@ def _named_text(profile: dict[str, Any] | None) -> str:
 def gate_rows(result: Any) -> list[dict[str, Any]]:
     return [{"case": f.case, "base median µs": f.base_median_us, "head median µs": f.head_median_us,
              "change": signed_pct(f.change_pct), "95% CI": f"{signed_pct(f.ci_low_pct)} … {signed_pct(f.ci_high_pct)}",
-             "threshold": f"{f.threshold_pct:g} %", "rounds × calls": f"{f.rounds} × {f.calls_per_turn}",
+             "resolution": f"±{f.half_width_pct:.1f} %", "threshold": f"{f.threshold_pct:g} %",
+             "pairs × rounds × calls": f"{len(f.pair_changes_pct)} × {f.rounds} × {f.calls_per_turn}",
              "verdict": ("**" + f.verdict.value.upper() + "**") if f.failed else f.verdict.value}
             for f in result.findings]
+
+
+def disagreement_lines(result: Any) -> list[str]:
+    """A warning per case whose worker pairs disagree more than their rounds explain, and per case whose
+    resolution is coarser than its threshold (it could not fail at its threshold however slow the head)."""
+    lines = []
+    for f in result.findings:
+        if f.pairs_disagree:
+            lines.append(f"- WARNING {f.case}: its {len(f.pair_changes_pct)} worker pairs disagree beyond their "
+                         f"rounds' noise (pairs {', '.join(signed_pct(c) for c in f.pair_changes_pct)}: spread "
+                         f"{f.pair_spread_pct:.1f} % against {f.round_noise_pct:.1f} % from the rounds), an offset "
+                         "of the processes, not the code; the interval carries it, and more pairs narrow it")
+        if f.half_width_pct > f.threshold_pct:
+            lines.append(f"- WARNING {f.case}: resolution ±{f.half_width_pct:.1f} % is coarser than its "
+                         f"{f.threshold_pct:g} % threshold here: a slowdown of that size could pass")
+    return lines
 
 
 def profile_rows(profile: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
@@ -179,8 +196,9 @@ def gate_markdown(result: Any) -> str:
              f"{result.seconds:.0f} s"]
     if result.findings:
         lines += [f"- change = head ÷ base per call − 1: {result.protocol['statistic']}; a case fails when the "
-                  "interval excludes 0 and the change exceeds its threshold; faster is never a failure", "",
-                  markdown_table(gate_rows(result))]
+                  "interval excludes 0 and the change exceeds its threshold; faster is never a failure; resolution: "
+                  "the interval's half-width", "", markdown_table(gate_rows(result))]
+        lines += [""] * bool(disagreement_lines(result)) + disagreement_lines(result)
     for finding in failed:
         if finding.profile:
             lines += ["", f"### Where the time went: {finding.case}", "",
@@ -230,6 +248,14 @@ def self_test_markdown(result: SelfTestResult) -> str:
         lines += [f"### threshold {threshold:g} %", "", markdown_table(rows) if rows else "(no injected runs)", "",
                   f"False alarms: {runs_failed} of {runs} gate runs on unchanged code failed; "
                   f"{cases_failed} of {n_cases} case measurements with nothing injected (all runs) failed.", ""]
+    coverage = result.coverage() if "time" in result.measures() else []
+    if coverage:
+        lines += ["### Unchanged code: how often each case's 95 % interval held zero", "",
+                  "Every run that injected nothing into the case; a 95 % interval should miss about 1 time in 20, "
+                  "as often on either side.", "",
+                  markdown_table([{"case": c.case, "runs": c.runs, "held zero": f"{c.contain}/{c.runs}",
+                                   "wholly below (read faster)": c.below, "wholly above (read slower)": c.above,
+                                   "median change": signed_pct(c.median_change_pct)} for c in coverage]), ""]
     for measure in (m for m in result.measures() if m != "time"):
         threshold = MEASURE_DEFAULTS_PCT[measure]
         rows = self_test_rows(result, threshold, measure)

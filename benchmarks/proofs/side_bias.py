@@ -1,0 +1,103 @@
+"""Issue 35's measurement: does the gate lean to one side on identical code, and what removes the lean?
+
+Unchanged gates (HEAD against the working tree at HEAD, every default case, `--even-if-unchanged`) under each
+variant of what differs between the sides:
+
+- the set-up order of a pair's two workers: base first, head first, alternated per pair, random, ABBA;
+- the trees: swapped (the working tree as the base, the worktree as the head); both sides worktrees of HEAD.
+
+    python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
+
+Per variant and gate, every case's change and 95 % interval go into OUT/record.json (a re-run goes on from there);
+the summary per variant: the mean change over the cases, the share read faster, and the intervals that exclude zero
+below and above. Run it alone on the machine: it times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from optcv._io import work_folder, write_json
+from optcv.data import default_cache_dir
+from optcv.env import environment_info
+from optcv.gate.config import SETUP_ORDERS, GateConfig
+from optcv.gate.revisions import repo_root, resolve_revision, revision_tree
+from optcv.gate.sides import HEAD_TREE, Side
+from optcv.gate.timing import measure
+from optcv.gate.verdict import Thresholds
+
+TREES = ("swapped-trees", "both-worktrees")
+VARIANTS = (*SETUP_ORDERS, *TREES)
+
+
+def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
+    """The base and head of an unchanged gate under `variant`: HEAD's worktree and the working tree, as the gate
+    has them, unless the variant swaps them or makes the head a worktree too."""
+    repo = repo_root(HEAD_TREE)
+    assert repo is not None, "run it in optcv's git repository"
+    commit = resolve_revision(repo, "HEAD")
+    assert commit is not None
+    worktree = stack.enter_context(revision_tree(repo, commit))
+    base = Side("base", sys.executable, worktree, revision=f"HEAD ({commit[:12]})")
+    head = Side("head", sys.executable, HEAD_TREE)
+    if variant == "swapped-trees":
+        return dataclasses.replace(base, tree=HEAD_TREE, revision=None), dataclasses.replace(head, tree=worktree)
+    if variant == "both-worktrees":
+        return base, dataclasses.replace(head, tree=stack.enter_context(revision_tree(repo, commit)))
+    return base, head
+
+
+def one_gate(variant: str, seed: int, data_dir: str | None) -> list[dict]:
+    order = variant if variant in SETUP_ORDERS else "base-first"
+    config = GateConfig(setup_order=order, seed=seed, retest_failures=False)
+    with ExitStack() as stack:
+        base, head = sides(variant, stack)
+        workdir = stack.enter_context(work_folder("optcv-side-bias-"))
+        result = measure(base, head, config, Thresholds(), data_dir=data_dir, cache_dir=default_cache_dir(),
+                         workdir=workdir, log=lambda _m: None)
+    return [{"case": f.case, "change_pct": f.change_pct, "ci_low_pct": f.ci_low_pct, "ci_high_pct": f.ci_high_pct,
+             "pair_changes_pct": list(f.pair_changes_pct), "pairs_disagree": f.pairs_disagree}
+            for f in result.findings]
+
+
+def summary(findings: list[dict]) -> dict:
+    changes = [f["change_pct"] for f in findings]
+    return {"cases": len(findings), "mean_change_pct": round(statistics.fmean(changes), 2),
+            "read_faster": sum(c < 0 for c in changes), "excluded_below": sum(f["ci_high_pct"] < 0 for f in findings),
+            "excluded_above": sum(f["ci_low_pct"] > 0 for f in findings)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--gates", type=int, default=3, help="unchanged gates per variant, interleaved")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args(argv)
+    record_path = args.out / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {
+        "environment": environment_info(), "gates": []}
+    done = {(g["variant"], g["index"]) for g in record["gates"]}
+    for index in range(args.gates):  # variants interleaved, so a slow hour falls on all of them
+        for variant in args.variants:
+            if (variant, index) in done:
+                continue
+            findings = one_gate(variant, seed=100 + index, data_dir=args.data_dir)
+            record["gates"].append({"variant": variant, "index": index, "findings": findings})
+            write_json(record_path, record)
+            print(f"{variant} #{index + 1}: {summary(findings)}", flush=True)
+    for variant in args.variants:
+        found = [f for g in record["gates"] if g["variant"] == variant for f in g["findings"]]
+        if found:
+            print(f"{variant}: {summary(found)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
