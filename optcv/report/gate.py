@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from optcv.gate.attribution import OUTSIDE, OperatorChange, named_changes
 from optcv.gate.ratio import DEFAULT_MARGIN, RatioFallback
 from optcv.gate.run import GateOutcome, SameCode
-from optcv.gate.selftest import EXPECTED_OPERATOR, SelfTestResult
+from optcv.gate.selftest import EXPECTED_OPERATOR, SelfTestResult, UnchangedCoverage
 from optcv.gate.verdict import MEASURE_DEFAULTS_PCT, GateResult, MeasureFinding, Verdict
 from optcv.report.tables import markdown_table, signed_pct
 
@@ -252,10 +254,7 @@ def self_test_markdown(result: SelfTestResult) -> str:
     if coverage:
         lines += ["### Unchanged code: how often each case's 95 % interval held zero", "",
                   "Every run that injected nothing into the case; a 95 % interval should miss about 1 time in 20, "
-                  "as often on either side.", "",
-                  markdown_table([{"case": c.case, "runs": c.runs, "held zero": f"{c.contain}/{c.runs}",
-                                   "wholly below (read faster)": c.below, "wholly above (read slower)": c.above,
-                                   "median change": signed_pct(c.median_change_pct)} for c in coverage]), ""]
+                  "as often on either side.", "", coverage_table(coverage), ""]
     for measure in (m for m in result.measures() if m != "time"):
         threshold = MEASURE_DEFAULTS_PCT[measure]
         rows = self_test_rows(result, threshold, measure)
@@ -307,3 +306,19 @@ def outcome_failure_lines(outcome: GateOutcome) -> list[str]:
     if isinstance(outcome, GateResult):
         return gate_failure_lines(outcome)
     return [f.message() for f in outcome.regressions]
+
+
+def coverage_table(coverage: Sequence[UnchangedCoverage]) -> str:
+    """Per case, how often its interval held zero on unchanged code, with the misses on each side."""
+    rows = [{"case": c.case, "runs": c.runs, "held zero": f"{c.contain}/{c.runs}",
+             "wholly below (read faster)": c.below, "wholly above (read slower)": c.above,
+             "median change": signed_pct(c.median_change_pct)}
+            for c in coverage]
+    runs = sum(c.runs for c in coverage)
+    if len(coverage) > 1 and runs:
+        rows.append({"case": "all", "runs": runs, "held zero": f"{sum(c.contain for c in coverage)}/{runs} "
+                     f"({100 * sum(c.contain for c in coverage) / runs:.1f} %)",
+                     "wholly below (read faster)": sum(c.below for c in coverage),
+                     "wholly above (read slower)": sum(c.above for c in coverage),
+                     "median change": signed_pct(statistics.median(c.median_change_pct for c in coverage))})
+    return markdown_table(rows)
