@@ -202,7 +202,7 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
                 earlier: Mapping[str, CaseSamples] | None = None
                 ) -> tuple[list[CaseFinding], dict[str, Any], dict[str, CaseSamples]]:
     """Every case timed A/B in one pool of fresh workers (attempt 0: the first pass; 1: the re-test, whose
-    workers get other memory layouts and start head first), judged, and profiled where it failed. A case with
+    workers get other memory layouts and the set-up order mirrored), judged, and profiled where it failed. A case with
     `earlier` samples (another pool's) is judged on the worker pairs of both."""
     from tqdm.auto import tqdm
 
