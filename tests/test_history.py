@@ -337,6 +337,30 @@ def test_a_run_on_an_uncommitted_tree_is_marked(tmp_path):
     assert record.machine.isa == ("avx2",)
 
 
+def test_a_gate_json_file_is_imported_under_the_commit_its_head_had_checked_out(tmp_path):
+    """The suite's --gate-json and `optcv gate --json` files are imported later (the nightly tier): the head side
+    says which commit its working tree had, and whether it differed from it."""
+    from optcv.gate.sides import Side
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,  # noqa: E731
+                                       text=True).stdout.strip()
+    git("init", "-q", "-b", "main")
+    (repo / "f.py").write_text("x = 1\n")
+    git("add", "f.py")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "x")
+    head = Side("head", sys.executable, repo).describe()
+    record = record_of({**_gate_result(0.0, "no significant change"), "head": head})
+    assert (record.commit, record.branch) == (git("rev-parse", "HEAD"), "main")
+    assert "uncommitted_changes" not in record.details
+    (repo / "f.py").write_text("x = 2\n")
+    changed = record_of({**_gate_result(0.0, "no significant change"), "head": Side("head", sys.executable,
+                                                                                     repo).describe()})
+    assert changed.details["uncommitted_changes"] is True
+    assert "commit" not in Side("base", sys.executable, repo, revision="HEAD~1 (abc)").describe()
+
+
 def _this_machines_file(path: Path, names: set[str], scale: float, commit: str) -> Path:
     """The committed pytest-benchmark file, as if run on this machine on main, keeping the cases in `names` with
     every time multiplied by `scale`."""

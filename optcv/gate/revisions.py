@@ -34,6 +34,22 @@ def declaring_repository(declarations: Path) -> tuple[Path, str]:
     return repo, str(declarations.relative_to(repo.resolve()))
 
 
+def checked_out(tree: Path) -> dict[str, str | bool]:
+    """The commit a working tree has checked out, its branch, and whether it differs from the commit: what a gate's
+    JSON says of its head, so a history that imports the file files it under that commit. Empty outside git."""
+    def ask(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = ask("rev-parse", "--verify", "--quiet", "HEAD")
+    if commit is None:
+        return {}
+    branch = ask("rev-parse", "--abbrev-ref", "HEAD")
+    state: dict[str, str | bool] = {"commit": commit,
+                                    "uncommitted_changes": bool(ask("status", "--porcelain", "--untracked-files=no"))}
+    return {**state, "branch": branch} if branch not in (None, "HEAD") else state
+
+
 def default_base_revision(repo: Path) -> str:
     """The merge-base with the main branch when on another branch, else HEAD~1."""
     branch = subprocess.run(["git", "-C", str(repo), "rev-parse", "--abbrev-ref", "HEAD"],

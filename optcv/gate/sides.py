@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from optcv.gate.revisions import default_base_revision, git, repo_root, resolve_revision, revision_tree
+from optcv.gate.revisions import checked_out, default_base_revision, git, repo_root, resolve_revision, revision_tree
 from optcv.gate.verdict import GateSetupError
 
 HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this optcv package
@@ -88,9 +88,10 @@ class Side:
         return env
 
     def describe(self) -> dict[str, Any]:
-        return {"label": self.label, "python": self.python, "tree": str(self.tree.resolve()), "revision": self.revision,
-                "injection": [str(p) for p in self.extra_path],
-                "harness": str(self.harness) if self.harness else None}
+        described = {"label": self.label, "python": self.python, "tree": str(self.tree.resolve()),
+                     "revision": self.revision, "injection": [str(p) for p in self.extra_path],
+                     "harness": str(self.harness) if self.harness else None}
+        return {**described, **checked_out(self.tree)} if self.revision is None else described
 
 
 def check_python(python: str) -> str:

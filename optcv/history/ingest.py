@@ -103,7 +103,8 @@ def _gate_record(data: dict[str, Any], source: str) -> RunRecord:
     return RunRecord(GATE, _time(data.get("recorded_at")), _machine(env), head.get("commit"), head.get("branch"),
                      dict(env.get("versions", {})), passed=not any(m.failed for m in measurements), source=source,
                      details={"base": data.get("base"), "head": head, "protocol": data.get("protocol"),
-                              "seconds": data.get("seconds")},
+                              "seconds": data.get("seconds"),
+                              **({"uncommitted_changes": True} if head.get("uncommitted_changes") else {})},
                      measurements=measurements + medians)
 
 
