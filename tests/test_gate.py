@@ -423,6 +423,29 @@ def test_gate_markdown_names_the_failing_case_and_only_the_operators_that_change
     assert line.startswith("SPEED REGRESSION: tutorial/pytorch/b1/t1 +7.4 %") and "; where: aten::gelu +" in line
 
 
+def test_the_summary_warns_once_when_a_gates_pairs_disagree_and_per_case_when_coarser_than_its_threshold():
+    """Pairs that disagree are common (a per-process offset in most cases on a shared VM): one line for the gate,
+    naming the cases whose spread is widest against their rounds; a resolution coarser than a case's threshold is
+    named per case, since that case could pass a slowdown of its threshold's size."""
+    from optcv.report.gate import gate_markdown
+
+    def found(case, pairs, spread, noise, low, high, disagree):
+        return CaseFinding(case, 100.0, 100.0, 0.0, low, high, 3.0, Verdict.NO_CHANGE, 30, 10, pairs, None, 1,
+                           spread, noise, disagree)
+
+    findings = [found("a/pytorch/b1/t1", (1.0, -1.0, 0.5, -0.5), 0.9, 0.3, -1.4, 1.4, True),
+                found("b/onnxruntime/b1/t1", (3.0, -3.0, 1.0, -1.0), 2.6, 0.4, -4.1, 4.1, True),
+                found("c/openvino/b1/t1", (0.1, -0.1, 0.0, 0.0), 0.1, 0.3, -0.2, 0.2, False)]
+    side = {"revision": "HEAD~1 (abc)", "tree": "/t", "python": "py", "versions": {"torch": "x"}, "code_hash": "h"}
+    protocol = {"workers_per_side": 4, "seed": 0, "statistic": "s"}
+    machine = {"cpu": "cpu", "cpu_count": 2}
+    text = gate_markdown(GateResult(side, {**side, "revision": None}, findings, protocol, machine, 60.0))
+    warnings = [line for line in text.splitlines() if line.startswith("- WARNING")]
+    assert len(warnings) == 2 and "in 2 of 3 cases the worker pairs disagree" in warnings[0]
+    assert warnings[0].index("b/onnxruntime") < warnings[0].index("a/pytorch") and "c/openvino" not in warnings[0]
+    assert warnings[1].startswith("- WARNING b/onnxruntime/b1/t1: resolution ±4.1 % is coarser than its 3 %")
+
+
 def test_cli_gate_set_up_errors_exit_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "thresholds.json"
     bad.write_text("{")

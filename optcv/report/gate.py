@@ -117,19 +117,23 @@ def gate_rows(result: Any) -> list[dict[str, Any]]:
             for f in result.findings]
 
 
-def disagreement_lines(result: Any) -> list[str]:
-    """A warning per case whose worker pairs disagree more than their rounds explain, and per case whose
-    resolution is coarser than its threshold (it could not fail at its threshold however slow the head)."""
+def disagreement_lines(result: Any, named: int = 3) -> list[str]:
+    """One warning when the gate's own worker pairs disagree beyond their rounds' noise in some cases (naming the
+    widest), and one per case whose resolution is coarser than its threshold (it could pass a slowdown of its
+    threshold's size however significant)."""
+    split = sorted((f for f in result.findings if f.pairs_disagree),
+                   key=lambda f: -f.pair_spread_pct / max(f.round_noise_pct, 1e-9))
     lines = []
-    for f in result.findings:
-        if f.pairs_disagree:
-            lines.append(f"- WARNING {f.case}: its {len(f.pair_changes_pct)} worker pairs disagree beyond their "
-                         f"rounds' noise (pairs {', '.join(signed_pct(c) for c in f.pair_changes_pct)}: spread "
-                         f"{f.pair_spread_pct:.1f} % against {f.round_noise_pct:.1f} % from the rounds), an offset "
-                         "of the processes, not the code; the interval carries it, and more pairs narrow it")
-        if f.half_width_pct > f.threshold_pct:
-            lines.append(f"- WARNING {f.case}: resolution ±{f.half_width_pct:.1f} % is coarser than its "
-                         f"{f.threshold_pct:g} % threshold here: a slowdown of that size could pass")
+    if split:
+        widest = "; ".join(f"{f.case} pairs {', '.join(signed_pct(c) for c in f.pair_changes_pct)} (spread "
+                           f"{f.pair_spread_pct:.1f} % against {f.round_noise_pct:.1f} % from the rounds)"
+                           for f in split[:named])
+        lines.append(f"- WARNING in {len(split)} of {len(result.findings)} cases the worker pairs disagree beyond "
+                     f"their rounds' noise, an offset of the processes rather than the code, which the intervals "
+                     f"carry (more workers, --workers, narrow them): {widest}")
+    lines += [f"- WARNING {f.case}: resolution ±{f.half_width_pct:.1f} % is coarser than its {f.threshold_pct:g} % "
+              "threshold here: a slowdown of that size could pass" for f in result.findings
+              if f.half_width_pct > f.threshold_pct]
     return lines
 
 
