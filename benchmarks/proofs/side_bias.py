@@ -4,7 +4,8 @@ Unchanged gates (HEAD against the working tree at HEAD, every default case, `--e
 variant of what differs between the sides:
 
 - the set-up order of a pair's two workers: base first, head first, alternated per pair, random, ABBA;
-- the trees: swapped (the working tree as the base, the worktree as the head); both sides worktrees of HEAD.
+- the trees, set up in the gate's own order: swapped (the working tree as the base, the worktree as the head);
+  both sides worktrees of HEAD.
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
 
@@ -54,7 +55,7 @@ def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
 
 
 def one_gate(variant: str, seed: int, data_dir: str | None) -> list[dict]:
-    order = variant if variant in SETUP_ORDERS else "base-first"
+    order = variant if variant in SETUP_ORDERS else GateConfig.setup_order  # a tree variant: the gate's own order
     config = GateConfig(setup_order=order, seed=seed, retest_failures=False)
     with ExitStack() as stack:
         base, head = sides(variant, stack)
