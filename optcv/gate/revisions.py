@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from optcv._io import work_folder
@@ -34,20 +35,36 @@ def declaring_repository(declarations: Path) -> tuple[Path, str]:
     return repo, str(declarations.relative_to(repo.resolve()))
 
 
-def checked_out(tree: Path) -> dict[str, str | bool]:
-    """The commit a working tree has checked out, its branch, and whether it differs from the commit: what a gate's
-    JSON says of its head, so a history that imports the file files it under that commit. Empty outside git."""
+@dataclass(frozen=True)
+class GitState:
+    commit: str | None
+    branch: str | None
+    dirty: bool
+
+
+def git_state(folder: Path) -> GitState:
+    """The commit and branch checked out in `folder`, and whether the tree differs from it (a run on an uncommitted
+    tree is kept, marked, never passed off as the commit's)."""
     def ask(*args: str) -> str | None:
-        done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = ask("rev-parse", "--verify", "--quiet", "HEAD")
     if commit is None:
-        return {}
+        return GitState(None, None, False)
     branch = ask("rev-parse", "--abbrev-ref", "HEAD")
-    state: dict[str, str | bool] = {"commit": commit,
-                                    "uncommitted_changes": bool(ask("status", "--porcelain", "--untracked-files=no"))}
-    return {**state, "branch": branch} if branch not in (None, "HEAD") else state
+    status = ask("status", "--porcelain", "--untracked-files=no")
+    return GitState(commit, None if branch in (None, "HEAD") else branch, bool(status))
+
+
+def checked_out(tree: Path) -> dict[str, str | bool]:
+    """What a gate's JSON says of a working-tree side: its commit, branch, and whether it differs from the commit,
+    so a history that imports the file files it under that commit. Empty outside git."""
+    state = git_state(tree)
+    if state.commit is None:
+        return {}
+    described: dict[str, str | bool] = {"commit": state.commit, "uncommitted_changes": state.dirty}
+    return {**described, "branch": state.branch} if state.branch else described
 
 
 def default_base_revision(repo: Path) -> str:

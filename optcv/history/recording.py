@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from optcv.gate.revisions import git_state
 from optcv.history.ingest import current_machine_environment, record_of
-from optcv.history.records import git_state
 from optcv.history.store import HistoryStore
 
 

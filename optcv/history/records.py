@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 # The kinds of run the history holds, by the command that made them.
@@ -91,23 +89,3 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-@dataclass(frozen=True)
-class GitState:
-    commit: str | None
-    branch: str | None
-    dirty: bool
-
-
-def git_state(folder: Path) -> GitState:
-    """The commit and branch checked out in `folder`, and whether the tree differs from it (a run on an uncommitted
-    tree is kept, marked, never passed off as the commit's)."""
-    def ask(*args: str) -> str | None:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = ask("rev-parse", "--verify", "--quiet", "HEAD")
-    if commit is None:
-        return GitState(None, None, False)
-    branch = ask("rev-parse", "--abbrev-ref", "HEAD")
-    status = ask("status", "--porcelain", "--untracked-files=no")
-    return GitState(commit, None if branch in (None, "HEAD") else branch, bool(status))
