@@ -19,7 +19,7 @@ from optcv.gate.attribution import OUTSIDE, attribution, named_changes, operator
 from optcv.gate.config import GateConfig, case_specs
 from optcv.gate.inject import write_injection
 from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
-from optcv.gate.sides import check_python
+from optcv.gate.sides import Side, check_python
 from optcv.gate.verdict import (
     DEFAULT_THRESHOLD_PCT,
     CaseFinding,
@@ -798,6 +798,46 @@ def test_abba_sets_up_as_many_pairs_base_first_as_head_first():
     assert firsts == ["base", "head", "head", "base"]
     assert [p[0] for p in pair_orders(sides, 4, "base-first", seed=0)] == ["base"] * 4
     assert {p[0] for p in pair_orders(sides, 64, "random", seed=0)} == {"base", "head"}
+
+
+# A stand-in for a side's interpreter: it answers its set-up only once the other worker of its pair has had its own
+# set-up request too, so a pool that sets up one worker at a time waits on it and gets an error instead.
+PARTNER_WAITING_PYTHON = """#!/bin/sh
+read request
+touch "$OPTCV_TEST_MEET/$$"
+for _ in $(seq 30); do
+    [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ] && break
+    sleep 0.1
+done
+if [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ]; then
+    printf '{"optcv_file": "%s/optcv/__init__.py", "settings": {}}\\n' "$OPTCV_TEST_TREE"
+else
+    printf '{"error": "set up alone"}\\n'
+fi
+read request
+"""
+
+
+@pytest.mark.parametrize("order", ["together", "abba"])
+def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monkeypatch, order):
+    from optcv.gate.workers import worker_pool
+
+    python = tmp_path / "python"
+    python.write_text(PARTNER_WAITING_PYTHON)
+    python.chmod(0o755)
+    tree = tmp_path / "tree"
+    (tmp_path / "meet").mkdir()
+    monkeypatch.setenv("OPTCV_TEST_MEET", str(tmp_path / "meet"))
+    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
+    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
+    setup = {"base": {"op": "setup"}, "head": {"op": "setup"}}
+    if order == "together":
+        with worker_pool(sides, 1, tmp_path, setup, order=order) as workers:
+            assert len(workers) == 2
+    else:
+        with pytest.raises(GateSetupError, match="set up alone"):
+            with worker_pool(sides, 1, tmp_path, setup, order=order):
+                pass
 
 
 def test_the_self_test_counts_how_often_each_unchanged_cases_interval_held_zero():

@@ -1,7 +1,7 @@
 """The A/B gate's statistics and verdicts: base and head timed in the same job, paired by round and by process.
 
-Each case is timed in rounds by k pairs of worker processes (a base and a head process each, set up in an ABBA
-order of sides: optcv.gate.workers); in every round each worker runs the same number of calls, one worker at a time
+Each case is timed in rounds by k pairs of worker processes (a base and a head process each, set up at the same
+moment: optcv.gate.workers); in every round each worker runs the same number of calls, one worker at a time
 in a seeded random order. A round gives each worker one median, so the head ÷ base ratio of a round compares the
 two sides under the same machine conditions. A pair's change is the median of its per-round ratios; the case's is
 the mean of its pairs'. Its 95 % interval takes the pair as the unit (a t interval on the pairs' changes, k − 1

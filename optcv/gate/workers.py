@@ -57,14 +57,21 @@ class Worker:
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        self.send(request)
+        return self.receive()
+
+    def send(self, request: dict[str, Any]) -> None:
+        """Send a request without waiting for its answer (`receive`), so that several workers work at once."""
+        assert self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
-            line = self.process.stdout.readline()
         except BrokenPipeError:
-            line = ""
-        return self.answer(line, "worker")
+            pass  # the worker has stopped: receive() reports it with its log's last line
+
+    def receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        return self.answer(self.process.stdout.readline(), "worker")
 
     def answer(self, line: str, what: str) -> dict[str, Any]:
         """A reply line as data, or a set-up error naming the side, its revision and what failed."""
@@ -161,10 +168,10 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str,
 
 
 def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> list[list[Side]]:
-    """Per worker pair, its two sides in the order they are started and set up. "abba" (the gate's): base first in
-    pairs 0 and 3 of every four, head first in 1 and 2, so that whatever the set-up order does to a process's speed
-    is on both sides alike (it cancels in the mean of the pairs and widens their spread, where the interval sees it);
-    the others exist to measure that effect (benchmarks/proofs/side_bias.py)."""
+    """Per worker pair, its two sides in the order they are started (and, but with "together", set up): base
+    first in pairs 0 and 3 of every four, head first in 1 and 2 ("abba", and "together"'s start order), so that
+    whatever coming first does to a process's speed is on both sides alike; the others exist to measure that effect
+    (benchmarks/proofs/side_bias.py)."""
     if order not in SETUP_ORDERS:
         raise ValueError(f"unknown set-up order {order!r}: choose from {', '.join(SETUP_ORDERS)}")
     rng = np.random.default_rng([seed, 35])
@@ -174,32 +181,40 @@ def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> 
         "head-first": [False] * per_side,
         "alternate": [i % 2 == 0 for i in range(per_side)],
         "random": [bool(rng.integers(2)) for _ in range(per_side)],
+        "together": [i % 4 in (0, 3) for i in range(per_side)],
     }[order]
     return [list(sides) if own else list(sides)[::-1] for own in first_is_own]
 
 
+def _check_setup(worker: Worker, info: dict[str, Any]) -> None:
+    expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
+    if Path(info["optcv_file"]).resolve() != expected:
+        raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, not {expected}")
+    worker.settings = info["settings"]  # type: ignore[attr-defined]
+
+
 @contextmanager
 def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
-                seed: int = 0, order: str = "abba") -> Iterator[list[Worker]]:
+                seed: int = 0, order: str = "together") -> Iterator[list[Worker]]:
     """`per_side` serving workers for each side, set up with that side's artifacts and the cases.
 
     Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), so
     worker i of each side gets the same environment padding, a different one per i: identical code gets
     identical layouts, and several layouts are sampled. The two workers of a pair are started and set up one after
-    the other, in the pair's order (pair_orders).
+    the other, in the pair's order (pair_orders); with "together", a pair's two workers are set up at the same
+    moment, one per core.
     """
     pads = np.random.default_rng([seed, len(sides) * per_side]).integers(0, 4096, per_side)
     workers: list[Worker] = []
     try:
         for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
             workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in pair]
-        for worker in workers:  # started together, set up one by one: their imports overlap
-            info = worker.ask(setup[worker.side.label])
-            expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
-            if Path(info["optcv_file"]).resolve() != expected:
-                raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, "
-                                     f"not {expected}")
-            worker.settings = info["settings"]  # type: ignore[attr-defined]
+        step = len(sides) if order == "together" else 1
+        for group in (workers[i:i + step] for i in range(0, len(workers), step)):
+            for worker in group:
+                worker.send(setup[worker.side.label])
+            for worker in group:
+                _check_setup(worker, worker.receive())
         yield workers
     finally:
         for worker in workers:
