@@ -60,8 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
     group.addoption("--gate-against", metavar="REV", default="default",
                     help="the A/B gate's base revision (default: the merge-base with main, else HEAD~1; 'none': no "
-                         "gate); nothing is timed when base and head hold the same optcv code; no base revision is a "
-                         "failure")
+                         "gate); nothing is timed when base and head hold the same timed optcv code; no base "
+                         "revision is a failure")
     group.addoption("--gate-allow-no-base", action="store_true",
                     help="A/B gate: where there is no base revision, gate on this machine's recorded ratios instead")
     group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")

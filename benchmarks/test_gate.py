@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
+from conftest import full_tier
 from optcv._io import write_json, write_text
 from optcv.backends.base import all_closed
 from optcv.data import default_cache_dir
@@ -52,8 +53,8 @@ from optcv.runtime import backend_unavailable, make_predictor
 
 def test_ab_gate(request, real_data_dir):
     """This tree against --gate-against REV (by default the merge-base with main, else HEAD~1): the one entry
-    point the CLI calls too. Without a base revision, the labelled ratio fallback; with the same optcv code on both
-    sides, nothing to time (said in the verdict section)."""
+    point the CLI calls too. Without a base revision, the labelled ratio fallback; with the same timed optcv code on
+    both sides, nothing to time (said in the verdict section)."""
     against = request.config.getoption("gate_against")
     if against == "none":
         pytest.skip("--gate-against none: the A/B gate is off in this run")
@@ -83,33 +84,38 @@ def test_a_side_builds_from_a_data_folder_given_relative_to_the_callers_folder(t
     assert Path(built["models"]["tutorial"]["onnx"]).is_file()
 
 
-# The self-test in the pull-request tier (when the gate's code changed) and the nightly: a batch-1 case of each
-# backend, a batched case and a training step; each backend slowed at the default threshold's boundary (5 % against
-# 3) in one run while the other is slowed just below it (1.5 %), then the other way round, then optcv's shared path,
-# then nothing. 16 case measurements in four gate runs.
+# The self-test in the pull-request tier (when the gate's code changed): a batch-1 case of each backend, a batched
+# case and a training step; each backend slowed at the default threshold's boundary (5 % against 3) in one run while
+# the other is slowed just below it (1.5 %), then the other way round, then nothing: 12 case measurements in three
+# gate runs. The nightly adds a run that slows optcv's shared path (every case at +5 %, so every case re-tested): the
+# pull-request tier leaves it out to keep README command 2 within ten minutes.
 SELF_TEST_CASES = ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime/b64/t1",
                    "tutorial/train/b64/t1")
-SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5}, {"shared": 5.0}, {})
+SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5}, {})
+SELF_TEST_PLAN_NIGHTLY = (*SELF_TEST_PLAN[:2], {"shared": 5.0}, SELF_TEST_PLAN[2])
 
 
 @pytest.mark.gate_change
 def test_gate_self_test_at_its_boundary(real_data_dir, request):
-    """At the default threshold (3 %), 5 % slowdowns of PyTorch, ONNX Runtime and the shared path are failed in at
-    least 7 of the 8 measurements (batch 1, batched and the training step), and 1.5 % ones and unchanged code pass in
-    at least 7 of 8 (each a single gate run; the rates over many runs are in the README); the median measured change
-    is the injected one within the noise (the base wraps the same entry points)."""
+    """At the default threshold (3 %), 5 % slowdowns of PyTorch and ONNX Runtime (and, nightly, of the shared path)
+    are failed in all but at most one of the measurements at the boundary (batch 1, batched and the training step),
+    and 1.5 % ones and unchanged code pass in all but at most one (each a single gate run; the rates over many runs
+    are in the README); the median measured change is the injected one within the noise (the base wraps the same
+    entry points)."""
     from optcv.gate.selftest import run_self_test
     from optcv.report.gate import self_test_markdown
 
-    result = run_self_test(GateConfig(models=("tutorial",), cases=SELF_TEST_CASES), SELF_TEST_PLAN,
+    nightly = full_tier(request.config)
+    result = run_self_test(GateConfig(models=("tutorial",), cases=SELF_TEST_CASES),
+                           SELF_TEST_PLAN_NIGHTLY if nightly else SELF_TEST_PLAN,
                            thresholds=(DEFAULT_THRESHOLD_PCT,), data_dir=real_data_dir)
     request.config._optcv_gate_lines += [line for line in self_test_markdown(result).splitlines()
                                          if line.startswith(("|", "False alarms"))]
     arms = result.arms(DEFAULT_THRESHOLD_PCT)
     at_boundary = [a for a in arms if a.nominal_pct >= DEFAULT_THRESHOLD_PCT]
     below = [a for a in arms if a.nominal_pct < DEFAULT_THRESHOLD_PCT]
-    assert (len(at_boundary), len(below)) == (8, 4)
-    assert sum(a.failed for a in at_boundary) >= 7, arms
+    assert (len(at_boundary), len(below)) == (8 if nightly else 4, 4)
+    assert sum(a.failed for a in at_boundary) >= len(at_boundary) - 1, arms
     _, _, unchanged_failed, unchanged = result.false_alarms(DEFAULT_THRESHOLD_PCT)
     assert unchanged == 4 and sum(a.failed for a in below) + unchanged_failed <= 1, arms
     ratios = sorted(a.median_measured_pct / a.nominal_pct for a in at_boundary)

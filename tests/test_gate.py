@@ -861,3 +861,25 @@ def test_the_self_test_counts_how_often_each_unchanged_cases_interval_held_zero(
     assert (ort.runs, ort.contain, ort.below, ort.above) == (3, 2, 0, 1) and ort.median_change_pct == 0.2
     assert (torch.runs, torch.contain, torch.below, torch.above) == (2, 1, 1, 0)  # the injected run is not counted
     assert re.search(r"\| m/onnxruntime/b1/t1 +\| +3 \| 2/3 +\| +0 \| +1 \| \+0\.2 %", self_test_markdown(result))
+
+
+@pytest.mark.parametrize(("edited", "timed"), [("optcv/gate/timing.py", False), ("optcv/report/gate.py", False),
+                                              ("optcv/backends/onnxruntime.py", True),
+                                              ("optcv/training/models.py", True), ("optcv/torch_settings.py", True)])
+def test_only_a_change_to_the_code_the_cases_run_is_timed(tmp_path, edited, timed):
+    """Both sides run the head's harness, so a commit that changes only the gate (or the report) would time
+    identical code: nothing to time. One that changes a backend, a model or what they import is timed."""
+    import shutil
+
+    from optcv.gate.run import SameCode, _same_code
+    from optcv.gate.sides import HEAD_TREE
+
+    trees = [tmp_path / "base", tmp_path / "head"]
+    for tree in trees:
+        shutil.copytree(HEAD_TREE / "optcv", tree / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(trees[1] / edited, "a") as f:
+        f.write("\n# a change\n")
+    same = _same_code(Side("base", sys.executable, trees[0]), Side("head", sys.executable, trees[1]))
+    assert (same is None) is timed
+    assert isinstance(_same_code(Side("base", sys.executable, trees[0]), Side("head", sys.executable, trees[0])),
+                      SameCode)

@@ -70,4 +70,4 @@ def test_gate_two_revisions(tmp_path):
     _git(repo, "commit", "--quiet", "-am", "README only")
     done = run_example(library_examples()[2], repo, {"PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stderr
-    assert "nothing to time (base and head hold the same optcv code)" in done.stdout
+    assert "nothing to time (base and head hold the same optcv code that the cases run)" in done.stdout

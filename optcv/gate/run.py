@@ -13,7 +13,7 @@ from optcv._io import work_folder
 from optcv.data import default_cache_dir
 from optcv.gate.config import GateConfig, case_specs, declared_models, require_backends
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
-from optcv.gate.sides import Side, code_hash, sides_for, subject_hash
+from optcv.gate.sides import Side, sides_for, subject_hash, timed_code_hash
 from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import GateResult, GateSetupError, Thresholds
 
@@ -22,8 +22,9 @@ SAME_CODE_SCHEMA = "optcv-gate-same-code/1"
 
 @dataclass(frozen=True)
 class SameCode:
-    """Base and head hold the same optcv code under the same interpreter (a commit that changed only the README or
-    the tests): timing them would compare identical code, so nothing was timed."""
+    """Base and head hold the same timed optcv code under the same interpreter (a commit that changed only the
+    README, the tests or the gate itself: optcv.gate.sides.timed_code_hash): timing them would compare identical
+    code, so nothing was timed."""
 
     base: str
     head: str
@@ -92,7 +93,7 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
 
 
 def _same_code(base: Side, head: Side) -> SameCode | None:
-    hash_of = subject_hash if head.harness else code_hash
+    hash_of = subject_hash if head.harness else timed_code_hash
     found = hash_of(head.tree)
     if base.python != head.python or hash_of(base.tree) != found:
         return None

@@ -18,9 +18,14 @@ from optcv.gate.verdict import GateSetupError
 HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this optcv package
 
 
-def code_hash(tree: Path) -> str:
-    """optcv's source in `tree`, hashed as a worker hashes the side it runs in (optcv/gate/worker/side.py)."""
-    return _files_hash(tree / "optcv", sorted((tree / "optcv").rglob("*.py")))
+def timed_code_hash(tree: Path) -> str:
+    """The optcv source in `tree` that a side's workers run: the modules they take from their side
+    (optcv.gate.worker.side) and everything those import. The gate's own code is not in it: both sides run the
+    head's harness, so a change there times identical code (the gate's self-test checks such a change)."""
+    from optcv.build_cache import key_of, source_closure
+    from optcv.gate.worker.side import SIDE_MODULES, side_module_names
+
+    return key_of(source_closure(tree, side_module_names(tree, tuple(SIDE_MODULES))))
 
 
 # What can change a user's model: its code, its declarations, and the files they name (a README or a CI file

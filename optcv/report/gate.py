@@ -290,7 +290,8 @@ def ratio_fallback_markdown(fallback: RatioFallback) -> str:
 
 
 def same_code_markdown(same: SameCode) -> str:
-    what = "the same files their declared models are made of" if same.user_models else "the same optcv code"
+    what = ("the same files their declared models are made of" if same.user_models
+            else "the same optcv code that the cases run")
     return (f"## optcv gate: nothing to time (base and head hold {what})\n\n"
             f"- base: {same.base}\n- head: {same.head}\n- code hash: {same.code_hash} on both sides, same "
             "interpreter; `optcv gate --even-if-unchanged` times them anyway\n")

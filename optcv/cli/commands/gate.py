@@ -65,7 +65,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                            "whatever the machine's load; slow)")
     gate.add_argument("--seed", type=int, default=default.seed)
     gate.add_argument("--even-if-unchanged", action="store_true",
-                      help="time base and head even when they hold the same optcv code (by default: nothing to time)")
+                      help="time base and head even when the optcv code their cases run is the same (by default: "
+                           "nothing to time)")
     gate.add_argument("--no-retest", dest="retest", action="store_false", default=default.retest_failures,
                       help="decide on the first pass, without re-timing failing or undecided cases with fresh "
                            "workers")
