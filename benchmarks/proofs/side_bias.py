@@ -5,7 +5,8 @@ variant of what differs between the sides:
 
 - the set-up order of a pair's two workers: base first, head first, alternated per pair, random, ABBA;
 - the trees, set up in the gate's own order: swapped (the working tree as the base, the worktree as the head);
-  both sides worktrees of HEAD.
+  both sides worktrees of HEAD; clean roots (each side's import root a folder holding only a link to its
+  `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches).
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
 
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import statistics
 import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import measure
 from optcv.gate.verdict import Thresholds
 
-TREES = ("swapped-trees", "both-worktrees")
+TREES = ("swapped-trees", "both-worktrees", "clean-roots")
 VARIANTS = (*SETUP_ORDERS, *TREES)
 
 
@@ -51,7 +53,17 @@ def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
         return dataclasses.replace(base, tree=HEAD_TREE, revision=None), dataclasses.replace(head, tree=worktree)
     if variant == "both-worktrees":
         return base, dataclasses.replace(head, tree=stack.enter_context(revision_tree(repo, commit)))
+    if variant == "clean-roots":
+        roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-roots-")))
+        return _clean_root(base, roots), _clean_root(head, roots)
     return base, head
+
+
+def _clean_root(side: Side, roots: Path) -> Side:
+    root = roots / side.label
+    root.mkdir()
+    (root / "optcv").symlink_to(side.tree.resolve() / "optcv", target_is_directory=True)
+    return dataclasses.replace(side, tree=root)
 
 
 def one_gate(variant: str, seed: int, data_dir: str | None) -> list[dict]:
