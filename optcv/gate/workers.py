@@ -175,13 +175,14 @@ def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> 
     if order not in SETUP_ORDERS:
         raise ValueError(f"unknown set-up order {order!r}: choose from {', '.join(SETUP_ORDERS)}")
     rng = np.random.default_rng([seed, 35])
+    abba = [i % 4 in (0, 3) for i in range(per_side)]
     first_is_own: list[bool] = {
-        "abba": [i % 4 in (0, 3) for i in range(per_side)],
+        "abba": abba,
         "base-first": [True] * per_side,
         "head-first": [False] * per_side,
         "alternate": [i % 2 == 0 for i in range(per_side)],
         "random": [bool(rng.integers(2)) for _ in range(per_side)],
-        "together": [i % 4 in (0, 3) for i in range(per_side)],
+        "together": abba,
     }[order]
     return [list(sides) if own else list(sides)[::-1] for own in first_is_own]
 

@@ -68,9 +68,8 @@ def main() -> None:
         (serve if sys.argv[1] == "serve" else serve_memory)(sys.stdin, reply)
         reply.flush()
         sys.stderr.flush()
-        # Asked to exit, a serving worker has nothing left to say. The interpreter's teardown (freeing every
-        # model, session and thread pool of PyTorch, ONNX Runtime and OpenVINO) took about a CPU-second per
-        # worker, which the gate waited for: 7-8 s per pool of eight workers on two cores.
+        # Asked to exit, a serving worker has nothing left to say, and the interpreter's teardown (freeing every
+        # model, session and thread pool of PyTorch, ONNX Runtime and OpenVINO) is seconds the gate would wait for.
         os._exit(0)
     else:
         sys.exit("usage: optcv/gate/worker/__main__.py build|serve|memory|instructions (JSON on standard input)")
