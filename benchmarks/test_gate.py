@@ -86,22 +86,23 @@ def test_a_side_builds_from_a_data_folder_given_relative_to_the_callers_folder(t
 
 # The self-test in the pull-request tier (when the gate's code changed): a batch-1 case of each backend, a batched
 # case and a training step; each backend slowed at the default threshold's boundary (5 % against 3) in one run while
-# the other is slowed just below it (1.5 %), then the other way round, then nothing: 12 case measurements in three
-# gate runs. The nightly adds a run that slows optcv's shared path (every case at +5 %, so every case re-tested): the
-# pull-request tier leaves it out to keep README command 2 within ten minutes.
+# the other is slowed just below it (1.5 %), then the other way round: 8 case measurements in two gate runs, so a
+# lean of the gate either way shows as a missed 5 % or a failed 1.5 %. The nightly adds a run that slows optcv's
+# shared path (every case at +5 %, so every case re-tested) and an unchanged run: the pull-request tier leaves them
+# out to keep README command 2 within ten minutes.
 SELF_TEST_CASES = ("tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime/b64/t1",
                    "tutorial/train/b64/t1")
-SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5}, {})
-SELF_TEST_PLAN_NIGHTLY = (*SELF_TEST_PLAN[:2], {"shared": 5.0}, SELF_TEST_PLAN[2])
+SELF_TEST_PLAN = ({"pytorch": 5.0, "onnxruntime": 1.5}, {"onnxruntime": 5.0, "pytorch": 1.5})
+SELF_TEST_PLAN_NIGHTLY = (*SELF_TEST_PLAN, {"shared": 5.0}, {})
 
 
 @pytest.mark.gate_change
 def test_gate_self_test_at_its_boundary(real_data_dir, request):
     """At the default threshold (3 %), 5 % slowdowns of PyTorch and ONNX Runtime (and, nightly, of the shared path)
     are failed in all but at most one of the measurements at the boundary (batch 1, batched and the training step),
-    and 1.5 % ones and unchanged code pass in all but at most one (each a single gate run; the rates over many runs
-    are in the README); the median measured change is the injected one within the noise (the base wraps the same
-    entry points)."""
+    and 1.5 % ones (and, nightly, unchanged code) pass in all but at most one (each a single gate run; the rates over
+    many runs are in docs/results.md); the median measured change is the injected one within the noise (the base
+    wraps the same entry points)."""
     from optcv.gate.selftest import run_self_test
     from optcv.report.gate import self_test_markdown
 
@@ -117,7 +118,7 @@ def test_gate_self_test_at_its_boundary(real_data_dir, request):
     assert (len(at_boundary), len(below)) == (8 if nightly else 4, 4)
     assert sum(a.failed for a in at_boundary) >= len(at_boundary) - 1, arms
     _, _, unchanged_failed, unchanged = result.false_alarms(DEFAULT_THRESHOLD_PCT)
-    assert unchanged == 4 and sum(a.failed for a in below) + unchanged_failed <= 1, arms
+    assert unchanged == (4 if nightly else 0) and sum(a.failed for a in below) + unchanged_failed <= 1, arms
     ratios = sorted(a.median_measured_pct / a.nominal_pct for a in at_boundary)
     assert 0.5 <= ratios[len(ratios) // 2] <= 1.6, arms
 
