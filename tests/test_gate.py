@@ -511,7 +511,7 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     pools = []
 
     @contextlib.contextmanager
-    def fake_pool(sides, per_side, workdir, setup, seed, order):
+    def fake_pool(sides, per_side, workdir, setup, seed, order, layout_seed, hash_seeds):
         pools.append(([s.label for s in sides], seed))
         yield [SimpleNamespace(side=s, settings={}) for s in sides]
 
@@ -838,6 +838,45 @@ def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monke
         with pytest.raises(GateSetupError, match="set up alone"):
             with worker_pool(sides, 1, tmp_path, setup, order=order):
                 pass
+
+
+SEED_REPORTING_PYTHON = """#!/bin/sh
+read request
+printf '{"optcv_file": "%s/optcv/__init__.py", "settings": {"hash_seed": "%s", "pad": %d}}\\n' \\
+    "$OPTCV_TEST_TREE" "$PYTHONHASHSEED" "${#OPTCV_GATE_PAD}"
+read request
+"""
+
+
+@pytest.mark.parametrize("hash_seeds", ["per-pair", "fixed"])
+def test_a_pairs_two_workers_share_a_hash_seed_and_pairs_differ(tmp_path, monkeypatch, hash_seeds):
+    """The hash seed is sampled per pair like the memory layout: both sides of a pair alike, so identical code
+    gets identical layouts, and other pairs (and another gate seed) other seeds, so a layout's luck is spread
+    over the pairs the interval resamples instead of fixed for the whole gate."""
+    from optcv.gate.workers import worker_pool
+
+    python = tmp_path / "python"
+    python.write_text(SEED_REPORTING_PYTHON)
+    python.chmod(0o755)
+    tree = tmp_path / "tree"
+    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
+    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
+    setup = {"base": {"op": "setup"}, "head": {"op": "setup"}}
+
+    def seeds(layout_seed):
+        with worker_pool(sides, 4, tmp_path, setup, layout_seed=layout_seed, hash_seeds=hash_seeds) as workers:
+            return {pair: {(w.side.label, w.settings["hash_seed"], w.settings["pad"])  # type: ignore[attr-defined]
+                           for w in workers if w.pair == pair} for pair in range(4)}
+
+    first, other_gate = seeds(0), seeds(1)
+    for pairs in (first, other_gate):
+        assert all(len({(seed, pad) for _, seed, pad in pair}) == 1 for pair in pairs.values())
+    by_pair = [next(iter(pair))[1] for pair in first.values()]
+    if hash_seeds == "fixed":
+        assert set(by_pair) == {"0"}
+    else:
+        assert len(set(by_pair)) == 4 and "0" not in by_pair
+        assert by_pair != [next(iter(pair))[1] for pair in other_gate.values()]
 
 
 def test_the_self_test_counts_how_often_each_unchanged_cases_interval_held_zero():

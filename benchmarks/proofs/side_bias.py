@@ -6,7 +6,8 @@ variant of what differs between the sides:
 - the set-up order of a pair's two workers: base first, head first, alternated per pair, random, ABBA;
 - the trees, set up in the gate's own order: swapped (the working tree as the base, the worktree as the head);
   both sides worktrees of HEAD; clean roots (each side's import root a folder holding only a link to its
-  `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches).
+  `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches);
+- the hash seed: every worker's 0 (fixed-hash-seed) against the gate's own, one per pair.
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
 
@@ -36,7 +37,8 @@ from optcv.gate.timing import measure
 from optcv.gate.verdict import Thresholds
 
 TREES = ("swapped-trees", "both-worktrees", "clean-roots")
-VARIANTS = (*SETUP_ORDERS, *TREES)
+FIXED_HASH_SEED = "fixed-hash-seed"  # the gate's order, every worker with hash seed 0 (before per-pair seeds)
+VARIANTS = (*SETUP_ORDERS, *TREES, FIXED_HASH_SEED)
 
 
 def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
@@ -68,7 +70,8 @@ def _clean_root(side: Side, roots: Path) -> Side:
 
 def one_gate(variant: str, seed: int, data_dir: str | None) -> list[dict]:
     order = variant if variant in SETUP_ORDERS else GateConfig.setup_order  # a tree variant: the gate's own order
-    config = GateConfig(setup_order=order, seed=seed, retest_failures=False)
+    config = GateConfig(setup_order=order, seed=seed, retest_failures=False,
+                        hash_seeds="fixed" if variant == FIXED_HASH_SEED else GateConfig.hash_seeds)
     with ExitStack() as stack:
         base, head = sides(variant, stack)
         workdir = stack.enter_context(work_folder("optcv-side-bias-"))

@@ -28,6 +28,7 @@ DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b
                  "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
 ALL_CASES = "all"
 MEASURES = ("time", "memory", "instructions")
+HASH_SEEDS = ("per-pair", "fixed")  # optcv.gate.workers.worker_pool
 SETUP_ORDERS = ("together", "abba", "base-first", "head-first", "alternate", "random")  # optcv.gate.workers.pair_orders
 
 # Cases the gate cannot resolve, left out of every set with the reason: a gate there would pass anything.
@@ -50,6 +51,9 @@ class GateConfig:
     # A pair's two workers are set up at the same moment, one per core, so neither is set up first on a machine
     # the other has already warmed (benchmarks/proofs/side_bias.py); the others measure what an order does.
     setup_order: str = "together"  # optcv.gate.workers.pair_orders
+    # Both workers of a pair share a hash seed, a different one per pair, so where dicts place the sides' differing
+    # paths is sampled like the memory layout, not fixed for the whole gate; "fixed" (0 for all) measures that.
+    hash_seeds: str = "per-pair"
     min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 3.0  # timed work per case, both sides: sets the number of rounds
@@ -95,6 +99,8 @@ class GateConfig:
             raise OptcvError(f"unknown gate measure {name}: choose from {', '.join(MEASURES)}")
         if self.workers_per_side < 1 or self.min_rounds < 5:
             raise OptcvError("the gate needs at least 1 worker per side and 5 rounds")
+        if self.hash_seeds not in HASH_SEEDS:
+            raise OptcvError(f"unknown hash seeds {self.hash_seeds}: choose from {', '.join(HASH_SEEDS)}")
         if self.setup_order not in SETUP_ORDERS:
             raise OptcvError(f"unknown set-up order {self.setup_order}: choose from {', '.join(SETUP_ORDERS)}")
 

@@ -78,7 +78,7 @@ class Side:
         """The folder whose optcv package the side's workers must import."""
         return self.harness or self.tree
 
-    def env(self, pad: int = 0) -> dict[str, str]:
+    def env(self, pad: int = 0, hash_seed: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
         # The side's tree first, so its optcv wins; then whatever the user had (a monorepo's packages).
@@ -87,7 +87,7 @@ class Side:
         # from the revision being timed.
         own = (*self.extra_path, self.tree, *((self.harness,) if self.harness else ()))
         env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in own), *inherited])
-        env["PYTHONHASHSEED"] = "0"
+        env["PYTHONHASHSEED"] = str(hash_seed)
         env.update(MALLOC_ENV)
         env.pop("PYTHONSTARTUP", None)
         return env

@@ -42,7 +42,7 @@ class Worker:
     """One worker process of a side, answering one JSON request at a time."""
 
     def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0, pair: int = 0,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, hash_seed: int = 0):
         self.side = side
         self.pair = pair
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
@@ -50,8 +50,8 @@ class Worker:
         try:
             self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=self._log,
-                                            env={**side.env(pad), **(extra_env or {})}, cwd=workdir, text=True,
-                                            preexec_fn=worker_start)
+                                            env={**side.env(pad, hash_seed), **(extra_env or {})}, cwd=workdir,
+                                            text=True, preexec_fn=worker_start)
         except OSError as exc:
             self._log.close()
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
@@ -196,20 +196,26 @@ def _check_setup(worker: Worker, info: dict[str, Any]) -> None:
 
 @contextmanager
 def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
-                seed: int = 0, order: str = "together") -> Iterator[list[Worker]]:
-    """`per_side` serving workers for each side, set up with that side's artifacts and the cases.
+                seed: int = 0, order: str = "together", layout_seed: int = 0,
+                hash_seeds: str = "per-pair") -> Iterator[list[Worker]]:
+    """`per_side` serving workers for each side, set up with that side's artifacts and the cases; `seed` is the
+    pass (0, or 1 for a re-test), `layout_seed` the gate's seed.
 
-    Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), so
-    worker i of each side gets the same environment padding, a different one per i: identical code gets
-    identical layouts, and several layouts are sampled. The two workers of a pair are started and set up one after
-    the other, in the pair's order (pair_orders); with "together", a pair's two workers are set up at the same
-    moment, one per core.
+    Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), and so
+    does the hash seed (where dicts place their keys, the sides' paths among them), so worker i of each side gets
+    the same environment padding and hash seed, different ones per i (unless `hash_seeds` is "fixed": 0 for every
+    worker): identical code gets identical layouts, and several layouts are sampled. The two workers of a pair are
+    started and set up one after the other, in the pair's order (pair_orders); with "together", a pair's two
+    workers are set up at the same moment, one per core.
     """
-    pads = np.random.default_rng([seed, len(sides) * per_side]).integers(0, 4096, per_side)
+    rng = np.random.default_rng([seed, len(sides) * per_side, layout_seed])
+    pads = rng.integers(0, 4096, per_side)
+    seeds = rng.integers(1, 2**32 - 1, per_side) if hash_seeds == "per-pair" else np.zeros(per_side, dtype=int)
     workers: list[Worker] = []
     try:
         for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
-            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i) for side in pair]
+            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i,
+                               hash_seed=int(seeds[i])) for side in pair]
         step = len(sides) if order == "together" else 1
         for group in (workers[i:i + step] for i in range(0, len(workers), step)):
             for worker in group:
