@@ -23,7 +23,7 @@ from optcv.data import default_cache_dir
 from optcv.env import environment_info
 from optcv.errors import OptcvError
 from optcv.gate.attribution import OUTSIDE, named_changes
-from optcv.gate.config import GateConfig, case_specs, recipes_for
+from optcv.gate.config import GateConfig, build_recipes, case_specs, recipes_for
 from optcv.gate.inject import TARGETS, TOUCHES, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, measure, prepare_inputs
@@ -323,6 +323,13 @@ def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str,
     return lambda pct: {case: pct / 100 * c["per_call"] / per_iteration[case] for case, c in bare.items()}
 
 
+def _recipes(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The cases' recipes, each reference model's with its int8 twin as a default gate builds it, so that a
+    self-test run after a gate (the pull-request tier) finds that gate's builds in the cache."""
+    reference = list(dict.fromkeys(s["model"] for s in specs if not s.get("declared")))
+    return {**recipes_for(specs), **build_recipes(reference, reference)}
+
+
 def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] | None = None, *,
                   thresholds: Sequence[float] = THRESHOLDS_PCT, attribution: bool = False,
                   data_dir: str | Path | None = None, log: Log = lambda _m: None,
@@ -341,7 +348,7 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
         log(f"self-test: {len(runs)} of {len(injections)} runs recorded in {record}; going on from run {len(runs) + 1}")
     with work_folder("optcv-selftest-") as workdir:
         inputs, root = prepare_inputs(workdir, data_dir)
-        built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, recipes_for(specs), root,
+        built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, _recipes(specs), root,
                                 default_cache_dir())
         work = _work_sizer(workdir, wrapped, specs, {"inputs": inputs, "artifacts": built}, log) \
             if any(i.get("work") for i in injections) else None
