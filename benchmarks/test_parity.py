@@ -21,9 +21,9 @@ from optcv.report.tables import markdown_table
 PARITY_BATCH = 250  # divides the 10,000 test images and ResNet-18's 2,000: torch-compile compiles one shape
 OTHER_BACKENDS = [*(b for b in BACKENDS if b != REFERENCE_BACKEND), "torch-compile"]
 OPTIONS = {"torch-compile": {"batch_sizes": (PARITY_BATCH,)}}
-# torch-compile's first compile is most of this test's cold cost in the pull-request tier, which checks its logits
-# against eager in tests/test_compiled.py; its full-split parity is nightly. Three more compiled shapes per model
-# would cost minutes here.
+# torch-compile is nightly, as in the gate (`--cases all`): its first compile would be most of this test's cold cost
+# in the pull-request tier. Its logits are checked against eager in tests/test_compiled.py: three more compiled
+# shapes per model would cost minutes here.
 FP32_BACKENDS = [b for b in OTHER_BACKENDS if not b.endswith("-int8") and b != "torch-compile"]
 KNOWN = load_known_failures(Path(__file__).with_name("known_parity_failures.json"))
 

@@ -160,13 +160,18 @@ def test_a_reference_builds_key_holds_its_code_libraries_python_and_the_cpus_ker
     assert key_of(other_cpu) != key_of(inputs)
 
 
-def test_the_gates_worker_rebuilds_a_damaged_model_instead_of_timing_it(tmp_path):
+def test_the_gates_worker_builds_from_a_relative_data_folder_and_rebuilds_a_damaged_model(tmp_path, monkeypatch):
+    """The README's test command names the data folder relatively (OPTCV_DATA_DIR=../shared/data/cifar10): the
+    side's builder runs in a folder of its own and must still find it (it once failed: 'does not exist'). A damaged
+    entry is built again instead of timed."""
     from conftest import make_image_folder
     from optcv.gate.config import build_recipes
     from optcv.gate.sides import HEAD_TREE, Side
     from optcv.gate.workers import build_artifacts
 
-    data = make_image_folder(tmp_path / "data", train_per_class=10, test_per_class=50)  # the build evaluates on 500
+    make_image_folder(tmp_path / "data", train_per_class=10, test_per_class=50)  # the build evaluates on 500
+    monkeypatch.chdir(tmp_path)
+    data = Path("data")
     recipes = build_recipes(["tutorial"])
     recipes["tutorial"]["train_images"] = 100
     side = Side("head", sys.executable, HEAD_TREE)

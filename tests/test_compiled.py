@@ -61,6 +61,7 @@ def test_compiled_predictor_keeps_its_onednn_flag_whatever_another_predictor_lef
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.full  # compiles three times: nightly, with torch-compile's gate and parity
 def test_models_of_one_class_do_not_share_dynamos_compiled_variants(tmp_path):
     """Dynamo counts recompiles per code object (8 by default): were every TutorialNet in the process one
     `forward`, a second predictor's compile would count against the first's. With the limit at 1 here, two
