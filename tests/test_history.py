@@ -241,6 +241,22 @@ def test_cli_imports_shows_and_draws(tmp_path):
     assert (tmp_path / "png" / "tutorial-pytorch-t1__latency_us.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_gate_that_timed_nothing_is_imported_as_nothing_beside_the_files_that_have_numbers(tmp_path):
+    """The nightly imports the suite's --gate-json whatever the gate did: after a commit that left the timed code
+    alone the file says so (it once stopped the nightly with 'has schema optcv-gate-same-code/1')."""
+    from optcv.gate.run import SameCode
+
+    db = str(tmp_path / "h.sqlite")
+    same, gate_file = tmp_path / "same.json", tmp_path / "gate.json"
+    same.write_text(json.dumps(SameCode("HEAD~1 (abc)", "working tree", "0123").to_dict()))
+    gate_file.write_text(json.dumps(_gate_result(0.0, "no significant change")))
+    result = cli("history", "import", str(same), str(gate_file), "--history", db)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing imported from {same}" in result.stdout and "gate, 2 numbers" in result.stdout
+    with HistoryStore(db) as store:
+        assert len(store.runs()) == 1
+
+
 def test_an_unreadable_or_foreign_database_is_refused_and_left_as_it_was(tmp_path):
     text = tmp_path / "notes.sqlite"
     text.write_text("not a database\n" * 100)

@@ -15,10 +15,7 @@ from optcv.gate.config import GateConfig, case_specs, declared_models, require_b
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
 from optcv.gate.sides import Side, sides_for, subject_hash, timed_code_hash
 from optcv.gate.timing import Log, measure
-from optcv.gate.verdict import GateResult, GateSetupError, Thresholds
-
-SAME_CODE_SCHEMA = "optcv-gate-same-code/1"
-
+from optcv.gate.verdict import SAME_CODE_SCHEMA, GateResult, GateSetupError, Thresholds
 
 @dataclass(frozen=True)
 class SameCode:

@@ -29,6 +29,7 @@ from optcv.stats import BOOTSTRAP_RESAMPLES
 DEFAULT_THRESHOLD_PCT = 3.0
 THRESHOLDS_SCHEMA = "optcv-gate-thresholds/1"
 RESULT_SCHEMA = "optcv-ab-gate/1"
+SAME_CODE_SCHEMA = "optcv-gate-same-code/1"  # a gate that timed nothing (optcv.gate.run.SameCode)
 
 
 class Verdict(str, Enum):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from optcv._io import read_json_object
 from optcv.env import cpu_model, isa_flags
 from optcv.errors import OptcvError
 from optcv.gate.verdict import RESULT_SCHEMA as GATE_SCHEMA
+from optcv.gate.verdict import SAME_CODE_SCHEMA
 from optcv.history.records import (
     BENCH,
     CHANGE_PCT,
@@ -52,8 +54,19 @@ def record_of(data: dict[str, Any], *, source: str = "", commit: str | None = No
                      source or record.source, record.details, record.measurements)
 
 
-def record_of_file(path: Path, *, commit: str | None = None, branch: str | None = None) -> RunRecord:
+@dataclass(frozen=True)
+class NothingTimed:
+    """A result file with no numbers to record: a gate whose base and head ran the same timed code."""
+
+    source: str
+    base: str
+    head: str
+
+
+def record_of_file(path: Path, *, commit: str | None = None, branch: str | None = None) -> RunRecord | NothingTimed:
     data = read_json_object(path, "result file", "give a JSON file written by optcv (--json) or pytest-benchmark")
+    if data.get("schema") == SAME_CODE_SCHEMA:
+        return NothingTimed(str(path), str(data.get("base", "")), str(data.get("head", "")))
     # optcv's result files carry no time of their own: the file's is the best that is known.
     written = None if _has_time(data) else datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
     return record_of(data, source=str(path), commit=commit, branch=branch, recorded_at=written)

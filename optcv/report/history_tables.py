@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from optcv.history.ingest import NothingTimed
+from optcv.history.records import RunRecord
 from optcv.history.store import StoredRun
 from optcv.history.trends import CaseTrend, FoundStep
 from optcv.report.dashboard import UNITS
@@ -55,3 +58,12 @@ def steps_markdown(steps: Sequence[FoundStep]) -> str:
              "between": f"{(f.last_before.commit or '?')[:10]} → {(f.first_after.commit or '?')[:10]}",
              "machine": f.machine.label()} for f in steps]
     return markdown_table(rows)
+
+
+def import_line(path: Path, result: RunRecord | NothingTimed, run_id: int | None) -> str:
+    """What `optcv history import` did with one file."""
+    if isinstance(result, NothingTimed):
+        return (f"nothing imported from {path}: a gate that timed nothing (base {result.base} and head {result.head} "
+                "ran the same timed code)")
+    return (f"run {run_id}: {path} ({result.kind}, {len(result.measurements)} numbers, "
+            f"commit {(result.commit or 'not recorded')[:12]})")

@@ -15,7 +15,7 @@ from optcv.history.records import Machine, now_utc
 from optcv.history.store import HISTORY_ENV, HistoryStore, default_location, history_exists
 from optcv.history.trends import found_steps, new_worse_steps, trends
 from optcv.report.dashboard import write_dashboard
-from optcv.report.history_tables import new_steps_line, runs_rows, steps_markdown, trend_markdown
+from optcv.report.history_tables import import_line, new_steps_line, runs_rows, steps_markdown, trend_markdown
 from optcv.report.tables import markdown_table
 
 
@@ -94,13 +94,11 @@ def run(args: argparse.Namespace) -> int:
                          "`optcv history import` or a gate recorded into")
     with HistoryStore(location) as store:
         if args.action == "import":
-            from optcv.history.ingest import record_of_file
+            from optcv.history.ingest import NothingTimed, record_of_file
 
-            records = [record_of_file(path, commit=args.commit, branch=args.branch) for path in args.files]
-            ids = [store.add(record) for record in records]
-            for path, record, run_id in zip(args.files, records, ids, strict=True):
-                print(f"run {run_id}: {path} ({record.kind}, {len(record.measurements)} numbers, "
-                      f"commit {(record.commit or 'not recorded')[:12]})")
+            results = [record_of_file(path, commit=args.commit, branch=args.branch) for path in args.files]
+            for path, result in zip(args.files, results, strict=True):
+                print(import_line(path, result, None if isinstance(result, NothingTimed) else store.add(result)))
         elif args.action == "runs":
             print(markdown_table(runs_rows(store.runs(kind=args.kind, limit=args.last))) or "no runs recorded")
         elif args.action in ("show", "trend"):
