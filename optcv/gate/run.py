@@ -17,6 +17,7 @@ from optcv.gate.sides import Side, sides_for, subject_hash, timed_code_hash
 from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import SAME_CODE_SCHEMA, GateResult, GateSetupError, Thresholds
 
+
 @dataclass(frozen=True)
 class SameCode:
     """Base and head hold the same timed optcv code under the same interpreter (a commit that changed only the
