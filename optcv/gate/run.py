@@ -76,7 +76,8 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
     """The A/B gate alone; without a second side, the reason why not."""
     with ExitStack() as stack:
         sides = stack.enter_context(sides_for(against, base_python, head_tree, repo,
-                                              user_repository=config.declarations is not None))
+                                              user_repository=config.declarations is not None,
+                                              copy_head=config.copy_head_tree))
         if isinstance(sides, str):
             return sides
         # A selection that matches nothing is an error, also on a commit with nothing to time, so that a mistyped
@@ -92,8 +93,8 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
 
 def _same_code(base: Side, head: Side) -> SameCode | None:
     hash_of = subject_hash if head.harness else timed_code_hash
-    found = hash_of(head.tree)
+    found = hash_of(head.source_tree)
     if base.python != head.python or hash_of(base.tree) != found:
         return None
-    return SameCode(base.revision or str(base.tree), head.revision or str(head.tree), found,
+    return SameCode(base.revision or str(base.tree), head.revision or str(head.source_tree), found,
                     user_models=head.harness is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from optcv._io import work_folder
 from optcv.gate.revisions import checked_out, default_base_revision, git, repo_root, resolve_revision, revision_tree
 from optcv.gate.verdict import GateSetupError
 
@@ -36,14 +38,17 @@ SUBJECT_SUFFIXES = (".py", ".toml", ".onnx", ".pt", ".pth", ".bin", ".safetensor
 def subject_hash(tree: Path) -> str:
     """The hash of what a user's repository's models are made from: its files of SUBJECT_SUFFIXES that git
     tracks or would track (what .gitignore leaves out, a venv or build output, is no part of a revision)."""
+    files = {p for p in revision_files(tree) if p.suffix in SUBJECT_SUFFIXES and p.is_file()}
+    return _files_hash(tree, sorted(files))
+
+
+def revision_files(tree: Path) -> list[Path]:
+    """The files of `tree` that git tracks or would track (not what .gitignore leaves out: a venv, build output)."""
     listed = subprocess.run(["git", "-C", str(tree), "ls-files", "-co", "--exclude-standard", "-z", "."],
                             capture_output=True)
     if listed.returncode == 0:
-        candidates = [tree / name for name in listed.stdout.decode().split("\0") if name]
-    else:
-        candidates = [p for p in tree.rglob("*") if not any(part.startswith(".") for part in p.relative_to(tree).parts)]
-    files = {p for p in candidates if p.suffix in SUBJECT_SUFFIXES and p.is_file()}
-    return _files_hash(tree, sorted(files))
+        return [tree / name for name in listed.stdout.decode().split("\0") if name]
+    return [p for p in tree.rglob("*") if not any(part.startswith(".") for part in p.relative_to(tree).parts)]
 
 
 def _files_hash(root: Path, files: list[Path]) -> str:
@@ -72,6 +77,12 @@ class Side:
     # When the tree is a user's repository (their declared models are gated), the folder of the optcv that
     # measures them: the same on both sides. None: the tree is optcv's own, and each side runs its own optcv.
     harness: Path | None = None
+    copied_from: Path | None = None  # the working tree this side's tree is a copy of (copy_of_working_tree)
+
+    @property
+    def source_tree(self) -> Path:
+        """The tree as the user has it (not the copy the side runs from)."""
+        return self.copied_from or self.tree
 
     @property
     def optcv_root(self) -> Path:
@@ -93,10 +104,10 @@ class Side:
         return env
 
     def describe(self) -> dict[str, Any]:
-        described = {"label": self.label, "python": self.python, "tree": str(self.tree.resolve()),
+        described = {"label": self.label, "python": self.python, "tree": str(self.source_tree.resolve()),
                      "revision": self.revision, "injection": [str(p) for p in self.extra_path],
                      "harness": str(self.harness) if self.harness else None}
-        return {**described, **checked_out(self.tree)} if self.revision is None else described
+        return {**described, **checked_out(self.source_tree)} if self.revision is None else described
 
 
 def check_python(python: str) -> str:
@@ -123,10 +134,29 @@ def same_length_trees(side: Side, workdir: Path) -> Side:
 
 
 @contextmanager
+def copy_of_working_tree(head: Side, repo: Path) -> Iterator[Side]:
+    """The head with its tree a copy of the working tree's files (revision_files, as they are now, uncommitted changes
+    and all) in a folder whose path has the length and shape of the base's worktree (revisions.revision_tree).
+
+    Why: every module's resolved path lives in each process's heap; a base under /tmp and a head elsewhere shifted
+    where everything after them landed, alike in every worker pair of a gate, so identical code read 1-2 % apart
+    with all four pairs agreeing (benchmarks/proofs/records; the `both-worktrees` variant of side_bias.py)."""
+    with work_folder("optcv-gate-head-") as folder:  # as long as revision_tree's "optcv-gate-base-"
+        root = folder / "tree"
+        for source in revision_files(repo):
+            if source.is_file() or source.is_symlink():
+                target = root / source.relative_to(repo)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target, follow_symlinks=False)
+        yield replace(head, tree=root / head.tree.relative_to(repo.resolve()), copied_from=head.tree)
+
+
+@contextmanager
 def sides_for(against: str | None, base_python: str | None, head_tree: Path | None, repo: Path | None,
-              user_repository: bool = False) -> Iterator[tuple[Side, Side] | str]:
+              user_repository: bool = False, copy_head: bool = False) -> Iterator[tuple[Side, Side] | str]:
     """The base and head sides, or (when there is no second side) the reason why not. With `user_repository`,
-    the trees are a user's repository (its declared models are gated) and both sides measure with this optcv."""
+    the trees are a user's repository (its declared models are gated) and both sides measure with this optcv.
+    With `copy_head`, the head runs from a copy of the working tree shaped like the base's worktree."""
     head_tree = (head_tree or HEAD_TREE).resolve()
     harness = HEAD_TREE if user_repository else None
     head = Side("head", sys.executable, head_tree, harness=harness)
@@ -154,4 +184,9 @@ def sides_for(against: str | None, base_python: str | None, head_tree: Path | No
             raise GateSetupError(f"revision {revision} has no optcv package at its root; pick a later revision")
         # A user's repository at `repo` may be a sub-folder of its git root: the base is the same sub-folder.
         base_tree = tree / head_tree.relative_to(repo.resolve()) if user_repository else tree
-        yield Side("base", python, base_tree, revision=f"{revision} ({commit[:12]})", harness=harness), head
+        base = Side("base", python, base_tree, revision=f"{revision} ({commit[:12]})", harness=harness)
+        if not copy_head:
+            yield base, head
+            return
+        with copy_of_working_tree(head, repo.resolve()) as copied:
+            yield base, copied

@@ -127,7 +127,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     artifacts = dict(artifacts or {})
     missing = [side for side in (base, head) if side.label not in artifacts]
     for side in missing:
-        log(f"building the {side.label} side's models ({side.revision or side.tree}, {side.python})")
+        log(f"building the {side.label} side's models ({side.revision or side.source_tree}, {side.python})")
     if missing:
         artifacts.update(build_all_artifacts(missing, workdir, recipes_for(specs, config.declarations), root,
                                              cache_dir))
@@ -177,7 +177,7 @@ def _other_measures(sides: tuple[Side, Side], specs: list[dict[str, Any]], confi
 
 def _code_hash(side: Side, built: dict[str, Any]) -> str:
     """What the side's timed code is: optcv's own source, or (a user's repository) what its models are made of."""
-    return subject_hash(side.tree) if side.harness else built["code_hash"]
+    return subject_hash(side.source_tree) if side.harness else built["code_hash"]
 
 
 def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides: tuple[Side, Side],
