@@ -295,6 +295,35 @@ def test_a_sides_workers_keep_the_users_pythonpath_after_the_sides_tree(tmp_path
     assert done.stdout.split() == ["monorepo", str(HEAD_TREE / "optcv" / "__init__.py")], done.stderr
 
 
+def test_the_head_runs_from_a_copy_of_the_working_tree_shaped_like_the_bases_worktree(tmp_path):
+    """Both sides' trees resolve to paths of one length and shape (a tree elsewhere shifted the head's heap: a
+    side-level offset); the copy holds the working tree as it is, uncommitted changes and new files, and not what
+    .gitignore leaves out; what the gate reports is still the user's tree."""
+    from optcv.gate.sides import sides_for
+
+    repo = tmp_path / "their clone"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "model.py").write_text("WIDTH = 1\n")
+    (repo / ".gitignore").write_text("big/\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"],
+                   check=True)
+    (repo / "pkg" / "model.py").write_text("WIDTH = 2\n")  # uncommitted
+    (repo / "pkg" / "new.py").write_text("NEW = True\n")  # untracked
+    (repo / "big").mkdir()
+    (repo / "big" / "weights.bin").write_bytes(b"0" * 10)  # ignored
+    with sides_for("HEAD", None, repo / "pkg", repo, user_repository=True, copy_head=True) as (base, head):
+        assert len(str(base.tree.resolve())) == len(str(head.tree.resolve())) and head.tree != repo / "pkg"
+        assert base.tree.name == head.tree.name == "pkg"
+        assert (head.tree / "model.py").read_text() == "WIDTH = 2\n" and (head.tree / "new.py").is_file()
+        assert (base.tree / "model.py").read_text() == "WIDTH = 1\n"
+        assert not (head.tree.parent / "big").exists()
+        assert head.describe()["tree"] == str((repo / "pkg").resolve()) and head.source_tree == (repo / "pkg").resolve()
+    with sides_for("HEAD", None, repo / "pkg", repo, user_repository=True) as (_, in_place):
+        assert in_place.tree == (repo / "pkg").resolve()
+
+
 def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
     with pytest.raises(GateSetupError, match="base interpreter"):
         check_python(str(tmp_path / "no-python"))
