@@ -7,6 +7,7 @@ variant of what differs between the sides:
 - the trees, set up in the gate's own order: swapped (the working tree as the base, the worktree as the head);
   both sides worktrees of HEAD; clean roots (each side's import root a folder holding only a link to its
   `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches);
+  the head left in place (the working tree where it lies, as the gate had it before it copied the head);
 - the hash seed: every worker's 0 (fixed-hash-seed) against the gate's own, one per pair.
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
@@ -32,18 +33,18 @@ from optcv.data import default_cache_dir
 from optcv.env import environment_info
 from optcv.gate.config import SETUP_ORDERS, GateConfig
 from optcv.gate.revisions import repo_root, resolve_revision, revision_tree
-from optcv.gate.sides import HEAD_TREE, Side
+from optcv.gate.sides import HEAD_TREE, Side, copy_of_working_tree
 from optcv.gate.timing import measure
 from optcv.gate.verdict import Thresholds
 
-TREES = ("swapped-trees", "both-worktrees", "clean-roots")
+TREES = ("swapped-trees", "both-worktrees", "clean-roots", "head-in-place")
 FIXED_HASH_SEED = "fixed-hash-seed"  # the gate's order, every worker with hash seed 0 (before per-pair seeds)
 VARIANTS = (*SETUP_ORDERS, *TREES, FIXED_HASH_SEED)
 
 
 def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
-    """The base and head of an unchanged gate under `variant`: HEAD's worktree and the working tree, as the gate
-    has them, unless the variant swaps them or makes the head a worktree too."""
+    """The base and head of an unchanged gate under `variant`: HEAD's worktree and a copy of the working tree, as
+    the gate has them, unless the variant swaps them, leaves the head in place or makes it a worktree too."""
     repo = repo_root(HEAD_TREE)
     assert repo is not None, "run it in optcv's git repository"
     commit = resolve_revision(repo, "HEAD")
@@ -58,7 +59,9 @@ def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
     if variant == "clean-roots":
         roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-roots-")))
         return _clean_root(base, roots), _clean_root(head, roots)
-    return base, head
+    if variant == "head-in-place":  # the gate's head before copy_head_tree: the working tree where it lies
+        return base, head
+    return base, stack.enter_context(copy_of_working_tree(head, repo))
 
 
 def _clean_root(side: Side, roots: Path) -> Side:
