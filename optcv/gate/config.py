@@ -54,8 +54,8 @@ class GateConfig:
     # Both workers of a pair share a hash seed, a different one per pair, so where dicts place the sides' differing
     # paths is sampled like the memory layout, not fixed for the whole gate; "fixed" (0 for all) measures that.
     hash_seeds: str = "per-pair"
-    # The head runs from a copy of the working tree shaped like the base's worktree: a tree elsewhere put every
-    # module path at another length in the head's heap, a side-level offset of 1-2 % (optcv.gate.sides).
+    # The head runs from a copy of the working tree shaped like the base's worktree, so the sides differ in their
+    # code alone and an edit during the gate cannot reach the head (optcv.gate.sides.copy_of_working_tree).
     copy_head_tree: bool = True
     min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods

@@ -138,9 +138,8 @@ def copy_of_working_tree(head: Side, repo: Path) -> Iterator[Side]:
     """The head with its tree a copy of the working tree's files (revision_files, as they are now, uncommitted changes
     and all) in a folder whose path has the length and shape of the base's worktree (revisions.revision_tree).
 
-    Why: every module's resolved path lives in each process's heap; a base under /tmp and a head elsewhere shifted
-    where everything after them landed, alike in every worker pair of a gate, so identical code read 1-2 % apart
-    with all four pairs agreeing (benchmarks/proofs/records; the `both-worktrees` variant of side_bias.py)."""
+    Why: the two sides then differ in their code alone, not in where their files lie (every module's resolved path
+    lives in each process's heap), and an edit made while the gate runs cannot reach the head's workers."""
     with work_folder("optcv-gate-head-") as folder:  # as long as revision_tree's "optcv-gate-base-"
         root = folder / "tree"
         for source in revision_files(repo):
