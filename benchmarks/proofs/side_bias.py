@@ -7,7 +7,8 @@ variant of what differs between the sides:
 - the trees, set up in the gate's own order: swapped (the working tree as the base, the worktree as the head);
   both sides worktrees of HEAD; clean roots (each side's import root a folder holding only a link to its
   `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches);
-  the head left in place (the working tree where it lies, as the gate had it before it copied the head);
+  the head left in place (the working tree where it lies, as the gate had it before it copied the head); both
+  sides the same worktree (same-tree);
 - the hash seed: every worker's 0 (fixed-hash-seed) against the gate's own, one per pair.
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
@@ -21,23 +22,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from optcv._io import work_folder, write_json
+from interleaved import run_interleaved  # this folder, first on sys.path when the script runs
+
+from optcv._io import work_folder
 from optcv.data import default_cache_dir
-from optcv.env import environment_info
 from optcv.gate.config import SETUP_ORDERS, GateConfig
 from optcv.gate.revisions import repo_root, resolve_revision, revision_tree
 from optcv.gate.sides import HEAD_TREE, Side, copy_of_working_tree
 from optcv.gate.timing import measure
 from optcv.gate.verdict import Thresholds
 
-TREES = ("swapped-trees", "both-worktrees", "clean-roots", "head-in-place")
+TREES = ("swapped-trees", "both-worktrees", "clean-roots", "head-in-place", "same-tree")
 FIXED_HASH_SEED = "fixed-hash-seed"  # the gate's order, every worker with hash seed 0 (before per-pair seeds)
 VARIANTS = (*SETUP_ORDERS, *TREES, FIXED_HASH_SEED)
 
@@ -59,6 +60,8 @@ def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
     if variant == "clean-roots":
         roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optcv-roots-")))
         return _clean_root(base, roots), _clean_root(head, roots)
+    if variant == "same-tree":  # both sides the one worktree: what is left is the gate's own treatment of a side
+        return base, dataclasses.replace(head, tree=worktree)
     if variant == "head-in-place":  # the gate's head before copy_head_tree: the working tree where it lies
         return base, head
     return base, stack.enter_context(copy_of_working_tree(head, repo))
@@ -99,18 +102,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir")
     args = parser.parse_args(argv)
-    record_path = args.out / "record.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {
-        "environment": environment_info(), "gates": []}
-    done = {(g["variant"], g["index"]) for g in record["gates"]}
-    for index in range(args.gates):  # variants interleaved, so a slow hour falls on all of them
-        for variant in args.variants:
-            if (variant, index) in done:
-                continue
-            findings = one_gate(variant, seed=100 + index, data_dir=args.data_dir)
-            record["gates"].append({"variant": variant, "index": index, "findings": findings})
-            write_json(record_path, record)
-            print(f"{variant} #{index + 1}: {summary(findings)}", flush=True)
+    record = run_interleaved(args.out / "record.json", "gates", "variant", args.variants, args.gates,
+                             lambda variant, index: {"findings": one_gate(variant, seed=100 + index,
+                                                                         data_dir=args.data_dir)},
+                             lambda gate: f"{gate['variant']} #{gate['index'] + 1}: {summary(gate['findings'])}")
     for variant in args.variants:
         found = [f for g in record["gates"] if g["variant"] == variant for f in g["findings"]]
         if found:
