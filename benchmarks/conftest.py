@@ -58,17 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
     group.addoption("--ratio-margin", type=float, default=DEFAULT_MARGIN,
                     help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
-    group.addoption("--gate-against", metavar="REV", default="default",
-                    help="the A/B gate's base revision (default: the merge-base with main, else HEAD~1; 'none': no "
-                         "gate); nothing is timed when base and head hold the same timed optcv code; no base "
-                         "revision is a failure")
     group.addoption("--gate-allow-no-base", action="store_true",
                     help="A/B gate: where there is no base revision, gate on this machine's recorded ratios instead")
     group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")
-    group.addoption("--gate-threshold", type=float, help="A/B gate: default threshold in %%")
-    group.addoption("--gate-thresholds", default=str(GATE_THRESHOLDS), help="A/B gate: per-case thresholds file")
-    group.addoption("--gate-json", help="A/B gate: write every number here")
-    group.addoption("--gate-summary", help="A/B gate: write the Markdown summary here")
     group.addoption("--gate-images", type=int, default=RATIO_CALLS,
                     help=f"single-image predictions per backend for the paired ratios (default {RATIO_CALLS})")
     group.addoption("--training-images", type=int, default=10_000,
@@ -97,6 +89,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The ratio cases only when asked for (--ratio-gate, --ratio-save). In the pull-request tier, the cases marked
     `gate_change` only when the gate's, the backends' or the measurements' code changed since the gate's base, said
     either way."""
+    for item in items:  # this suite's A/B gate is test_ab_gate's case table, not `--gate-against` of each test
+        item.add_marker(pytest.mark.optcv_not_ab("timed by the gate's case table (benchmarks/test_gate.py)"))
     if not (config.getoption("ratio_gate") or config.getoption("ratio_save")):
         ratio = [item for item in items if item.get_closest_marker("ratio")]
         if ratio:
@@ -123,7 +117,7 @@ def gate_code_changes(config: pytest.Config) -> tuple[list[str] | None, str]:
     from optcv.gate.revisions import changed_since, default_base_revision, repo_root
 
     repo = repo_root(HERE.parent)
-    against = config.getoption("gate_against")
+    against = config.getoption("gate_against") or "default"
     if repo is None:
         return None, "(no git repository)"
     base = default_base_revision(repo) if against in ("default", "none") else against

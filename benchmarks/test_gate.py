@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
+from benchmarks.conftest import BACKENDS, GATE_THRESHOLDS, REFERENCE_BACKEND
 from conftest import full_tier
 from optcv._io import write_json, write_text
 from optcv.backends.base import all_closed
@@ -51,11 +51,12 @@ def test_ab_gate(request, real_data_dir):
     """This tree against --gate-against REV (by default the merge-base with main, else HEAD~1): the one entry
     point the CLI calls too. Without a base revision, the labelled ratio fallback; with the same timed optcv code on
     both sides, nothing to time (said in the verdict section)."""
-    against = request.config.getoption("gate_against")
+    against = request.config.getoption("gate_against") or "default"
     if against == "none":
         pytest.skip("--gate-against none: the A/B gate is off in this run")
     option = request.config.getoption
-    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds"), option("gate_threshold")),
+    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds") or GATE_THRESHOLDS,
+                                                  option("gate_threshold")),
                        against=None if against == "default" else against, base_python=option("gate_base_python"),
                        data_dir=real_data_dir, baseline=option("ratio_baseline"),
                        allow_no_base=option("gate_allow_no_base"))

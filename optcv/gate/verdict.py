@@ -167,8 +167,8 @@ class Thresholds:
         if measure != "time":
             default, per_case = next(((d, c) for m, d, c in self.others if m == measure),
                                      (MEASURE_DEFAULTS_PCT[measure], ()))
-        for pattern, value in per_case:
-            if fnmatch.fnmatchcase(case, pattern):
+        for pattern, value in per_case:  # a name first as it is: a pytest node id's "[1]" is no glob's class
+            if case == pattern or fnmatch.fnmatchcase(case, pattern):
                 return value
         return default
 

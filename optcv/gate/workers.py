@@ -187,6 +187,16 @@ def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> 
     return [list(sides) if own else list(sides)[::-1] for own in first_is_own]
 
 
+def pair_layouts(workers: int, per_side: int, attempt: int, layout_seed: int, hash_seeds: str
+                 ) -> tuple[list[int], list[int]]:
+    """Per worker pair, its environment padding and hash seed (the same for both of its workers): drawn from the
+    gate's seed and the pass, so pairs, passes and gates sample other layouts."""
+    rng = np.random.default_rng([attempt, workers, layout_seed])
+    pads = rng.integers(0, 4096, per_side)
+    seeds = rng.integers(1, 2**32 - 1, per_side) if hash_seeds == "per-pair" else np.zeros(per_side, dtype=int)
+    return [int(p) for p in pads], [int(s) for s in seeds]
+
+
 def _check_setup(worker: Worker, info: dict[str, Any]) -> None:
     expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
     if Path(info["optcv_file"]).resolve() != expected:
@@ -208,14 +218,12 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
     started and set up one after the other, in the pair's order (pair_orders); with "together", a pair's two
     workers are set up at the same moment, one per core.
     """
-    rng = np.random.default_rng([seed, len(sides) * per_side, layout_seed])
-    pads = rng.integers(0, 4096, per_side)
-    seeds = rng.integers(1, 2**32 - 1, per_side) if hash_seeds == "per-pair" else np.zeros(per_side, dtype=int)
+    pads, seeds = pair_layouts(len(sides) * per_side, per_side, seed, layout_seed, hash_seeds)
     workers: list[Worker] = []
     try:
         for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
-            workers += [Worker(side, "serve", workdir, i + seed * per_side, int(pads[i]), pair=i,
-                               hash_seed=int(seeds[i])) for side in pair]
+            workers += [Worker(side, "serve", workdir, i + seed * per_side, pads[i], pair=i, hash_seed=seeds[i])
+                        for side in pair]
         step = len(sides) if order == "together" else 1
         for group in (workers[i:i + step] for i in range(0, len(workers), step)):
             for worker in group:

@@ -169,14 +169,27 @@ def _pytest_benchmark_record(data: dict[str, Any], source: str) -> RunRecord:
         half = 1.57 * stats["iqr"] * 1e6 / math.sqrt(rounds) if rounds > 1 else None
         measurements.append(Measurement(bench["name"], LATENCY_US, median, None if half is None else median - half,
                                         None if half is None else median + half, rounds))
+        measurements += _pytest_gate_change(bench)
     versions = {k: str(machine_info[k]) for k in ("torch", "onnxruntime", "python_version") if k in machine_info}
     dirty = commit_info.get("dirty")
+    gated = [m for m in measurements if m.metric == CHANGE_PCT]
     # The entries are kept whole: `optcv history baseline` writes them back for --benchmark-compare.
     return RunRecord(PYTEST_BENCHMARK, _time(data.get("datetime")), _machine(machine_info), commit_info.get("id"),
-                     commit_info.get("branch"), versions, source=source,
+                     commit_info.get("branch"), versions, passed=not any(m.failed for m in gated) if gated else None,
+                     source=source,
                      details={"dirty": dirty, "pytest_benchmark": data.get("version"), "machine_info": machine_info,
                               "commit_info": commit_info, "benchmarks": data["benchmarks"]},
                      measurements=tuple(measurements))
+
+
+def _pytest_gate_change(bench: dict[str, Any]) -> list[Measurement]:
+    """A test that `pytest --gate-against` compared (optcv.plugin.ab): its change against the base, with the interval
+    and the verdict."""
+    finding = (bench.get("extra_info", {}).get("optcv_gate") or {}).get("finding")
+    if not finding:
+        return []
+    return [Measurement(bench["name"], CHANGE_PCT, finding["change_pct"], finding["ci_low_pct"], finding["ci_high_pct"],
+                        finding["rounds"], finding["verdict"], finding["threshold_pct"])]
 
 
 def _time(text: str | None) -> datetime:

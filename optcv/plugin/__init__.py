@@ -1,7 +1,8 @@
 """optcv's pytest plugin (the `pytest11` entry point `optcv`): in a repository that declares its models,
 `pytest --optcv` adds their parity and latency cases (pytest-benchmark: `--benchmark-json`, `--benchmark-autosave`
 and `--benchmark-compare` work on them as on any benchmark) and `pytest --optcv-gate-against REV` adds the A/B
-gate of the working tree against REV on those models.
+gate of the working tree against REV on those models. In any repository, `pytest --gate-against REV` times every
+pytest-benchmark test in both revisions side by side (optcv.plugin.ab).
 
 Without these flags it only registers them: a test run of any project with optcv installed is unchanged.
 """
@@ -30,6 +31,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--optcv-gate-cases", metavar="GLOB", nargs="+",
                     help="the gate's cases, as globs over names like resnet50/onnxruntime/b1/t1 (default: every "
                          "case the declarations list)")
+    _gate_options(parser)
+
+
+def _gate_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gate", "optcv: the A/B gate of every pytest-benchmark test against a base revision")
+    group.addoption("--gate-against", metavar="REV",
+                    help="time every test that uses the benchmark fixture in this tree and in revision REV, side by "
+                         "side, and fail a test that got slower beyond its threshold ('default': the merge-base "
+                         "with main, else HEAD~1; 'none': off)")
+    group.addoption("--gate-threshold", type=float, help="the gate's default threshold in %% (default 3)")
+    group.addoption("--gate-thresholds", metavar="FILE", help="per-test thresholds: an optcv-gate-thresholds/1 file "
+                                                              "whose patterns match node ids")
+    group.addoption("--gate-json", metavar="FILE", help="write every number of the gate to this JSON file")
+    group.addoption("--gate-summary", metavar="FILE", help="write the gate's Markdown summary to this file")
+    group.addoption("--gate-slowdown", metavar="PCT", type=float,
+                    help="the gate's self-test on your own tests: slow every head call the gate times by PCT %% "
+                         "(a busy wait inside the timed call), to see which change each test can catch")
 
 
 def active(config: pytest.Config) -> bool:
@@ -37,6 +55,9 @@ def active(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from optcv.plugin.ab import register
+
+    register(config)
     if not active(config):
         return
     if config.getoption("optcv") and not config.pluginmanager.hasplugin("benchmark"):

@@ -1,0 +1,193 @@
+"""A side's pytest session for the A/B gate of pytest-benchmark tests: `python pytest_session.py PYTEST-ARGS`.
+
+It runs the tests the coordinator names (the node ids in the file OPTCV_GATE_NODES, in that order) as the side's own
+pytest would, with one difference: a test's `benchmark(fn, ...)` or `benchmark.pedantic(...)` call does not time on
+its own but serves the coordinator's timing requests (optcv.gate.pytest_ab) over two pipes (OPTCV_GATE_FDS), then
+returns the callable's result, so the test's own assertions run on this side. It imports the standard library and
+pytest only: the side's tree, first on PYTHONPATH, is the only code of a side it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    del sys.path[0]  # this folder must not shadow the side's modules
+
+import pytest  # noqa: E402
+
+
+class Channel:
+    """JSON lines to and from the coordinator over the two inherited pipe ends."""
+
+    def __init__(self, fds: str):
+        read_fd, write_fd = (int(fd) for fd in fds.split(","))
+        self.reader = os.fdopen(read_fd, "r", buffering=1)
+        self.writer = os.fdopen(write_fd, "w", buffering=1)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message) + "\n")
+        self.writer.flush()
+
+    def receive(self) -> dict[str, Any]:
+        line = self.reader.readline()
+        if not line:
+            os._exit(3)  # the coordinator is gone: nothing to serve
+        return json.loads(line)
+
+
+def serve(channel: Channel, node: str, one_call: Callable[[], float]) -> None:
+    """Answer timing requests for `node` (each call's ns) until the coordinator releases the test."""
+    channel.send({"event": "ready", "node": node})
+    while True:
+        request = channel.receive()
+        if request["op"] == "time":
+            channel.send({"event": "reply", "ns": [one_call() for _ in range(int(request["calls"]))]})
+        else:
+            return
+
+
+# The self-test's slowdown of the head (optcv.gate.pytest_ab): a busy wait after each timed call, inside its timing,
+# of this fraction of the call's own time; 0 on the base, where the same check runs.
+SLOWDOWN = float(os.environ.get("OPTCV_GATE_SLOWDOWN_PCT", "0")) / 100
+
+
+def timed(run: Callable[[], Any]) -> float:
+    started = time.perf_counter_ns()
+    run()
+    ended = time.perf_counter_ns()
+    if SLOWDOWN:
+        deadline = ended + SLOWDOWN * (ended - started)
+        while time.perf_counter_ns() < deadline:
+            pass
+        ended = time.perf_counter_ns()
+    return float(ended - started)
+
+
+def plain_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Callable[[], float]:
+    return lambda: timed(lambda: fn(*args, **kwargs))
+
+
+def pedantic_call(target: Callable[..., Any], arguments: Callable[[], tuple[tuple, dict]],
+                  teardown: Callable[..., Any] | None, iterations: int) -> Callable[[], float]:
+    """One timed call as pytest-benchmark's pedantic mode makes it: `setup`'s arguments made and `teardown` run
+    outside the timing, `iterations` calls timed together and divided."""
+    def one_call() -> float:
+        args, kwargs = arguments()
+
+        def run() -> None:
+            for _ in range(iterations):
+                target(*args, **kwargs)
+
+        elapsed = timed(run) / iterations
+        if teardown is not None:
+            teardown(*args, **kwargs)
+        return elapsed
+    return one_call
+
+
+class ServeRounds:
+    """The worker's plugin: keeps the coordinator's tests in its order, reports what happens to each, and turns
+    pytest-benchmark's fixture into a server of timed calls."""
+
+    def __init__(self, channel: Channel, wanted: list[str]):
+        self.channel = channel
+        self.order = {node: i for i, node in enumerate(wanted)}
+        self.collect_errors: dict[str, str] = {}
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        try:
+            from pytest_benchmark.fixture import BenchmarkFixture, FixtureAlreadyUsed
+        except ImportError:
+            self.channel.send({"event": "fatal", "message": "pytest-benchmark is not installed for this side's "
+                                                             f"interpreter {sys.executable}"})
+            os._exit(2)
+        channel = self.channel
+
+        def once(fixture: Any, mode: str) -> None:
+            if fixture._mode:  # as pytest-benchmark: a second use fails the test (and serves nothing twice)
+                raise FixtureAlreadyUsed(f"Fixture can only be used once. Previously it was used in {fixture._mode} "
+                                         "mode.")
+            fixture._mode = mode
+
+        def call(fixture: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            once(fixture, "benchmark(...)")
+            serve(channel, fixture.fullname, plain_call(fn, args, kwargs))
+            return fn(*args, **kwargs)
+
+        def pedantic(fixture: Any, target: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
+                     setup: Callable[[], Any] | None = None, teardown: Callable[..., Any] | None = None,
+                     rounds: int = 1, warmup_rounds: int = 0, iterations: int = 1) -> Any:
+            if iterations > 1 and setup:
+                raise ValueError("Can't use more than 1 `iterations` with a `setup` function.")
+            once(fixture, "benchmark.pedantic(...)")
+
+            def arguments() -> tuple[tuple, dict]:
+                made = setup() if setup else None
+                return made if made else (args, kwargs or {})
+
+            serve(channel, fixture.fullname, pedantic_call(target, arguments, teardown, iterations))
+            final_args, final_kwargs = arguments()
+            result = target(*final_args, **final_kwargs)
+            if teardown is not None:
+                teardown(*final_args, **final_kwargs)
+            return result
+
+        BenchmarkFixture.__call__ = call  # type: ignore[method-assign,assignment]
+        BenchmarkFixture.pedantic = pedantic  # type: ignore[method-assign]
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors[report.nodeid] = _last_line(report.longreprtext)
+
+    @pytest.hookimpl(trylast=True)  # after any plugin that reorders (pytest-randomly): the coordinator's order
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        benchmarked = {item.nodeid: sorted(getattr(item, "fixturenames", ())) for item in items
+                       if "benchmark" in getattr(item, "fixturenames", ())}
+        kept = sorted((i for i in items if i.nodeid in self.order), key=lambda i: self.order[i.nodeid])
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in self.order])
+        items[:] = kept
+        self.channel.send({"event": "collected", "nodes": {i.nodeid: benchmarked.get(i.nodeid, []) for i in kept},
+                           "others": sorted(set(benchmarked) - set(self.order)), "errors": self.collect_errors})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or not report.passed:
+            self.channel.send({"event": "report", "node": report.nodeid, "when": report.when,
+                               "outcome": report.outcome, "message": _outcome_line(report)})
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self.channel.send({"event": "finished", "node": nodeid})
+
+    def pytest_sessionfinish(self) -> None:
+        self.channel.send({"event": "end"})
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _outcome_line(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")[:300]
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None and crash.message:
+        return crash.message.splitlines()[0][:300]
+    return _last_line(report.longreprtext)
+
+
+def main() -> int:
+    channel = Channel(os.environ["OPTCV_GATE_FDS"])
+    wanted = Path(os.environ["OPTCV_GATE_NODES"]).read_text(encoding="utf-8").splitlines()
+    return int(pytest.main(sys.argv[1:], plugins=[ServeRounds(channel, wanted)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

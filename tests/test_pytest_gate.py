@@ -1,0 +1,167 @@
+"""`pytest --gate-against REV` on a repository with no model in it: ordinary pytest-benchmark tests, each timed in
+both revisions by each side's own pytest sessions, run as a user runs it (a fresh pytest in their repository).
+What can and cannot be paired is checked here; what the gate catches, alone on the machine, in
+benchmarks/test_pytest_gate.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Three ordinary benchmarks of the kind a user has: a NumPy resize-and-normalise, a pure-Python post-processing step
+# over detections, and a sort. `{extra}` is where a revision makes one of them slower by a real code change.
+TESTS = '''\
+import numpy as np
+
+IMAGE = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+DETECTIONS = [(i % 7, (i * 37) % 100 / 100, i, i + 10) for i in range(400)]
+
+
+def resize_and_normalise(image):
+    small = image[::2, ::2].astype(np.float32)
+    return (small - small.mean()) / (small.std() + 1e-6)
+
+
+def keep_confident(detections, threshold=0.5):
+    kept = [d for d in detections if d[1] >= threshold]
+{extra}    return sorted(kept, key=lambda d: -d[1])
+
+
+def test_resize(benchmark):
+    out = benchmark(resize_and_normalise, IMAGE)
+    assert out.shape == (32, 32, 3)
+
+
+def test_postprocess(benchmark):
+    kept = benchmark.pedantic(keep_confident, args=(DETECTIONS,), rounds=5, iterations=3)
+    assert all(d[1] >= 0.5 for d in kept)
+
+
+def test_sort(benchmark):
+    assert benchmark(sorted, list(range(500, 0, -1)))[0] == 1
+'''
+# An extra pass over the kept detections, three times: about twice the step's work.
+SLOWER = "    for _ in range(3):\n        kept = [d for d in kept if d[1] >= threshold]\n"
+
+
+def pytest_in(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def commit(repo: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def plain_repository(root: Path) -> Path:
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(root, {"test_speed.py": TESTS.format(extra="")}, "three benchmarks")
+    return root
+
+
+BASE_ONLY = '''\
+import pytest
+
+
+def test_gone(benchmark):
+    benchmark(sum, range(100))
+
+
+def test_fails_on_base(benchmark):
+    benchmark(sum, range(100))
+    assert False, "the base's assertion"
+
+
+def test_skipped_on_base(benchmark):
+    pytest.skip("not on the base")
+
+
+@pytest.fixture
+def numbers():
+    return list(range(100))
+
+
+def test_fixture_changes(benchmark, numbers):
+    benchmark(sum, numbers)
+'''
+
+HEAD_ONLY = '''\
+import pytest
+
+
+def test_new(benchmark):
+    benchmark(sum, range(100))
+
+
+def test_fails_on_base(benchmark):
+    benchmark(sum, range(100))
+
+
+def test_skipped_on_base(benchmark):
+    benchmark(sum, range(100))
+
+
+@pytest.fixture
+def values():
+    return list(range(100))
+
+
+def test_fixture_changes(benchmark, values):
+    benchmark(sum, values)
+'''
+
+
+def test_what_cannot_be_paired_is_said_per_test_and_is_not_a_failure(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, {"test_pairs.py": BASE_ONLY, "test_broken.py": "import not_a_module\n"}, "base")
+    commit(repo, {"test_pairs.py": HEAD_ONLY, "test_broken.py": "def test_now_collects(benchmark):\n"
+                                                                 "    benchmark(sum, range(10))\n"}, "head")
+    # A threshold no timing noise reaches: this test is about pairing, not speed (that is benchmarks/).
+    done = pytest_in(repo, "--gate-against", "HEAD~1", "--gate-json", "gate.json", "--gate-threshold", "50")
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    lines = [line for line in out.splitlines() if line.startswith("- not gated:") or line.startswith("- note:")]
+    said = "\n".join(lines)
+    for node, why in [("test_pairs.py::test_new", "new in the head"),
+                      ("test_pairs.py::test_gone", "gone from the head"),
+                      ("test_pairs.py::test_fails_on_base", "fails on the base"),
+                      ("test_pairs.py::test_skipped_on_base", "skipped on the base"),
+                      ("test_broken.py::test_now_collects", "does not collect")]:
+        assert any(node in line and why in line for line in lines), (node, said)
+    assert "the base's assertion" in said and "not on the base" in said and "not_a_module" in said, said
+    assert any("test_fixture_changes" in line and "fixtures differ" in line and "numbers" in line for line in lines)
+    tests = {t["node"]: t for t in json.loads((repo / "gate.json").read_text())["tests"]}
+    assert tests["test_pairs.py::test_new"]["unpaired"] == "new_in_head"
+    assert tests["test_pairs.py::test_fixture_changes"]["gated"] is True
+    # A test that fails on the head fails the run, as it would without the gate.
+    commit(repo, {"test_pairs.py": HEAD_ONLY.replace("benchmark(sum, values)", "benchmark(sum, values)\n"
+                                                                               "    assert False, 'head broke'")},
+           "break the head")
+    done = pytest_in(repo, "--gate-against", "HEAD~1", "-k", "fixture_changes", "--gate-threshold", "50")
+    assert done.returncode == 1 and "head broke" in done.stdout, done.stdout[-3000:]
+
+
+def test_a_revision_that_does_not_exist_stops_pytest_with_one_line(tmp_path):
+    repo = plain_repository(tmp_path / "repo")
+    done = pytest_in(repo, "--gate-against", "no-such-branch")
+    assert done.returncode == 4, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if "optcv:" in line]
+    assert len(errors) == 1 and "no-such-branch" in errors[0] and "Traceback" not in done.stderr, done.stderr
