@@ -43,54 +43,70 @@ class Channel:
         return json.loads(line)
 
 
-def serve(channel: Channel, node: str, one_call: Callable[[], float]) -> None:
-    """Answer timing requests for `node` (each call's ns) until the coordinator releases the test."""
+def serve(channel: Channel, node: str, samples: Samples) -> None:
+    """Answer timing requests for `node` until the coordinator releases the test."""
     channel.send({"event": "ready", "node": node})
     while True:
         request = channel.receive()
         if request["op"] == "time":
-            channel.send({"event": "reply", "ns": [one_call() for _ in range(int(request["calls"]))]})
+            channel.send({"event": "reply", "ns": samples.take(int(request["calls"]))})
         else:
             return
 
 
-# The self-test's slowdown of the head (optcv.gate.pytest_ab): a busy wait after each timed call, inside its timing,
-# of this fraction of the call's own time; 0 on the base, where the same check runs.
+# A timed sample lasts at least this long (a batch of calls where one call is shorter, as pytest-benchmark's own
+# calibration does): the clock's cost and the self-test's wait then stay a small, known part of it.
+SAMPLE_NS = 20_000
+# The self-test's slowdown of the head (optcv.gate.pytest_ab): a busy wait after each timed sample, inside its
+# timing, of this fraction of the sample's own time; 0 on the base, where the same check runs.
 SLOWDOWN = float(os.environ.get("OPTCV_GATE_SLOWDOWN_PCT", "0")) / 100
 
 
-def timed(run: Callable[[], Any]) -> float:
-    started = time.perf_counter_ns()
-    run()
-    ended = time.perf_counter_ns()
-    if SLOWDOWN:
-        deadline = ended + SLOWDOWN * (ended - started)
-        while time.perf_counter_ns() < deadline:
-            pass
+class Samples:
+    """Per-call times of the benchmarked callable, as pytest-benchmark runs it: `args`/`kwargs`, or `setup`'s
+    arguments made and `teardown` run outside the timing (one call a sample, then); `iterations` calls a call."""
+
+    def __init__(self, target: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
+                 setup: Callable[[], Any] | None = None, teardown: Callable[..., Any] | None = None,
+                 iterations: int = 1):
+        self.target, self.args, self.kwargs = target, args, kwargs or {}
+        self.setup, self.teardown, self.iterations = setup, teardown, iterations
+        self.batch = 1 if setup or teardown else 0  # 0: not calibrated yet
+        self.carry = 0.0  # the slowdown's wait beyond its share so far (ns), taken off the next
+
+    def arguments(self) -> tuple[tuple, dict]:
+        made = self.setup() if self.setup else None
+        return made if made else (self.args, self.kwargs)
+
+    def take(self, calls: int) -> list[float]:
+        if not self.batch:  # from warm calls: a first call (imports, caches) can be a thousand times longer
+            single = min(self._sample(1) for _ in range(5))
+            self.batch = max(1, -(-SAMPLE_NS // max(int(single), 1)))
+        return [self._sample(self.batch) for _ in range(max(1, calls // self.batch))]
+
+    def _sample(self, batch: int) -> float:
+        args, kwargs = self.arguments()
+        target, runs = self.target, batch * self.iterations
+        started = time.perf_counter_ns()
+        for _ in range(runs):
+            target(*args, **kwargs)
         ended = time.perf_counter_ns()
-    return float(ended - started)
+        wait = SLOWDOWN * (ended - started) - self.carry
+        now = time.perf_counter_ns()
+        while now < ended + wait:
+            now = time.perf_counter_ns()
+        self.carry = (now - ended) - wait if SLOWDOWN else 0.0
+        if self.teardown is not None:
+            self.teardown(*args, **kwargs)
+        return (now - started) / runs
 
-
-def plain_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Callable[[], float]:
-    return lambda: timed(lambda: fn(*args, **kwargs))
-
-
-def pedantic_call(target: Callable[..., Any], arguments: Callable[[], tuple[tuple, dict]],
-                  teardown: Callable[..., Any] | None, iterations: int) -> Callable[[], float]:
-    """One timed call as pytest-benchmark's pedantic mode makes it: `setup`'s arguments made and `teardown` run
-    outside the timing, `iterations` calls timed together and divided."""
-    def one_call() -> float:
-        args, kwargs = arguments()
-
-        def run() -> None:
-            for _ in range(iterations):
-                target(*args, **kwargs)
-
-        elapsed = timed(run) / iterations
-        if teardown is not None:
-            teardown(*args, **kwargs)
-        return elapsed
-    return one_call
+    def result(self) -> Any:
+        """One more call, untimed, whose result the test gets (its assertions run on it)."""
+        args, kwargs = self.arguments()
+        result = self.target(*args, **kwargs)
+        if self.teardown is not None:
+            self.teardown(*args, **kwargs)
+        return result
 
 
 class ServeRounds:
@@ -119,8 +135,9 @@ class ServeRounds:
 
         def call(fixture: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             once(fixture, "benchmark(...)")
-            serve(channel, fixture.fullname, plain_call(fn, args, kwargs))
-            return fn(*args, **kwargs)
+            samples = Samples(fn, args, kwargs)
+            serve(channel, fixture.fullname, samples)
+            return samples.result()
 
         def pedantic(fixture: Any, target: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
                      setup: Callable[[], Any] | None = None, teardown: Callable[..., Any] | None = None,
@@ -128,17 +145,9 @@ class ServeRounds:
             if iterations > 1 and setup:
                 raise ValueError("Can't use more than 1 `iterations` with a `setup` function.")
             once(fixture, "benchmark.pedantic(...)")
-
-            def arguments() -> tuple[tuple, dict]:
-                made = setup() if setup else None
-                return made if made else (args, kwargs or {})
-
-            serve(channel, fixture.fullname, pedantic_call(target, arguments, teardown, iterations))
-            final_args, final_kwargs = arguments()
-            result = target(*final_args, **final_kwargs)
-            if teardown is not None:
-                teardown(*final_args, **final_kwargs)
-            return result
+            samples = Samples(target, args, kwargs, setup, teardown, iterations)
+            serve(channel, fixture.fullname, samples)
+            return samples.result()
 
         BenchmarkFixture.__call__ = call  # type: ignore[method-assign,assignment]
         BenchmarkFixture.pedantic = pedantic  # type: ignore[method-assign]
