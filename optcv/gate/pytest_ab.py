@@ -24,8 +24,8 @@ import numpy as np
 
 from optcv.gate.config import GateConfig
 from optcv.gate.sides import Side
-from optcv.gate.timing import CaseSamples, time_case
-from optcv.gate.verdict import CaseFinding, GateSetupError, Thresholds, judge
+from optcv.gate.timing import CaseSamples, judge_samples, time_case
+from optcv.gate.verdict import CaseFinding, GateSetupError, Thresholds
 from optcv.gate.workers import pair_layouts, pair_orders, worker_start
 
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
@@ -222,9 +222,7 @@ def node_files(nodes: Sequence[str]) -> list[str]:
     return sorted({node.split("::")[0] for node in nodes})
 
 
-def rounds_us(samples: CaseSamples | None, label: str) -> tuple[float, ...]:
-    if samples is None:
-        return ()
+def rounds_us(samples: CaseSamples, label: str) -> tuple[float, ...]:
     return tuple(float(v) for pair in (samples.base_us if label == "base" else samples.head_us) for v in pair)
 
 
@@ -233,11 +231,7 @@ def time_test(pool: SessionPool, node: str, config: GateConfig, thresholds: Thre
     """The node timed A/B by every session of the pool (all of them ready at its benchmark call) and judged."""
     rng = np.random.default_rng([config.seed, attempt, sum(node.encode())])
     samples = time_case(pool.workers, node, config, rng)  # type: ignore[arg-type]
-    base_us = [*earlier.base_us, *samples.base_us] if earlier else samples.base_us
-    head_us = [*earlier.head_us, *samples.head_us] if earlier else samples.head_us
-    finding = judge(node, base_us, head_us, thresholds.for_case(node), samples.calls_per_turn, seed=config.seed,
-                    passes=2 if earlier else 1)
-    return finding, samples
+    return judge_samples(samples, earlier, thresholds.for_case(node), config.seed), samples
 
 
 class PytestGate:

@@ -66,6 +66,14 @@ def _take_round(workers: Sequence[Worker], samples: CaseSamples, config: GateCon
         side[worker.pair].append(float(np.median(answer["ns"])) / 1000)
 
 
+def judge_samples(samples: CaseSamples, earlier: CaseSamples | None, threshold_pct: float, seed: int) -> CaseFinding:
+    """A case's finding from its worker pairs, and those of an earlier pool of workers where it has one."""
+    base_us = [*earlier.base_us, *samples.base_us] if earlier else samples.base_us
+    head_us = [*earlier.head_us, *samples.head_us] if earlier else samples.head_us
+    return judge(samples.case, base_us, head_us, threshold_pct, samples.calls_per_turn, seed=seed,
+                 passes=2 if earlier else 1)
+
+
 def _precise_enough(samples: CaseSamples, config: GateConfig) -> bool:
     """Whether more rounds would no longer narrow the interval enough to matter: the whole interval is within
     the target, or its rounds' part is and the rest is the worker pairs' disagreement, which only other
@@ -218,11 +226,7 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
                          disable=not progress or None):
             case = spec["id"]
             timed[case] = samples = time_case(workers, case, config, rng)
-            before = earlier.get(case)
-            base_us = [*before.base_us, *samples.base_us] if before else samples.base_us
-            head_us = [*before.head_us, *samples.head_us] if before else samples.head_us
-            finding = judge(case, base_us, head_us, thresholds.for_case(case), samples.calls_per_turn,
-                            seed=config.seed, passes=2 if before else 1)
+            finding = judge_samples(samples, earlier.get(case), thresholds.for_case(case), config.seed)
             last_word = attempt == 1 or not config.retest_failures
             if finding.failed and last_word and config.profile_ms > 0:
                 calls = max(3, int(config.profile_ms * 1000 / PROFILE_REPEATS / max(finding.base_median_us, 1.0)))
