@@ -324,6 +324,34 @@ def test_the_head_runs_from_a_copy_of_the_working_tree_shaped_like_the_bases_wor
         assert in_place.tree == (repo / "pkg").resolve()
 
 
+def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
+    """Each pair's trees are copies of their side's (so a tree's files and paths vary between pairs, where the
+    interval over pairs sees them), as long on both sides; a large file is linked, what git ignores left out."""
+    from optcv.gate.sides import LINKED_FILE_BYTES, pair_tree
+
+    repo = tmp_path / "repo"
+    (repo / "optcv").mkdir(parents=True)
+    (repo / "optcv" / "__init__.py").write_text("X = 1\n")
+    (repo / "weights.bin").write_bytes(b"0" * (LINKED_FILE_BYTES + 1))
+    (repo / ".gitignore").write_text("scratch/\n")
+    (repo / "scratch").mkdir()
+    (repo / "scratch" / "notes.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    trees = {(label, pair): pair_tree(Side(label, sys.executable, repo), f"0-{pair}", work).tree
+             for label in ("base", "head") for pair in (0, 1)}
+    assert len(set(trees.values())) == 4
+    assert len(str(trees["base", 0])) == len(str(trees["head", 0]))
+    for tree in trees.values():
+        assert (tree / "optcv" / "__init__.py").read_text() == "X = 1\n" and not (tree / "optcv").is_symlink()
+        assert (tree / "weights.bin").is_symlink() and (tree / "weights.bin").resolve() == repo / "weights.bin"
+        assert not (tree / "scratch").exists()
+    (trees["head", 1] / "optcv" / "__init__.py").write_text("X = 2\n")  # an existing pair tree is kept
+    assert pair_tree(Side("head", sys.executable, repo), "0-1", work).tree == trees["head", 1]
+    assert (trees["head", 1] / "optcv" / "__init__.py").read_text() == "X = 2\n"
+
+
 def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
     with pytest.raises(GateSetupError, match="base interpreter"):
         check_python(str(tmp_path / "no-python"))
@@ -540,7 +568,7 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     pools = []
 
     @contextlib.contextmanager
-    def fake_pool(sides, per_side, workdir, setup, seed, order, layout_seed, hash_seeds):
+    def fake_pool(sides, per_side, workdir, setup, seed, order, layout_seed, hash_seeds, tree_per_pair):
         pools.append(([s.label for s in sides], seed))
         yield [SimpleNamespace(side=s, settings={}) for s in sides]
 

@@ -9,7 +9,8 @@ variant of what differs between the sides:
   `optcv`, so the folders Python lists on import are alike: the working tree also holds .venv, tests, caches);
   the head left in place (the working tree where it lies, as the gate had it before it copied the head); both
   sides the same worktree (same-tree);
-- the hash seed: every worker's 0 (fixed-hash-seed) against the gate's own, one per pair.
+- the hash seed: every worker's 0 (fixed-hash-seed) against the gate's own, one per pair;
+- every pair of a side from that side's one tree (shared-trees), against the gate's copy per pair.
 
     python benchmarks/proofs/side_bias.py --gates 3 --variants base-first head-first abba --out /tmp/side-bias
 
@@ -40,7 +41,8 @@ from optcv.gate.verdict import Thresholds
 
 TREES = ("swapped-trees", "both-worktrees", "clean-roots", "head-in-place", "same-tree")
 FIXED_HASH_SEED = "fixed-hash-seed"  # the gate's order, every worker with hash seed 0 (before per-pair seeds)
-VARIANTS = (*SETUP_ORDERS, *TREES, FIXED_HASH_SEED)
+SHARED_TREES = "shared-trees"  # every pair of a side from the one tree (before GateConfig.tree_per_pair)
+VARIANTS = (*SETUP_ORDERS, *TREES, FIXED_HASH_SEED, SHARED_TREES)
 
 
 def sides(variant: str, stack: ExitStack) -> tuple[Side, Side]:
@@ -74,9 +76,10 @@ def _clean_root(side: Side, roots: Path) -> Side:
     return dataclasses.replace(side, tree=root)
 
 
-def one_gate(variant: str, seed: int, data_dir: str | None) -> list[dict]:
+def one_gate(variant: str, seed: int, data_dir: str | None, cases: tuple[str, ...]) -> list[dict]:
     order = variant if variant in SETUP_ORDERS else GateConfig.setup_order  # a tree variant: the gate's own order
-    config = GateConfig(setup_order=order, seed=seed, retest_failures=False,
+    config = GateConfig(setup_order=order, seed=seed, retest_failures=False, cases=cases,
+                        tree_per_pair=variant != SHARED_TREES,
                         hash_seeds="fixed" if variant == FIXED_HASH_SEED else GateConfig.hash_seeds)
     with ExitStack() as stack:
         base, head = sides(variant, stack)
@@ -101,10 +104,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gates", type=int, default=3, help="unchanged gates per variant, interleaved")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir")
+    parser.add_argument("--cases", nargs="+", default=list(GateConfig.cases),
+                        help="the gate's case patterns (default: its pull-request set)")
     args = parser.parse_args(argv)
     record = run_interleaved(args.out / "record.json", "gates", "variant", args.variants, args.gates,
                              lambda variant, index: {"findings": one_gate(variant, seed=100 + index,
-                                                                         data_dir=args.data_dir)},
+                                                                         data_dir=args.data_dir,
+                                                                         cases=tuple(args.cases))},
                              lambda gate: f"{gate['variant']} #{gate['index'] + 1}: {summary(gate['findings'])}")
     for variant in args.variants:
         found = [f for g in record["gates"] if g["variant"] == variant for f in g["findings"]]

@@ -57,6 +57,9 @@ class GateConfig:
     # The head runs from a copy of the working tree shaped like the base's worktree, so the sides differ in their
     # code alone and an edit during the gate cannot reach the head (optcv.gate.sides.copy_of_working_tree).
     copy_head_tree: bool = True
+    # Each worker pair runs its sides from copies of their own (optcv.gate.sides.pair_tree), so whatever a tree's
+    # files and paths do to a process's speed varies between pairs, where the interval over pairs sees it.
+    tree_per_pair: bool = True
     min_rounds: int = 20
     turn_ms: float = 20.0  # timed work per worker turn; short turns let both sides share the machine's moods
     case_seconds: float = 3.0  # timed work per case, both sides: sets the number of rounds

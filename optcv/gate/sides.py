@@ -133,6 +133,31 @@ def same_length_trees(side: Side, workdir: Path) -> Side:
     return replace(side, tree=link)
 
 
+LINKED_FILE_BYTES = 1 << 20  # larger files (weights, data) are linked into a pair's tree, not copied
+
+
+def pair_tree(side: Side, name: str, workdir: Path) -> Side:
+    """The side with its tree a copy of its files (revision_files) at `workdir/sides/<label>-<name>`: paths as long
+    on both sides, other files and paths for every pair. Files over LINKED_FILE_BYTES are symbolic links."""
+    root = workdir / "sides" / f"{side.label}-{name}"
+    source = side.tree.resolve()
+    if not root.is_dir():
+        staging = root.with_name(root.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in revision_files(source):
+            if not path.is_file():
+                continue
+            target = staging / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.stat().st_size > LINKED_FILE_BYTES:
+                target.symlink_to(path.resolve())
+            else:
+                shutil.copy2(path, target)
+        staging.mkdir(parents=True, exist_ok=True)
+        staging.rename(root)
+    return replace(side, tree=root)
+
+
 @contextmanager
 def copy_of_working_tree(head: Side, repo: Path) -> Iterator[Side]:
     """The head with its tree a copy of the working tree's files (revision_files, as they are now, uncommitted changes

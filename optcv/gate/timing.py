@@ -221,7 +221,8 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
     # A re-test's workers set up only the cases they time (loading a model is most of a worker's set-up).
     setup = {label: {**request, "cases": specs} for label, request in setup.items()}
     with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt, order=config.setup_order,
-                     layout_seed=config.seed, hash_seeds=config.hash_seeds) as workers:
+                     layout_seed=config.seed, hash_seeds=config.hash_seeds,
+                     tree_per_pair=config.tree_per_pair) as workers:
         for spec in tqdm(specs, desc="gate" if attempt == 0 else "re-test", unit="case",
                          disable=not progress or None):
             case = spec["id"]

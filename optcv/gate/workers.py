@@ -12,7 +12,7 @@ from typing import IO, Any
 import numpy as np
 
 from optcv.gate.config import SETUP_ORDERS
-from optcv.gate.sides import Side
+from optcv.gate.sides import Side, pair_tree
 from optcv.gate.verdict import GateSetupError
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
@@ -207,7 +207,7 @@ def _check_setup(worker: Worker, info: dict[str, Any]) -> None:
 @contextmanager
 def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
                 seed: int = 0, order: str = "together", layout_seed: int = 0,
-                hash_seeds: str = "per-pair") -> Iterator[list[Worker]]:
+                hash_seeds: str = "per-pair", tree_per_pair: bool = False) -> Iterator[list[Worker]]:
     """`per_side` serving workers for each side, set up with that side's artifacts and the cases; `seed` is the
     pass (0, or 1 for a re-test), `layout_seed` the gate's seed.
 
@@ -216,14 +216,16 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
     the same environment padding and hash seed, different ones per i (unless `hash_seeds` is "fixed": 0 for every
     worker): identical code gets identical layouts, and several layouts are sampled. The two workers of a pair are
     started and set up one after the other, in the pair's order (pair_orders); with "together", a pair's two
-    workers are set up at the same moment, one per core.
+    workers are set up at the same moment, one per core. With `tree_per_pair`, each pair's workers import from
+    copies of their sides' trees of their own (sides.pair_tree).
     """
     pads, seeds = pair_layouts(len(sides) * per_side, per_side, seed, layout_seed, hash_seeds)
     workers: list[Worker] = []
     try:
         for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
+            own = [pair_tree(side, f"{seed}-{i}", workdir) for side in pair] if tree_per_pair else pair
             workers += [Worker(side, "serve", workdir, i + seed * per_side, pads[i], pair=i, hash_seed=seeds[i])
-                        for side in pair]
+                        for side in own]
         step = len(sides) if order == "together" else 1
         for group in (workers[i:i + step] for i in range(0, len(workers), step)):
             for worker in group:
