@@ -21,7 +21,7 @@ from conftest import full_tier
 from optcv._io import write_json, write_text
 from optcv.backends.base import all_closed
 from optcv.env import machine_fingerprint
-from optcv.errors import BaselineOtherMachine, SpeedRegression
+from optcv.errors import BaselineOtherMachine, GateSetupError, SpeedRegression
 from optcv.gate.config import GateConfig
 from optcv.gate.ratio import (
     RATIO_THREADS,
@@ -32,15 +32,8 @@ from optcv.gate.ratio import (
     ratios_of,
     recorded_ratios,
 )
-from optcv.gate.run import run_ab, run_gate
-from optcv.gate.verdict import (
-    DEFAULT_THRESHOLD_PCT,
-    MEASURE_DEFAULTS_PCT,
-    GateResult,
-    GateSetupError,
-    Thresholds,
-    Verdict,
-)
+from optcv.gate.run import run_gate
+from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, MEASURE_DEFAULTS_PCT, GateResult, Thresholds, Verdict
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
 from optcv.report.gate import outcome_failure_lines, outcome_markdown
@@ -219,7 +212,7 @@ def test_gate_times_a_base_revision_from_before_the_package_layout(tmp_path, rea
     _git(repo, "add", "-A")
     _git(repo, "commit", "--quiet", "-m", "packages")
     config = GateConfig(models=("tutorial",), cases=("tutorial/onnxruntime/b1/t1",))
-    result = run_ab(config, against="HEAD~1", head_tree=repo, repo=repo, data_dir=real_data_dir)
+    result = run_gate(config, against="HEAD~1", head_tree=repo, repo=repo, data_dir=real_data_dir)
     assert isinstance(result, GateResult), result
     assert [f.case for f in result.findings] == ["tutorial/onnxruntime/b1/t1"]
     assert result.base["code_hash"] != result.head["code_hash"]
@@ -236,7 +229,7 @@ def test_gate_without_a_base_revision_fails_unless_the_ratio_fallback_is_asked_f
                                              "commit has no parent; .*--allow-no-base"):
         run_gate(config, head_tree=repo, repo=repo, data_dir=real_data_dir)
     with pytest.raises(GateSetupError, match="revision no-such-rev does not exist"):
-        run_ab(config, against="no-such-rev", head_tree=repo, repo=repo)
+        run_gate(config, against="no-such-rev", head_tree=repo, repo=repo)
 
     recorded = {"schema": "optcv-bench/1", "model": "tutorial",
                 "ratios": {"pytorch/onnxruntime": {"ratio": 100.0, "ci_low": 99.0, "ci_high": 101.0}}}

@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line message and a non-zero exit, and the typed failures."""
+
+from collections.abc import Sequence
+from typing import Any
 
 
 class OptcvError(Exception):
@@ -65,8 +68,27 @@ class SpeedRegression(AssertionError):
     """Measured code got slower than a gate allows."""
 
 
+class PerformanceRegression(SpeedRegression):
+    """A gated case got slower (or larger, or did more work) beyond its threshold; carries the typed findings
+    (optcv.gate.verdict's CaseFinding and MeasureFinding)."""
+
+    def __init__(self, findings: Sequence[Any]):
+        self.findings = list(findings)
+        super().__init__("; ".join(f"{f.case}{_measure_label(f)} {f.change_pct:+.1f} % (interval {f.ci_low_pct:+.1f} … "
+                                   f"{f.ci_high_pct:+.1f} %, threshold {f.threshold_pct:g} %)" for f in findings))
+
+
+def _measure_label(finding: Any) -> str:
+    measure = getattr(finding, "measure", None)  # a memory or instruction finding; a time finding has none
+    return f" {measure}" if measure else ""
+
+
 class ParityFailure(AssertionError):
     """A backend predicts or computes something other than the reference backend, beyond its tolerance."""
+
+
+class GateSetupError(OptcvError):
+    """The gate could not be set up: a revision, an interpreter, a worker or an artifact failed."""
 
 
 class BaselineError(OptcvError):

@@ -16,7 +16,7 @@ from optcv.cli import main
 from optcv.declared.config import load_declarations
 from optcv.errors import OptcvError
 from optcv.gate.config import GateConfig, case_specs, recipes_for
-from optcv.gate.run import SameCode, _same_code, run_ab
+from optcv.gate.run import SameCode, _same_code, run_gate
 from optcv.gate.sides import HEAD_TREE, sides_for
 from optcv.gate.workers import build_all_artifacts
 from optcv.report.gate import outcome_markdown
@@ -130,10 +130,10 @@ def test_a_factory_from_outside_the_sides_tree_is_refused_naming_where_it_came_f
 def test_a_commit_that_changes_no_model_input_is_not_timed(tmp_path):
     path = _committed_repo(tmp_path)
     (tmp_path / "README.md").write_text("# their app\n")
-    same = run_ab(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path)
+    same = run_gate(_config(), against="HEAD", head_tree=path.parent, repo=tmp_path)
     assert isinstance(same, SameCode) and same.user_models
     with pytest.raises(OptcvError, match="no gate case matches nosuch"):  # checked before "nothing to time"
-        run_ab(dataclasses.replace(_config(), cases=("nosuch/*",)), against="HEAD", head_tree=path.parent,
+        run_gate(dataclasses.replace(_config(), cases=("nosuch/*",)), against="HEAD", head_tree=path.parent,
                repo=tmp_path)
     assert "the same files their declared models are made of" in outcome_markdown(same)
     (path.parent / "usernets" / "nets.py").write_text(NETS + "# a comment\n")
@@ -162,8 +162,8 @@ def test_a_declared_models_gate_times_both_revisions_end_to_end(tmp_path):
     (path.parent / "usernets" / "nets.py").write_text(SLOWER_FORWARD)
     config = _config(backends=("onnxruntime",), cases=("*/b1/*",), min_rounds=5, case_seconds=0.2,
                      max_case_seconds=0.2, workers_per_side=1, retest_failures=False, profile_ms=0)
-    result = run_ab(config, against="HEAD", head_tree=path.parent, repo=tmp_path)
-    assert not isinstance(result, str | SameCode)
+    result = run_gate(config, against="HEAD", head_tree=path.parent, repo=tmp_path)
+    assert not isinstance(result, SameCode)
     assert [f.case for f in result.findings] == ["tiny/onnxruntime/b1/t1"]
     assert result.base["harness"] == result.head["harness"] == str(HEAD_TREE)
     assert result.base["code_hash"] != result.head["code_hash"]

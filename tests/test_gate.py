@@ -14,7 +14,15 @@ import pytest
 
 from optcv.cli import main
 from optcv.env import fingerprint_differences, machine_fingerprint
-from optcv.errors import BaselineInvalid, BaselineMissing, BaselineOtherMachine, OptcvError, ParityFailure
+from optcv.errors import (
+    BaselineInvalid,
+    BaselineMissing,
+    BaselineOtherMachine,
+    GateSetupError,
+    OptcvError,
+    ParityFailure,
+    PerformanceRegression,
+)
 from optcv.gate.attribution import OUTSIDE, attribution, named_changes, operator_changes, outside_us
 from optcv.gate.config import GateConfig, case_specs
 from optcv.gate.inject import write_injection
@@ -24,9 +32,7 @@ from optcv.gate.verdict import (
     DEFAULT_THRESHOLD_PCT,
     CaseFinding,
     GateResult,
-    GateSetupError,
     PairedChange,
-    PerformanceRegression,
     Thresholds,
     Verdict,
     failure_kind,
@@ -326,7 +332,8 @@ def test_the_head_runs_from_a_copy_of_the_working_tree_shaped_like_the_bases_wor
 
 def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
     """Each pair's trees are copies of their side's (so a tree's files and paths vary between pairs, where the
-    interval over pairs sees them), as long on both sides; a large file is linked, what git ignores left out."""
+    interval over pairs sees them), as long on both sides; a large file is linked, what git ignores left out; a
+    folder of the tree on the side's path (a src layout) is the copy's."""
     from optcv.gate.sides import LINKED_FILE_BYTES, pair_tree
 
     repo = tmp_path / "repo"
@@ -350,6 +357,8 @@ def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
     (trees["head", 1] / "optcv" / "__init__.py").write_text("X = 2\n")  # an existing pair tree is kept
     assert pair_tree(Side("head", sys.executable, repo), "0-1", work).tree == trees["head", 1]
     assert (trees["head", 1] / "optcv" / "__init__.py").read_text() == "X = 2\n"
+    on_path = Side("head", sys.executable, repo, extra_path=(repo / "src", tmp_path / "injected"))
+    assert pair_tree(on_path, "0-1", work).extra_path == (trees["head", 1] / "src", tmp_path / "injected")
 
 
 def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
@@ -979,3 +988,19 @@ def test_only_a_change_to_the_code_the_cases_run_is_timed(tmp_path, edited, time
     assert (same is None) is timed
     assert isinstance(_same_code(Side("base", sys.executable, trees[0]), Side("head", sys.executable, trees[0])),
                       SameCode)
+
+
+def test_the_gates_public_face_names_what_it_exports_and_loads_it_on_first_use():
+    """`from optcv.gate import run_gate, GateConfig, ...` works for every name of `__all__`; importing a submodule
+    alone (the pytest plugin's config import, in every pytest session) does not import the gate's entry point."""
+    import optcv.gate as gate
+
+    assert sorted(gate.__all__) == sorted(gate._PUBLIC)
+    for name in set(gate.__all__) - {"GateOutcome"}:  # a union of the result types, which has no name
+        assert getattr(gate, name).__name__ == name
+    assert gate.GateResult in gate.GateOutcome.__args__
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        gate.nothing_here  # noqa: B018
+    script = "import sys, optcv.gate.config; print('optcv.gate.run' in sys.modules, 'optcv.gate.timing' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]

@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from optcv.errors import GateSetupError, PerformanceRegression
 from optcv.gate.inject import write_injection
 from optcv.gate.instructions import UNNAMED, changed_functions, read_dump
-from optcv.gate.verdict import (
-    GateResult,
-    GateSetupError,
-    PerformanceRegression,
-    Thresholds,
-    Verdict,
-    judge_repeats,
-    repeat_change,
-)
+from optcv.gate.verdict import GateResult, Thresholds, Verdict, judge_repeats, repeat_change
 from optcv.report.gate import gate_failure_lines, gate_markdown
 
 

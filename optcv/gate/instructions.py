@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import MissingDependency
+from optcv.errors import GateSetupError, MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
-from optcv.gate.verdict import GateSetupError, MeasureFinding, Thresholds, judge_repeats
+from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
 from optcv.gate.workers import WORKER_SCRIPT, worker_start
 from optcv.measure.reference import COURSE_MODELS
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from optcv.errors import GateSetupError
 from optcv.gate.config import GateConfig
-from optcv.gate.sides import Side
+from optcv.gate.sides import Side, pair_tree
 from optcv.gate.timing import CaseSamples, judge_samples, time_case
-from optcv.gate.verdict import CaseFinding, GateSetupError, Thresholds
+from optcv.gate.verdict import CaseFinding, Thresholds
 from optcv.gate.workers import pair_layouts, pair_orders, worker_start
 
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
@@ -147,7 +148,8 @@ def start_session(side: Side, pair: int, index: int, workdir: Path, nodes_file: 
 
 class SessionPool:
     """`per_side` pytest sessions per side running `nodes` in order, started in the pairs' ABBA order with a
-    layout (padding, hash seed) per pair shared by its two sessions (optcv.gate.workers)."""
+    layout (padding, hash seed) per pair shared by its two sessions and, as the gate's workers have, trees of
+    the pair's own (optcv.gate.workers)."""
 
     def __init__(self, sides: Sequence[Side], nodes: Sequence[str], config: GateConfig, workdir: Path,
                  attempt: int = 0, slowdown_pct: float = 0.0):
@@ -160,10 +162,11 @@ class SessionPool:
         self.workers: list[SessionWorker] = []
         try:
             for i, pair in enumerate(pair_orders(sides, per_side, "abba", attempt)):
+                own = [pair_tree(side, f"{attempt}-{i}", workdir) for side in pair] if config.tree_per_pair else pair
                 self.workers += [start_session(side, i, i + attempt * per_side, workdir, nodes_file,
                                                [f for f in files if (side.tree / f).exists()], pads[i], seeds[i],
                                                slowdown_pct if side.label == "head" else 0.0)
-                                 for side in pair]
+                                 for side in own]
             for worker in self.workers:
                 self._read_collected(worker)
         except BaseException:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optcv._io import work_folder
-from optcv.gate.verdict import GateSetupError
+from optcv.errors import GateSetupError
 
 
 def git(repo: Path, *args: str) -> str:

@@ -11,11 +11,12 @@ from typing import Any
 
 from optcv._io import work_folder
 from optcv.data import default_cache_dir
+from optcv.errors import GateSetupError
 from optcv.gate.config import GateConfig, case_specs, declared_models, require_backends
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
 from optcv.gate.sides import Side, sides_for, subject_hash, timed_code_hash
 from optcv.gate.timing import Log, measure
-from optcv.gate.verdict import SAME_CODE_SCHEMA, GateResult, GateSetupError, Thresholds
+from optcv.gate.verdict import SAME_CODE_SCHEMA, GateResult, Thresholds
 
 
 @dataclass(frozen=True)
@@ -56,30 +57,12 @@ def run_gate(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresho
     """This tree against `against` (default: see `default_base_revision`) and/or another interpreter. Without
     a base a gate that passed would have checked nothing, so that is a GateSetupError unless `allow_no_base`
     asks for the ratio gate instead."""
-    result = run_ab(config, thresholds, against=against, base_python=base_python, head_tree=head_tree, repo=repo,
-                    data_dir=data_dir, even_if_unchanged=even_if_unchanged, log=log, progress=progress)
-    if isinstance(result, str):
-        if config.declarations is not None:  # no ratios are recorded for a user's models
-            raise GateSetupError(f"no base to time against: {result}; give --against REV")
-        if not allow_no_base:
-            raise GateSetupError(f"no base to time against: {result}; give --against REV, or --allow-no-base to "
-                                 "gate on the ratios recorded for this machine instead")
-        log(f"no second side: {result}; falling back to the ratio gate")
-        return run_ratio_fallback(result, baseline, models=config.models, data_dir=data_dir, log=log)
-    return result
-
-
-def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresholds(), *, against: str | None = None,
-           base_python: str | None = None, head_tree: Path | None = None, repo: Path | None = None,
-           data_dir: str | Path | None = None, even_if_unchanged: bool = False, log: Log = lambda _m: None,
-           progress: bool = False) -> GateResult | SameCode | str:
-    """The A/B gate alone; without a second side, the reason why not."""
     with ExitStack() as stack:
         sides = stack.enter_context(sides_for(against, base_python, head_tree, repo,
                                               user_repository=config.declarations is not None,
                                               copy_head=config.copy_head_tree))
         if isinstance(sides, str):
-            return sides
+            return _without_base(sides, config, baseline, allow_no_base, data_dir, log)
         # A selection that matches nothing is an error, also on a commit with nothing to time, so that a mistyped
         # --cases never passes for a quiet one; so is a backend this interpreter cannot run.
         require_backends(case_specs(config, declared_models(config, sides[1].tree)))
@@ -89,6 +72,17 @@ def run_ab(config: GateConfig = GateConfig(), thresholds: Thresholds = Threshold
         return measure(*sides, config, thresholds, data_dir=data_dir, cache_dir=default_cache_dir(),
                        workdir=workdir, log=log, progress=progress)
     raise AssertionError("unreachable")
+
+
+def _without_base(reason: str, config: GateConfig, baseline: str | Path, allow_no_base: bool,
+                  data_dir: str | Path | None, log: Log) -> RatioFallback:
+    if config.declarations is not None:  # no ratios are recorded for a user's models
+        raise GateSetupError(f"no base to time against: {reason}; give --against REV")
+    if not allow_no_base:
+        raise GateSetupError(f"no base to time against: {reason}; give --against REV, or --allow-no-base to "
+                             "gate on the ratios recorded for this machine instead")
+    log(f"no second side: {reason}; falling back to the ratio gate")
+    return run_ratio_fallback(reason, baseline, models=config.models, data_dir=data_dir, log=log)
 
 
 def _same_code(base: Side, head: Side) -> SameCode | None:

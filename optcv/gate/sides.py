@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from optcv._io import work_folder
+from optcv.errors import GateSetupError
 from optcv.gate.revisions import checked_out, default_base_revision, git, repo_root, resolve_revision, revision_tree
-from optcv.gate.verdict import GateSetupError
 
 HEAD_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this optcv package
 
@@ -138,7 +138,8 @@ LINKED_FILE_BYTES = 1 << 20  # larger files (weights, data) are linked into a pa
 
 def pair_tree(side: Side, name: str, workdir: Path) -> Side:
     """The side with its tree a copy of its files (revision_files) at `workdir/sides/<label>-<name>`: paths as long
-    on both sides, other files and paths for every pair. Files over LINKED_FILE_BYTES are symbolic links."""
+    on both sides, other files and paths for every pair. Files over LINKED_FILE_BYTES are symbolic links; a folder
+    of the tree on the side's path (a `src/` layout's) is taken from the copy."""
     root = workdir / "sides" / f"{side.label}-{name}"
     source = side.tree.resolve()
     if not root.is_dir():
@@ -155,7 +156,8 @@ def pair_tree(side: Side, name: str, workdir: Path) -> Side:
                 shutil.copy2(path, target)
         staging.mkdir(parents=True, exist_ok=True)
         staging.rename(root)
-    return replace(side, tree=root)
+    extra = tuple(root / p.relative_to(side.tree) if p.is_relative_to(side.tree) else p for p in side.extra_path)
+    return replace(side, tree=root, extra_path=extra)
 
 
 @contextmanager

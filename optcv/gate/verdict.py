@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from optcv.errors import BaselineInvalid, BaselineMissing, OptcvError, ParityFailure, SpeedRegression
+from optcv.errors import (
+    BaselineInvalid,
+    BaselineMissing,
+    GateSetupError,
+    ParityFailure,
+    PerformanceRegression,
+    SpeedRegression,
+)
 from optcv.stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_THRESHOLD_PCT = 3.0
@@ -37,22 +44,6 @@ class Verdict(str, Enum):
     SLOWER_WITHIN_THRESHOLD = "slower, within threshold"
     NO_CHANGE = "no significant change"
     FASTER = "faster"
-
-
-class GateSetupError(OptcvError):
-    """The gate could not be set up: a revision, an interpreter, a worker or an artifact failed."""
-
-
-class PerformanceRegression(SpeedRegression):
-    """A gated case got slower (or larger, or did more work) beyond its threshold; carries the typed findings."""
-    def __init__(self, findings: Sequence[CaseFinding | MeasureFinding]):
-        self.findings = list(findings)
-        super().__init__("; ".join(f"{f.case}{_measure_label(f)} {f.change_pct:+.1f} % (interval {f.ci_low_pct:+.1f} … "
-                                   f"{f.ci_high_pct:+.1f} %, threshold {f.threshold_pct:g} %)" for f in findings))
-
-
-def _measure_label(finding: Any) -> str:
-    return f" {finding.measure}" if isinstance(finding, MeasureFinding) else ""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from optcv.errors import GateSetupError
 from optcv.gate.config import SETUP_ORDERS
 from optcv.gate.sides import Side, pair_tree
-from optcv.gate.verdict import GateSetupError
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
 

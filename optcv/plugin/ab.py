@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from optcv._io import work_folder, write_json, write_text
+from optcv.errors import GateSetupError
 from optcv.gate.config import GateConfig
 from optcv.gate.pytest_ab import GatedTest, PytestGate, run_to_dict
 from optcv.gate.sides import Side, same_length_trees, sides_for
-from optcv.gate.verdict import GateSetupError, Thresholds
+from optcv.gate.verdict import Thresholds
 from optcv.report.pytest_gate import gate_test_failure, summary_lines
 
 NOT_GATED_MARKER = "optcv_not_ab"
