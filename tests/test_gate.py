@@ -40,6 +40,7 @@ from optcv.gate.verdict import (
     paired_change,
     verdict_of,
 )
+from optcv.gate.worker.protocol import Setup
 
 
 def noisy_rounds(n=40, level=100.0, noise=0.01, seed=0):
@@ -343,6 +344,8 @@ def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
     (repo / ".gitignore").write_text("scratch/\n")
     (repo / "scratch").mkdir()
     (repo / "scratch" / "notes.py").write_text("")
+    (repo / "optcv" / "__pycache__").mkdir()
+    (repo / "optcv" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"")
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     work = tmp_path / "work"
     work.mkdir()
@@ -353,7 +356,7 @@ def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
     for tree in trees.values():
         assert (tree / "optcv" / "__init__.py").read_text() == "X = 1\n" and not (tree / "optcv").is_symlink()
         assert (tree / "weights.bin").is_symlink() and (tree / "weights.bin").resolve() == repo / "weights.bin"
-        assert not (tree / "scratch").exists()
+        assert not (tree / "scratch").exists() and not (tree / "optcv" / "__pycache__").exists()
     (trees["head", 1] / "optcv" / "__init__.py").write_text("X = 2\n")  # an existing pair tree is kept
     assert pair_tree(Side("head", sys.executable, repo), "0-1", work).tree == trees["head", 1]
     assert (trees["head", 1] / "optcv" / "__init__.py").read_text() == "X = 2\n"
@@ -759,10 +762,10 @@ class _TimedWorker:
         self.factor, self.noise = factor, noise
         self.rng = np.random.default_rng(seed)
 
-    def ask(self, request):
+    def ask(self, request, expect):
         per_call_ns = 100_000 * self.factor * float(np.exp(self.rng.normal(0, self.noise)))
-        self.clock.now += request["calls"] * per_call_ns / 1e9
-        return {"ns": [per_call_ns] * request["calls"]}
+        self.clock.now += request.calls * per_call_ns / 1e9
+        return expect((per_call_ns,) * request.calls)
 
 
 def _time_with(monkeypatch, head_factors, noise, **settings):
@@ -876,9 +879,9 @@ for _ in $(seq 30); do
     sleep 0.1
 done
 if [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ]; then
-    printf '{"optcv_file": "%s/optcv/__init__.py", "settings": {}}\\n' "$OPTCV_TEST_TREE"
+    printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1}\\n' "$OPTCV_TEST_TREE"
 else
-    printf '{"error": "set up alone"}\\n'
+    printf '{"type": "Failed", "error": "set up alone"}\\n'
 fi
 read request
 """
@@ -896,7 +899,7 @@ def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monke
     monkeypatch.setenv("OPTCV_TEST_MEET", str(tmp_path / "meet"))
     monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
     sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": {"op": "setup"}, "head": {"op": "setup"}}
+    setup = {"base": Setup({}, {}), "head": Setup({}, {})}
     if order == "together":
         with worker_pool(sides, 1, tmp_path, setup, order=order) as workers:
             assert len(workers) == 2
@@ -908,8 +911,8 @@ def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monke
 
 SEED_REPORTING_PYTHON = """#!/bin/sh
 read request
-printf '{"optcv_file": "%s/optcv/__init__.py", "settings": {"hash_seed": "%s", "pad": %d}}\\n' \\
-    "$OPTCV_TEST_TREE" "$PYTHONHASHSEED" "${#OPTCV_GATE_PAD}"
+printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1, ' "$OPTCV_TEST_TREE"
+printf '"settings": {"hash_seed": "%s", "pad": %d}}\\n' "$PYTHONHASHSEED" "${#OPTCV_GATE_PAD}"
 read request
 """
 
@@ -927,11 +930,11 @@ def test_a_pairs_two_workers_share_a_hash_seed_and_pairs_differ(tmp_path, monkey
     tree = tmp_path / "tree"
     monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
     sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": {"op": "setup"}, "head": {"op": "setup"}}
+    setup = {"base": Setup({}, {}), "head": Setup({}, {})}
 
     def seeds(layout_seed):
         with worker_pool(sides, 4, tmp_path, setup, layout_seed=layout_seed, hash_seeds=hash_seeds) as workers:
-            return {pair: {(w.side.label, w.settings["hash_seed"], w.settings["pad"])  # type: ignore[attr-defined]
+            return {pair: {(w.side.label, w.settings["hash_seed"], w.settings["pad"])
                            for w in workers if w.pair == pair} for pair in range(4)}
 
     first, other_gate = seeds(0), seeds(1)
@@ -1004,3 +1007,19 @@ def test_the_gates_public_face_names_what_it_exports_and_loads_it_on_first_use()
     script = "import sys, optcv.gate.config; print('optcv.gate.run' in sys.modules, 'optcv.gate.timing' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_workers_messages_are_typed_on_both_sides_of_the_pipe():
+    """A message decodes to the type it was sent as (lists back to tuples, so it stays frozen); a line of no known
+    type, a missing field or an unknown one is refused at the boundary, naming it."""
+    from optcv.gate.worker.protocol import Failed, Setup, Time, Timed, decode, encode
+
+    setup = Setup({"images": "/x.npy"}, {"tutorial": {"onnx": "/m.onnx"}}, ({"id": "tutorial/pytorch/b1/t1"},))
+    assert decode(encode(setup)) == setup and decode(encode(Timed((1, 2)))) == Timed((1, 2))
+    assert decode(encode(Failed("OSError: gone"))) == Failed("OSError: gone")
+    with pytest.raises(ValueError, match="not a gate message"):
+        decode('{"op": "time", "case": "x", "calls": 3}')
+    with pytest.raises(ValueError, match="a Time message.*calls"):
+        decode('{"type": "Time", "case": "x"}')
+    with pytest.raises(ValueError, match=r"unknown fields \['extra'\]"):
+        decode(encode(Time("x", 3))[:-1] + ', "extra": 1}')

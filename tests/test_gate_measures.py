@@ -369,5 +369,5 @@ def test_an_onnx_runtime_profile_reads_its_twins_operators_and_leaves_no_trace_i
         with pytest.raises(RuntimeError, match="predict failed"):
             worker.profile(case_of(predictor, fail_at=3), calls=5)
         assert predictor.session is own
-    assert "Conv" in profiled["ops_us_per_call"] and all(us > 0 for us in profiled["ops_us_per_call"].values())
+    assert "Conv" in profiled.ops_us_per_call and all(us > 0 for us in profiled.ops_us_per_call.values())
     assert list((tmp_path / "repo").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []

@@ -28,6 +28,7 @@ from optcv.errors import GateSetupError, MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
+from optcv.gate.worker.protocol import Setup
 from optcv.gate.workers import WORKER_SCRIPT, worker_start
 from optcv.measure.reference import COURSE_MODELS
 
@@ -87,7 +88,7 @@ def hardware_counters() -> str:
             else f"perf stat -e instructions said {counted.strip() or done.stderr.strip()[:80]!r}")
 
 
-def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, Any], workdir: Path, tag: str,
+def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: Setup, workdir: Path, tag: str,
                 library: Path, repeat: int) -> dict[str, Any]:
     """Start one valgrind process of `side` through every case (hash seed and padding from `repeat`);
     `collect_count` waits for it and reads per case instructions per call and per function."""
@@ -97,7 +98,7 @@ def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: dict[str, An
                f"--callgrind-out-file={out}/cg.%p",
                "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
                "instructions"]
-    request = {"inputs": setup["inputs"], "artifacts": setup["artifacts"], "cases": list(specs),
+    request = {"inputs": setup.inputs, "artifacts": setup.artifacts, "cases": list(specs),
                "library": str(library), "max_calls": COUNTED_CALLS, "min_calls": MIN_COUNTED_CALLS,
                "counted_macs": COUNTED_MACS, "max_warmup_s": MAX_WARMUP_S,
                "warmup_calls": WARMUP_CALLS}
@@ -179,7 +180,7 @@ def counted(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             and (s.get("declared") or s["model"] in COURSE_MODELS)]
 
 
-def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, dict[str, Any]],
+def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, Setup],
                          thresholds: Thresholds, workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
                          repeats: int = REPEATS) -> tuple[list[MeasureFinding], list[str]]:
     """Per counted case, instructions per call of each side over `repeats` valgrind processes, judged with the rule

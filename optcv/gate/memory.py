@@ -15,6 +15,7 @@ itself (`mmap`) and Python's small objects (pymalloc's arenas) are not in it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from optcv.errors import MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
+from optcv.gate.worker.protocol import Footprint, MeasureMemory, MemoryReady, Setup
 from optcv.gate.workers import Worker
 
 WARMUP_CALLS = 2
@@ -62,7 +64,7 @@ def allocation_counter(cache_dir: Path | None = None) -> Path:
     return compiled_library(ALLOCATION_COUNTER, "optcv-malloc-counter", cache_dir)
 
 
-def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, dict[str, Any]],
+def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, Setup],
                    thresholds: Thresholds, workdir: Path, repeats: int, seed: int = 0) -> list[MeasureFinding]:
     """Per case, `repeats` measurements of each side, each repeat in children of its own memory worker per side:
     repeat r's workers get the same environment padding on both sides and another one per r, so that where a
@@ -74,8 +76,7 @@ def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup
              for r in range(repeats)]
     try:
         for worker in (w for pool in pools for w in pool):
-            worker.ask({"op": "setup", "inputs": setup[worker.side.label]["inputs"],
-                        "artifacts": setup[worker.side.label]["artifacts"]})
+            worker.ask(replace(setup[worker.side.label], cases=()), MemoryReady)
         return [_measure_case(pools, spec, thresholds, rng) for spec in specs]
     finally:
         for worker in (w for pool in pools for w in pool):
@@ -84,14 +85,13 @@ def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup
 
 def _measure_case(pools: Sequence[Sequence[Worker]], spec: dict[str, Any], thresholds: Thresholds,
                   rng: np.random.Generator) -> MeasureFinding:
-    answers: dict[str, list[dict[str, Any]]] = {w.side.label: [] for w in pools[0]}
+    answers: dict[str, list[Footprint]] = {w.side.label: [] for w in pools[0]}
     for pool in pools:
         for index in rng.permutation(len(pool)):
             worker = pool[int(index)]
-            answers[worker.side.label].append(worker.ask({"op": "memory", "spec": spec, "calls": MEASURED_CALLS,
-                                                          "warmup": WARMUP_CALLS}))
-    peaks = {label: [a["peak_kib"] for a in got] for label, got in answers.items()}
-    per_call = {f"{label}_{what}_per_call": float(np.median([a[f"{what}_per_call"] for a in got]))
+            answers[worker.side.label].append(worker.ask(MeasureMemory(spec, MEASURED_CALLS, WARMUP_CALLS), Footprint))
+    peaks = {label: [a.peak_kib for a in got] for label, got in answers.items()}
+    per_call = {f"{label}_{what}_per_call": float(np.median([getattr(a, f"{what}_per_call") for a in got]))
                 for label, got in answers.items()
                 for what in ("retained_kib", "allocated_bytes", "allocated_blocks")}
     return judge_repeats("memory", spec["id"], peaks["base"], peaks["head"],

@@ -27,6 +27,7 @@ from optcv.gate.config import GateConfig
 from optcv.gate.sides import Side, pair_tree
 from optcv.gate.timing import CaseSamples, judge_samples, time_case
 from optcv.gate.verdict import CaseFinding, Thresholds
+from optcv.gate.worker.protocol import Time, Timed
 from optcv.gate.workers import pair_layouts, pair_orders, worker_start
 
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
@@ -109,12 +110,13 @@ class SessionWorker:
             raise GateSetupError(f"the {self.side.label} side's pytest session: {message['message']}")
         return message
 
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.send(request)
+    def ask(self, request: Time, expect: type[Timed]) -> Timed:
+        """The gate's worker interface (optcv.gate.timing.time_case): a session serves timed calls only."""
+        self.send({"op": "time", "case": request.case, "calls": request.calls})
         answer = self.event()
         if answer["event"] != "reply":
             raise GateSetupError(f"the {self.side.label} side's pytest session stopped serving: {self.tail()}")
-        return answer
+        return expect(tuple(answer["ns"]))
 
     def tail(self) -> str:
         lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]

@@ -36,6 +36,7 @@ from optcv.gate.verdict import (
     Verdict,
     verdict_of,
 )
+from optcv.gate.worker.protocol import Setup
 from optcv.gate.workers import build_artifacts
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/2"
@@ -299,7 +300,7 @@ def _verdict(finding: CaseFinding | MeasureFinding, threshold_pct: float) -> Ver
 SIZING_ITERATIONS = 100
 
 
-def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str, Any]], setup: dict[str, Any],
+def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str, Any]], setup: Setup,
                 log: Log) -> Callable[[float], dict[str, float]]:
     """The `work` target's mean loop iterations per call, per case, for a level in %: the level's share of the
     case's instructions per call over what one iteration adds to that call. Both are counted in the worker, on the
@@ -350,7 +351,7 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
         inputs, root = prepare_inputs(workdir, data_dir)
         built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, _recipes(specs), root,
                                 default_cache_dir())
-        work = _work_sizer(workdir, wrapped, specs, {"inputs": inputs, "artifacts": built}, log) \
+        work = _work_sizer(workdir, wrapped, specs, Setup(inputs, built), log) \
             if any(i.get("work") for i in injections) else None
         for index, injected in enumerate(injections):
             if index < len(runs):

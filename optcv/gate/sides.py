@@ -146,7 +146,9 @@ def pair_tree(side: Side, name: str, workdir: Path) -> Side:
         staging = root.with_name(root.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         for path in revision_files(source):
-            if not path.is_file():
+            # Compiled modules stay behind: a side whose tree had them (a copy the builder ran in) would load them,
+            # the other compile, and the two processes' heaps would differ by that work.
+            if not path.is_file() or path.suffix == ".pyc":
                 continue
             target = staging / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)

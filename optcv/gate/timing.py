@@ -17,6 +17,7 @@ from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_m
 from optcv.gate.memory import allocation_counter, measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
+from optcv.gate.worker.protocol import Profile, Profiled, Setup, Time, Timed
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
 
 
@@ -35,11 +36,11 @@ def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.
     are added while the rounds' own noise keeps the interval wider than the target, until
     `config.max_case_seconds` on the clock."""
     started = time.perf_counter()
-    probe = [np.median(w.ask({"op": "time", "case": case, "calls": 3})["ns"]) for w in workers]
+    probe = [np.median(w.ask(Time(case, 3), Timed).ns) for w in workers]
     per_call_ns = float(np.median(probe))
     warmup = int(min(2000, max(3, config.warmup_ms * 1e6 / per_call_ns)))
     for worker in workers:
-        worker.ask({"op": "time", "case": case, "calls": warmup})
+        worker.ask(Time(case, warmup), Timed)
     calls = int(min(1000, max(1, round(config.turn_ms * 1e6 / per_call_ns))))
     round_seconds = len(workers) * calls * per_call_ns / 1e9
     rounds = max(config.min_rounds, int(config.case_seconds / round_seconds))
@@ -61,9 +62,9 @@ def _take_round(workers: Sequence[Worker], samples: CaseSamples, config: GateCon
     for index in rng.permutation(len(workers)):
         worker = workers[int(index)]
         time.sleep(config.gap_ms / 1000)
-        answer = worker.ask({"op": "time", "case": samples.case, "calls": samples.calls_per_turn})
+        answer = worker.ask(Time(samples.case, samples.calls_per_turn), Timed)
         side = samples.base_us if worker.side.label == "base" else samples.head_us
-        side[worker.pair].append(float(np.median(answer["ns"])) / 1000)
+        side[worker.pair].append(float(np.median(answer.ns)) / 1000)
 
 
 def judge_samples(samples: CaseSamples, earlier: CaseSamples | None, threshold_pct: float, seed: int) -> CaseFinding:
@@ -95,8 +96,8 @@ def profile_case(workers: Sequence[Worker], case: str, calls: int, rng: np.rando
     for _ in range(repeats):
         for index in rng.permutation(2):
             worker = pair[int(index)]
-            answer = worker.ask({"op": "profile", "case": case, "calls": calls})
-            profiles[worker.side.label].append({**answer["ops_us_per_call"], OUTSIDE: answer["outside_us_per_call"]})
+            answer = worker.ask(Profile(case, calls), Profiled)
+            profiles[worker.side.label].append({**answer.ops_us_per_call, OUTSIDE: answer.outside_us_per_call})
     return attribution(profiles["base"], profiles["head"], calls, seed=seed)
 
 
@@ -139,8 +140,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     if missing:
         artifacts.update(build_all_artifacts(missing, workdir, recipes_for(specs, config.declarations), root,
                                              cache_dir))
-    setup = {label: {"op": "setup", "inputs": inputs, "artifacts": artifacts[label], "cases": specs}
-             for label in artifacts}
+    setup = {label: Setup(inputs, artifacts[label], tuple(specs)) for label in artifacts}
     findings: list[CaseFinding] = []
     samples: dict[str, CaseSamples] = {}
     settings: dict[str, Any] = {"base": {}, "head": {}}
@@ -161,7 +161,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
 
 
 def _other_measures(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig,
-                    thresholds: Thresholds, workdir: Path, setup: dict[str, dict[str, Any]], log: Log
+                    thresholds: Thresholds, workdir: Path, setup: dict[str, Setup], log: Log
                     ) -> tuple[list[MeasureFinding], list[str]]:
     measured: list[MeasureFinding] = []
     notes: list[str] = []
@@ -190,7 +190,7 @@ def _code_hash(side: Side, built: dict[str, Any]) -> str:
 
 def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides: tuple[Side, Side],
             specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds, workdir: Path,
-            setup: dict[str, dict[str, Any]], log: Log, progress: bool) -> tuple[list[CaseFinding], list[CaseFinding]]:
+            setup: dict[str, Setup], log: Log, progress: bool) -> tuple[list[CaseFinding], list[CaseFinding]]:
     """The failing and the undecided cases timed again in one pool of fresh workers: a failure stands only if its
     re-test fails too; an undecided case is judged on the worker pairs of both passes. Returns the findings with
     the re-tests' last word, and the first-pass findings of the re-tested cases."""
@@ -206,7 +206,7 @@ def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides:
 
 
 def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds,
-                workdir: Path, setup: dict[str, dict[str, Any]], log: Log, progress: bool, attempt: int,
+                workdir: Path, setup: dict[str, Setup], log: Log, progress: bool, attempt: int,
                 earlier: Mapping[str, CaseSamples] | None = None
                 ) -> tuple[list[CaseFinding], dict[str, Any], dict[str, CaseSamples]]:
     """Every case timed A/B in one pool of fresh workers (attempt 0: the first pass; 1: the re-test, whose
@@ -219,7 +219,7 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
     timed: dict[str, CaseSamples] = {}
     earlier = earlier or {}
     # A re-test's workers set up only the cases they time (loading a model is most of a worker's set-up).
-    setup = {label: {**request, "cases": specs} for label, request in setup.items()}
+    setup = {label: replace(request, cases=tuple(specs)) for label, request in setup.items()}
     with worker_pool(sides, config.workers_per_side, workdir, setup, seed=attempt, order=config.setup_order,
                      layout_seed=config.seed, hash_seeds=config.hash_seeds,
                      tree_per_pair=config.tree_per_pair) as workers:
@@ -236,5 +236,5 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
             findings.append(finding)
             log(f"{finding.case}: {finding.change_pct:+.1f} % ({finding.ci_low_pct:+.1f} … "
                 f"{finding.ci_high_pct:+.1f}) → {finding.verdict.value}")
-        settings = {w.side.label: w.settings for w in workers}  # type: ignore[attr-defined]
+        settings = {w.side.label: w.settings for w in workers}
     return findings, settings, timed

@@ -7,14 +7,16 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
 from optcv.errors import GateSetupError
 from optcv.gate.config import SETUP_ORDERS
 from optcv.gate.sides import Side, pair_tree
+from optcv.gate.worker.protocol import Exit, Failed, Ready, Reply, Request, Setup, decode, encode
 
+R = TypeVar("R", bound=Reply)
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
 
 
@@ -45,6 +47,7 @@ class Worker:
                  extra_env: dict[str, str] | None = None, hash_seed: int = 0):
         self.side = side
         self.pair = pair
+        self.settings: dict[str, Any] = {}  # each case's settings, as the worker's set-up reported them
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
         self._log: IO[str] = open(self.log_path, "w")
         try:
@@ -56,25 +59,39 @@ class Worker:
             self._log.close()
             raise GateSetupError(f"cannot start the {side.label} side's interpreter {side.python}: {exc}") from exc
 
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+    def ask(self, request: Request, expect: type[R]) -> R:
+        """The worker's reply to `request`, which must be an `expect`; anything else is a set-up error."""
         self.send(request)
-        return self.receive()
+        return self.receive(expect)
 
-    def send(self, request: dict[str, Any]) -> None:
+    def send(self, request: Request) -> None:
         """Send a request without waiting for its answer (`receive`), so that several workers work at once."""
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.write(encode(request) + "\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             pass  # the worker has stopped: receive() reports it with its log's last line
 
-    def receive(self) -> dict[str, Any]:
+    def receive(self, expect: type[R]) -> R:
         assert self.process.stdout is not None
-        return self.answer(self.process.stdout.readline(), "worker")
+        line = self.process.stdout.readline()
+        where = f"the {self.side.label} side's worker ({self.side.revision or self.side.tree})"
+        if not line:
+            raise GateSetupError(f"{where} stopped: {self._tail()}")
+        try:
+            reply = decode(line)
+        except ValueError as exc:
+            raise GateSetupError(f"{where} answered out of protocol: {exc}") from None
+        if isinstance(reply, Failed):
+            raise GateSetupError(f"{where} failed: {reply.error}")
+        if not isinstance(reply, expect):
+            raise GateSetupError(f"{where} answered {type(reply).__name__}, not {expect.__name__}")
+        return reply
 
     def answer(self, line: str, what: str) -> dict[str, Any]:
-        """A reply line as data, or a set-up error naming the side, its revision and what failed."""
+        """A one-shot worker's reply line (a build's, whose answer is its own data), or a set-up error naming the
+        side, its revision and what failed."""
         where = f"the {self.side.label} side's {what} ({self.side.revision or self.side.tree})"
         if not line:
             raise GateSetupError(f"{where} stopped: {self._tail()}")
@@ -93,7 +110,7 @@ class Worker:
         if self.process.poll() is None:
             try:
                 assert self.process.stdin is not None
-                self.process.stdin.write('{"op": "exit"}\n')
+                self.process.stdin.write(encode(Exit()) + "\n")
                 self.process.stdin.flush()
             except (BrokenPipeError, OSError):
                 self.process.kill()
@@ -197,15 +214,15 @@ def pair_layouts(workers: int, per_side: int, attempt: int, layout_seed: int, ha
     return [int(p) for p in pads], [int(s) for s in seeds]
 
 
-def _check_setup(worker: Worker, info: dict[str, Any]) -> None:
+def _check_setup(worker: Worker, ready: Ready) -> None:
     expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
-    if Path(info["optcv_file"]).resolve() != expected:
-        raise GateSetupError(f"a {worker.side.label} worker imported optcv from {info['optcv_file']}, not {expected}")
-    worker.settings = info["settings"]  # type: ignore[attr-defined]
+    if Path(ready.optcv_file).resolve() != expected:
+        raise GateSetupError(f"a {worker.side.label} worker imported optcv from {ready.optcv_file}, not {expected}")
+    worker.settings = ready.settings
 
 
 @contextmanager
-def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, dict[str, Any]],
+def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, Setup],
                 seed: int = 0, order: str = "together", layout_seed: int = 0,
                 hash_seeds: str = "per-pair", tree_per_pair: bool = False) -> Iterator[list[Worker]]:
     """`per_side` serving workers for each side, set up with that side's artifacts and the cases; `seed` is the
@@ -231,7 +248,7 @@ def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict
             for worker in group:
                 worker.send(setup[worker.side.label])
             for worker in group:
-                _check_setup(worker, worker.receive())
+                _check_setup(worker, worker.receive(Ready))
         yield workers
     finally:
         for worker in workers:

@@ -22,33 +22,32 @@ from .build import build_models
 from .cases import CASE_VARIABLE, Case
 from .measures import count_instructions, serve_memory
 from .operators import profile
+from .protocol import Exit, Failed, Profile, Ready, Reply, Setup, Time, Timed, decode, encode, failure
 from .side import optcv_file, versions
 
 
 def serve(stdin: Any, reply: Any) -> None:
     cases: dict[str, Case] = {}
     for line in stdin:
-        request = json.loads(line)
-        op = request["op"]
         try:
-            if op == "setup":
-                inputs = {name: np.load(path) for name, path in request["inputs"].items()}
-                for spec in request["cases"]:
-                    cases[spec["id"]] = Case(spec, request["artifacts"], inputs)
-                answer: dict[str, Any] = {"optcv_file": optcv_file(), "versions": versions(), "pid": os.getpid(),
-                                          "settings": {k: c.settings for k, c in cases.items()}}
-            elif op == "time":
-                os.environ[CASE_VARIABLE] = request["case"]
-                answer = {"ns": cases[request["case"]].time(request["calls"])}
-            elif op == "profile":
-                answer = profile(cases[request["case"]], request["calls"])
-            elif op == "exit":
+            request = decode(line)
+            if isinstance(request, Setup):
+                inputs = {name: np.load(path) for name, path in request.inputs.items()}
+                for spec in request.cases:
+                    cases[spec["id"]] = Case(spec, request.artifacts, inputs)
+                answer: Reply = Ready(optcv_file(), versions(), os.getpid(), {k: c.settings for k, c in cases.items()})
+            elif isinstance(request, Time):
+                os.environ[CASE_VARIABLE] = request.case
+                answer = Timed(tuple(cases[request.case].time(request.calls)))
+            elif isinstance(request, Profile):
+                answer = profile(cases[request.case], request.calls)
+            elif isinstance(request, Exit):
                 return
             else:
-                answer = {"error": f"unknown request {op!r}"}
+                answer = Failed(f"a serving worker does not answer {type(request).__name__}")
         except Exception as exc:  # reported to the gate as a set-up error of this side
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        reply.write(json.dumps(answer) + "\n")
+            answer = failure(exc)
+        reply.write(encode(answer) + "\n")
         reply.flush()
 
 

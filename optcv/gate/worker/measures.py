@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
@@ -13,6 +12,18 @@ from typing import Any
 import numpy as np
 
 from .cases import CASE_VARIABLE, Case
+from .protocol import (
+    Exit,
+    Failed,
+    Footprint,
+    MeasureMemory,
+    MemoryReady,
+    Reply,
+    Setup,
+    decode,
+    encode,
+    failure,
+)
 from .side import side_module
 
 
@@ -31,7 +42,7 @@ def _reset_peak() -> None:
 
 
 def footprint(spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str, np.ndarray], calls: int,
-              warmup: int) -> dict[str, Any]:
+              warmup: int) -> Footprint:
     """One case's memory in this (fresh, forked) process: the peak resident memory the case added over its set-up,
     `warmup` calls and `calls` more, and what stayed resident per call after the warm-up."""
     os.environ[CASE_VARIABLE] = spec["id"]
@@ -46,10 +57,10 @@ def footprint(spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str,
     for _ in range(calls):
         case.call()
     bytes_after, blocks_after = counter.optcv_allocated_bytes(), counter.optcv_allocated_blocks()
-    return {"peak_kib": _status_kib("VmHWM") - before, "after_setup_and_warmup_kib": warm - before,
-            "retained_kib_per_call": (_status_kib("VmRSS") - warm) / calls,
-            "allocated_bytes_per_call": (bytes_after - bytes_before) / calls,
-            "allocated_blocks_per_call": (blocks_after - blocks_before) / calls}
+    return Footprint(peak_kib=_status_kib("VmHWM") - before, after_setup_and_warmup_kib=warm - before,
+                     retained_kib_per_call=(_status_kib("VmRSS") - warm) / calls,
+                     allocated_bytes_per_call=(bytes_after - bytes_before) / calls,
+                     allocated_blocks_per_call=(blocks_after - blocks_before) / calls)
 
 
 def _allocation_counter() -> Any:
@@ -66,7 +77,7 @@ def _allocation_counter() -> Any:
     return process
 
 
-def in_child(work: Any) -> dict[str, Any]:
+def in_child(work: Any) -> Reply:
     """`work()`'s answer, computed in a forked child so that nothing the parent held or freed counts."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -75,15 +86,15 @@ def in_child(work: Any) -> dict[str, Any]:
         try:
             answer = work()
         except Exception as exc:  # reported to the gate as a set-up error of this side
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
+            answer = failure(exc)
         with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(answer))
+            pipe.write(encode(answer))
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         text = pipe.read()
     _, status = os.waitpid(pid, 0)
-    return json.loads(text) if text else {"error": f"the measuring child ended with status {status}"}
+    return decode(text) if text else Failed(f"the measuring child ended with status {status}")
 
 
 def _import_runtimes() -> None:
@@ -98,26 +109,26 @@ def _import_runtimes() -> None:
 
 
 def serve_memory(stdin: Any, reply: Any) -> None:
-    """`setup` keeps the inputs and artifacts; each `memory` request measures one case in a fresh child."""
+    """`Setup` keeps the inputs and artifacts; each `MeasureMemory` measures one case in a fresh child."""
     held: dict[str, Any] = {}
     for line in stdin:
-        request = json.loads(line)
         try:
-            if request["op"] == "setup":
-                held = {"inputs": {name: np.load(path) for name, path in request["inputs"].items()},
-                        "artifacts": request["artifacts"]}
+            request = decode(line)
+            if isinstance(request, Setup):
+                held = {"inputs": {name: np.load(path) for name, path in request.inputs.items()},
+                        "artifacts": request.artifacts}
                 _import_runtimes()
-                answer: dict[str, Any] = {"pid": os.getpid(), "threads": len(os.listdir("/proc/self/task"))}
-            elif request["op"] == "memory":
-                answer = in_child(lambda r=request, h=held: footprint(r["spec"], h["artifacts"], h["inputs"],
-                                                                      r["calls"], r["warmup"]))
-            elif request["op"] == "exit":
+                answer: Reply = MemoryReady(os.getpid(), len(os.listdir("/proc/self/task")))
+            elif isinstance(request, MeasureMemory):
+                answer = in_child(lambda r=request, h=held: footprint(r.spec, h["artifacts"], h["inputs"], r.calls,
+                                                                      r.warmup))
+            elif isinstance(request, Exit):
                 return
             else:
-                answer = {"error": f"unknown request {request['op']!r}"}
+                answer = Failed(f"a memory worker does not answer {type(request).__name__}")
         except Exception as exc:
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        reply.write(json.dumps(answer) + "\n")
+            answer = failure(exc)
+        reply.write(encode(answer) + "\n")
         reply.flush()
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .cases import Case, pin_threads
+from .protocol import Profiled
 
 
-def profile(case: Case, calls: int) -> dict[str, Any]:
+def profile(case: Case, calls: int) -> Profiled:
     """Per-operator time per call (ONNX Runtime's own profiler for its backends, torch.profiler otherwise) and
     the time of the same profiled calls outside every operator (never below zero), so what lies outside the
     operators shows and both add up to the profiled call."""
@@ -22,8 +23,7 @@ def profile(case: Case, calls: int) -> dict[str, Any]:
         ops, wall_us = _ort_profile(case, session, calls)
     else:
         ops, wall_us = _torch_profile(case, calls)
-    return {"ops_us_per_call": ops, "wall_us_per_call": wall_us,
-            "outside_us_per_call": max(0.0, wall_us - sum(ops.values()))}
+    return Profiled(ops, wall_us, max(0.0, wall_us - sum(ops.values())))
 
 
 def _timed_calls(case: Case, calls: int) -> float:
