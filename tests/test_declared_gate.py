@@ -46,11 +46,11 @@ def _config(**changes):
 
 def test_a_declared_models_cases_are_what_its_declaration_lists(tmp_path):
     declared = load_declarations(write_user_repo(tmp_path), known_backends=tuple(BACKENDS))
-    ids = [s["id"] for s in case_specs(_config(), declared)]
+    ids = [s.id for s in case_specs(_config(), declared)]
     assert ids == ["tiny/pytorch/b1/t1", "tiny/pytorch/b4/t1", "tiny/onnxruntime/b1/t1", "tiny/onnxruntime/b4/t1"]
-    assert [s["id"] for s in case_specs(_config(cases=("*/onnxruntime/b4/*",)), declared)] == [
+    assert [s.id for s in case_specs(_config(cases=("*/onnxruntime/b4/*",)), declared)] == [
         "tiny/onnxruntime/b4/t1"]
-    assert [s["id"] for s in case_specs(_config(backends=("pytorch",)), declared)] == [
+    assert [s.id for s in case_specs(_config(backends=("pytorch",)), declared)] == [
         "tiny/pytorch/b1/t1", "tiny/pytorch/b4/t1"]
     with pytest.raises(OptcvError, match="unknown gate model nope: choose from .*tiny"):
         case_specs(_config(models=("nope",)), declared)

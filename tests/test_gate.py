@@ -40,7 +40,13 @@ from optcv.gate.verdict import (
     paired_change,
     verdict_of,
 )
-from optcv.gate.worker.protocol import Setup
+from optcv.gate.worker.protocol import CaseSpec, Setup
+
+
+def _spec(case_id: str) -> CaseSpec:
+    """A prediction case from its name (model/backend/bN/tN)."""
+    model, backend, batch, threads = case_id.split("/")
+    return CaseSpec(model, "predict", backend, int(batch[1:]), int(threads[1:]))
 
 
 def noisy_rounds(n=40, level=100.0, noise=0.01, seed=0):
@@ -162,21 +168,21 @@ def test_bad_thresholds_files_are_set_up_errors(tmp_path, content):
 
 
 def test_every_backend_and_model_is_gated_and_the_pull_request_set_is_a_subset():
-    every = [s["id"] for s in case_specs(GateConfig(cases=("all",)))]
+    every = [s.id for s in case_specs(GateConfig(cases=("all",)))]
     for model in ("tutorial", "tunable", "resnet18", "mobilenet_v3_small"):
         for backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile"):
             assert f"{model}/{backend}/b1/t1" in every and f"{model}/{backend}/b64/t1" in every
         assert f"{model}/train/b64/t1" in every
     assert "tutorial/onnxruntime/b256/t1" in every and "resnet18/onnxruntime/b256/t1" not in every
     assert len(every) == len(set(every))
-    default = [s["id"] for s in case_specs(GateConfig())]
+    default = [s.id for s in case_specs(GateConfig())]
     assert set(default) < set(every) and len(default) == 4 * 4 + 2
     assert not [case for case in default if "torch-compile" in case]  # its compiles cost minutes: nightly
-    assert [s["id"] for s in case_specs(GateConfig(models=("tutorial",), cases=("tutorial/*/b1/t1",)))] == [
+    assert [s.id for s in case_specs(GateConfig(models=("tutorial",), cases=("tutorial/*/b1/t1",)))] == [
         "tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime-int8/b1/t1",
         "tutorial/torch-compile/b1/t1", "tutorial/openvino/b1/t1"]
     chosen = case_specs(GateConfig(models=("resnet18",), backends=("openvino",), cases=("all",)))
-    assert [s["id"] for s in chosen] == ["resnet18/openvino/b1/t1", "resnet18/openvino/b64/t1"]
+    assert [s.id for s in chosen] == ["resnet18/openvino/b1/t1", "resnet18/openvino/b64/t1"]
     with pytest.raises(OptcvError, match="no gate case matches"):
         case_specs(GateConfig(cases=("nothing/*",)))
     with pytest.raises(OptcvError, match="unknown gate backend tensorrt"):
@@ -536,7 +542,7 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     from optcv.gate import timing
     from optcv.gate.sides import HEAD_TREE, Side
 
-    specs = [{"id": c} for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
+    specs = [_spec(c) for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
     slow, same = Verdict.REGRESSION, Verdict.NO_CHANGE
     passes = {0: [_finding("a/pytorch/b1/t1", 9.0, slow), _finding("b/pytorch/b1/t1", 9.0, slow),
                   _finding("c/pytorch/b1/t1", 0.0, same)],
@@ -544,7 +550,7 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     calls = []
 
     def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt, earlier=None):
-        calls.append(([s.label for s in sides], [s["id"] for s in specs_], attempt))
+        calls.append(([s.label for s in sides], [s.id for s in specs_], attempt))
         return passes[attempt], {"base": {}, "head": {}}, {}
 
     monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
@@ -593,7 +599,7 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
 
     monkeypatch.setattr(timing, "worker_pool", fake_pool)
     monkeypatch.setattr(timing, "time_case", fake_time_case)
-    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: [{"id": c} for c in reads])
+    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: [_spec(c) for c in reads])
     monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
     built = {"code_hash": "h", "versions": {}}
@@ -685,7 +691,7 @@ def test_the_committed_per_case_thresholds_each_name_a_case_and_give_their_measu
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_thresholds.json"
     thresholds = Thresholds.load(path)
-    every = [s["id"] for s in case_specs(GateConfig(cases=("all",)))]
+    every = [s.id for s in case_specs(GateConfig(cases=("all",)))]
     measured = json.loads(path.read_text())["why"]["half_width_pct"]
     for pattern, pct in thresholds.per_case:
         assert [case for case in every if case == pattern], f"{pattern} names no gate case"
@@ -817,7 +823,7 @@ def test_no_case_is_gated_in_name_only():
 
     root = Path(__file__).resolve().parents[1]
     thresholds = Thresholds.load(root / "benchmarks" / "gate_thresholds.json")
-    cases = {spec["id"] for spec in case_specs(GateConfig(cases=("all",)))}
+    cases = {spec.id for spec in case_specs(GateConfig(cases=("all",)))}
     assert not cases & set(NOT_GATED) and "tutorial/onnxruntime/b1/t2" in cases
     widest = max(cases, key=thresholds.for_case)
     assert thresholds.for_case(widest) <= WIDEST_GATED_THRESHOLD_PCT, widest
@@ -1014,7 +1020,7 @@ def test_the_workers_messages_are_typed_on_both_sides_of_the_pipe():
     type, a missing field or an unknown one is refused at the boundary, naming it."""
     from optcv.gate.worker.protocol import Failed, Setup, Time, Timed, decode, encode
 
-    setup = Setup({"images": "/x.npy"}, {"tutorial": {"onnx": "/m.onnx"}}, ({"id": "tutorial/pytorch/b1/t1"},))
+    setup = Setup({"images": "/x.npy"}, {"tutorial": {"onnx": "/m.onnx"}}, (_spec("tutorial/pytorch/b1/t1"),))
     assert decode(encode(setup)) == setup and decode(encode(Timed((1, 2)))) == Timed((1, 2))
     assert decode(encode(Failed("OSError: gone"))) == Failed("OSError: gone")
     with pytest.raises(ValueError, match="not a gate message"):

@@ -10,6 +10,7 @@ from optcv.errors import GateSetupError, PerformanceRegression
 from optcv.gate.inject import write_injection
 from optcv.gate.instructions import UNNAMED, changed_functions, read_dump
 from optcv.gate.verdict import GateResult, Thresholds, Verdict, judge_repeats, repeat_change
+from optcv.gate.worker.protocol import CaseSpec
 from optcv.report.gate import gate_failure_lines, gate_markdown
 
 
@@ -325,8 +326,8 @@ def test_the_instruction_worker_counts_a_declared_nets_multiply_accumulates_per_
     monkeypatch.setattr(build, "DECLARED", {})
     entry = {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["pytorch"], "tree": str(tmp_path),
              "cache_dir": str(tmp_path / "cache")}
-    spec = {"id": "tiny/pytorch/b4/t1", "model": "tiny", "kind": "predict", "backend": "pytorch", "threads": 1,
-            "batch": 4, "declared": True}
+    spec = CaseSpec("tiny", "predict", "pytorch", batch=4, threads=1, declared=True)
+    assert spec.id == "tiny/pytorch/b4/t1"
     case = Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
     conv, linear = 16 * 16 * 4 * (3 * 3 * 3), 4 * 5  # Tiny: a 3x3 conv to 4 channels on 16x16, a 4-to-5 head
     assert measures._macs_per_call(case) == 4 * (conv + linear)
@@ -359,7 +360,7 @@ def test_an_onnx_runtime_profile_reads_its_twins_operators_and_leaves_no_trace_i
             if len(calls) == fail_at:
                 raise RuntimeError("the side's predict failed")
             predictor.predict(x)
-        return SimpleNamespace(spec={"kind": "predict", "backend": "onnxruntime"}, settings={"threads": 1},
+        return SimpleNamespace(spec=CaseSpec("tutorial", "predict", "onnxruntime", 1, 1), settings={"threads": 1},
                                onnx_path=str(tiny_tutorial.onnx), predictor=predictor, cpus=set(), call=call)
 
     with make_predictor("onnxruntime", tiny_tutorial, 1) as predictor:

@@ -12,6 +12,7 @@ from typing import Any
 from optcv.declared.config import DeclaredModel, load_declarations
 from optcv.env import usable_cores
 from optcv.errors import OPTIONAL_MODULES, MissingDependency, OptcvError
+from optcv.gate.worker.protocol import CaseSpec
 from optcv.measure.reference import REFERENCE_MODELS
 from optcv.runtime import BACKENDS as REGISTRY
 from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable
@@ -111,46 +112,39 @@ class GateConfig:
             raise OptcvError(f"unknown set-up order {self.setup_order}: choose from {', '.join(SETUP_ORDERS)}")
 
 
-def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[dict[str, Any]]:
+def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[CaseSpec]:
     """Per reference model: every backend at batch 1 on one thread (PyTorch and ONNX Runtime on all cores too),
     batched at each of the model's batch sizes on one thread, and a training step. Per declared model: what its
     declaration lists (backends × batch sizes × threads) among the gate's backends."""
     cores = usable_cores()
-    specs: list[dict[str, Any]] = []
+    specs: list[CaseSpec] = []
     for model in (m for m in config.models if m in declared):
-        specs += [{"model": model, "kind": "predict", "backend": backend, "batch": batch, "threads": threads,
-                   "declared": True}
+        specs += [CaseSpec(model, "predict", backend, batch, threads, declared=True)
                   for backend in declared[model].backends if backend in config.backends
                   for batch in declared[model].batch_sizes for threads in declared[model].threads]
     for model in (m for m in config.models if m not in declared):
         for backend in config.backends:
             threads = sorted({1, cores}) if backend in DEFAULT_BACKENDS else [1]
-            specs += [{"model": model, "kind": "predict", "backend": backend, "batch": 1, "threads": n}
-                      for n in threads]
+            specs += [CaseSpec(model, "predict", backend, 1, n) for n in threads]
         for batch in (b for b in config.batch_sizes if b in REFERENCE_MODELS[model].batch_sizes):
-            specs += [{"model": model, "kind": "predict", "backend": backend, "batch": batch,
-                       "threads": BATCH_THREADS} for backend in config.backends]
+            specs += [CaseSpec(model, "predict", backend, batch, BATCH_THREADS) for backend in config.backends]
         if "pytorch" in config.backends:
-            specs.append({"model": model, "kind": "train", "backend": "pytorch", "batch": config.train_batch,
-                          "threads": BATCH_THREADS})
-    for spec in specs:
-        what = spec["backend"] if spec["kind"] == "predict" else "train"
-        spec["id"] = f"{spec['model']}/{what}/b{spec['batch']}/t{spec['threads']}"
-    return [spec for spec in specs if spec["id"] not in NOT_GATED]
+            specs.append(CaseSpec(model, "train", "pytorch", config.train_batch, BATCH_THREADS))
+    return [spec for spec in specs if spec.id not in NOT_GATED]
 
 
-def require_backends(specs: Sequence[dict[str, Any]]) -> None:
+def require_backends(specs: Sequence[CaseSpec]) -> None:
     """Before anything is built: every backend the cases use can run in this interpreter, or a one-line error
     naming what to install."""
     for spec in specs:
-        module = REGISTRY[spec["backend"]].optional_module
-        if module is not None and backend_unavailable(spec["backend"]):
+        module = REGISTRY[spec.backend].optional_module
+        if module is not None and backend_unavailable(spec.backend):
             needs, install = OPTIONAL_MODULES[module]
-            raise MissingDependency(f"the gate's case {spec['id']}", needs,
-                                    f"{install}, or leave {spec['backend']} out with --backends")
+            raise MissingDependency(f"the gate's case {spec.id}", needs,
+                                    f"{install}, or leave {spec.backend} out with --backends")
 
 
-def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None = None) -> list[dict[str, Any]]:
+def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None = None) -> list[CaseSpec]:
     """The gated cases: those of the models and backends chosen that match `config.cases` (all of them for
     ("all",)). A declared model's cases are all gated by default: its declaration chose them."""
     declared = declared or {}
@@ -160,8 +154,8 @@ def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None 
         raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *declared])}{own}")
     specs = _all_specs(config, declared)
     if config.cases != (ALL_CASES,):
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s["id"], p) for p in config.cases)
-                 or (s.get("declared") and config.cases == DEFAULT_CASES)]
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in config.cases)
+                 or (s.declared and config.cases == DEFAULT_CASES)]
     if not specs:
         raise OptcvError(f"no gate case matches {' '.join(config.cases)} for models {', '.join(config.models)} "
                          f"and backends {', '.join(config.backends)}; case names look like "
@@ -193,16 +187,16 @@ def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str
     return recipes
 
 
-def recipes_for(specs: Sequence[dict[str, Any]], declarations: str | None = None) -> dict[str, dict[str, Any]]:
+def recipes_for(specs: Sequence[CaseSpec], declarations: str | None = None) -> dict[str, dict[str, Any]]:
     """The build recipes of the models the cases use; a declared model's recipe is where it is declared (each
     side reads it from its own tree) and the backends it needs built for."""
-    reference = [s for s in specs if not s.get("declared")]
-    recipes = build_recipes(list(dict.fromkeys(s["model"] for s in reference)),
-                            {s["model"] for s in reference if s["backend"] == "onnxruntime-int8"})
-    for spec in (s for s in specs if s.get("declared")):
-        recipe = recipes.setdefault(spec["model"], {"declared": spec["model"], "declarations": declarations,
+    reference = [s for s in specs if not s.declared]
+    recipes = build_recipes(list(dict.fromkeys(s.model for s in reference)),
+                            {s.model for s in reference if s.backend == "onnxruntime-int8"})
+    for spec in (s for s in specs if s.declared):
+        recipe = recipes.setdefault(spec.model, {"declared": spec.model, "declarations": declarations,
                                                     "backends": []})
-        recipe["backends"] = sorted({*recipe["backends"], spec["backend"]})
+        recipe["backends"] = sorted({*recipe["backends"], spec.backend})
     return recipes
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from optcv.errors import GateSetupError, MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
-from optcv.gate.worker.protocol import Setup
+from optcv.gate.worker.protocol import CaseSpec, Setup
 from optcv.gate.workers import WORKER_SCRIPT, worker_start
 from optcv.measure.reference import COURSE_MODELS
 
@@ -88,7 +89,7 @@ def hardware_counters() -> str:
             else f"perf stat -e instructions said {counted.strip() or done.stderr.strip()[:80]!r}")
 
 
-def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: Setup, workdir: Path, tag: str,
+def start_count(side: Side, specs: Sequence[CaseSpec], setup: Setup, workdir: Path, tag: str,
                 library: Path, repeat: int) -> dict[str, Any]:
     """Start one valgrind process of `side` through every case (hash seed and padding from `repeat`);
     `collect_count` waits for it and reads per case instructions per call and per function."""
@@ -98,7 +99,7 @@ def start_count(side: Side, specs: Sequence[dict[str, Any]], setup: Setup, workd
                f"--callgrind-out-file={out}/cg.%p",
                "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
                "instructions"]
-    request = {"inputs": setup.inputs, "artifacts": setup.artifacts, "cases": list(specs),
+    request = {"inputs": setup.inputs, "artifacts": setup.artifacts, "cases": [asdict(s) for s in specs],
                "library": str(library), "max_calls": COUNTED_CALLS, "min_calls": MIN_COUNTED_CALLS,
                "counted_macs": COUNTED_MACS, "max_warmup_s": MAX_WARMUP_S,
                "warmup_calls": WARMUP_CALLS}
@@ -172,15 +173,15 @@ def changed_functions(base: Sequence[dict[str, float]], head: Sequence[dict[str,
     return sorted(rows, key=lambda r: -abs(float(r["change_per_call"])))[:top]
 
 
-def counted(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def counted(specs: Sequence[CaseSpec]) -> list[CaseSpec]:
     """The cases instructions are counted for: batch 1 on one thread, of the course's models and of declared
     ones. Under valgrind, batched calls, training steps and the torchvision reference nets' set-up (OpenVINO's
     compilation above all) take minutes per case."""
-    return [s for s in specs if s["threads"] == 1 and s["batch"] == 1 and s["kind"] == "predict"
-            and (s.get("declared") or s["model"] in COURSE_MODELS)]
+    return [s for s in specs if s.threads == 1 and s.batch == 1 and s.kind == "predict"
+            and (s.declared or s.model in COURSE_MODELS)]
 
 
-def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, Setup],
+def measure_instructions(sides: Sequence[Side], specs: Sequence[CaseSpec], setup: dict[str, Setup],
                          thresholds: Thresholds, workdir: Path, seed: int = 0, log: Callable[[str], None] = print,
                          repeats: int = REPEATS) -> tuple[list[MeasureFinding], list[str]]:
     """Per counted case, instructions per call of each side over `repeats` valgrind processes, judged with the rule
@@ -191,7 +192,7 @@ def measure_instructions(sides: Sequence[Side], specs: Sequence[dict[str, Any]],
     done = _run_all(jobs, lambda repeat, side: start_count(side, chosen, setup[side.label], workdir, str(repeat),
                                                             library, seed + repeat), log)
     runs = {side.label: [done[(repeat, side.label)] for repeat in range(repeats)] for side in sides}
-    everywhere = [s["id"] for s in chosen if all(s["id"] in r["counts"] for rs in runs.values() for r in rs)]
+    everywhere = [s.id for s in chosen if all(s.id in r["counts"] for rs in runs.values() for r in rs)]
     return [_finding(case, runs, thresholds) for case in everywhere], _notes(len(specs) - len(chosen), runs)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from optcv.errors import MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
-from optcv.gate.worker.protocol import Footprint, MeasureMemory, MemoryReady, Setup
+from optcv.gate.worker.protocol import CaseSpec, Footprint, MeasureMemory, MemoryReady, Setup
 from optcv.gate.workers import Worker
 
 WARMUP_CALLS = 2
@@ -64,7 +63,7 @@ def allocation_counter(cache_dir: Path | None = None) -> Path:
     return compiled_library(ALLOCATION_COUNTER, "optcv-malloc-counter", cache_dir)
 
 
-def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup: dict[str, Setup],
+def measure_memory(sides: Sequence[Side], specs: Sequence[CaseSpec], setup: dict[str, Setup],
                    thresholds: Thresholds, workdir: Path, repeats: int, seed: int = 0) -> list[MeasureFinding]:
     """Per case, `repeats` measurements of each side, each repeat in children of its own memory worker per side:
     repeat r's workers get the same environment padding on both sides and another one per r, so that where a
@@ -83,7 +82,7 @@ def measure_memory(sides: Sequence[Side], specs: Sequence[dict[str, Any]], setup
             worker.close()
 
 
-def _measure_case(pools: Sequence[Sequence[Worker]], spec: dict[str, Any], thresholds: Thresholds,
+def _measure_case(pools: Sequence[Sequence[Worker]], spec: CaseSpec, thresholds: Thresholds,
                   rng: np.random.Generator) -> MeasureFinding:
     answers: dict[str, list[Footprint]] = {w.side.label: [] for w in pools[0]}
     for pool in pools:
@@ -94,5 +93,5 @@ def _measure_case(pools: Sequence[Sequence[Worker]], spec: dict[str, Any], thres
     per_call = {f"{label}_{what}_per_call": float(np.median([getattr(a, f"{what}_per_call") for a in got]))
                 for label, got in answers.items()
                 for what in ("retained_kib", "allocated_bytes", "allocated_blocks")}
-    return judge_repeats("memory", spec["id"], peaks["base"], peaks["head"],
-                         thresholds.for_case(spec["id"], "memory"), {**per_call, "calls": MEASURED_CALLS})
+    return judge_repeats("memory", spec.id, peaks["base"], peaks["head"],
+                         thresholds.for_case(spec.id, "memory"), {**per_call, "calls": MEASURED_CALLS})

@@ -9,7 +9,6 @@ same test, never one session after the other. A test that fails or is undecided 
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import subprocess
@@ -27,7 +26,20 @@ from optcv.gate.config import GateConfig
 from optcv.gate.sides import Side, pair_tree
 from optcv.gate.timing import CaseSamples, judge_samples, time_case
 from optcv.gate.verdict import CaseFinding, Thresholds
-from optcv.gate.worker.protocol import Time, Timed
+from optcv.gate.worker.protocol import (
+    AtBenchmark,
+    Collected,
+    Fatal,
+    Finished,
+    Release,
+    SessionEnd,
+    SessionEvent,
+    SideReport,
+    Time,
+    Timed,
+    decode,
+    encode,
+)
 from optcv.gate.workers import pair_layouts, pair_orders, worker_start
 
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
@@ -71,6 +83,18 @@ class GatedTest:
         return outcome_to_dict(self)
 
 
+@dataclass(frozen=True)
+class Gone:
+    """A session's pipe closed: it ended (or died) without a word."""
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """Where a session is at a test: at its benchmark call (ready), or past it, with what it reported."""
+    ready: bool
+    reports: list[SideReport]
+
+
 @dataclass
 class SessionWorker:
     """One side's pytest session: the gate's worker interface (`ask`, `side`, `pair`) over two pipes."""
@@ -82,17 +106,17 @@ class SessionWorker:
     log_path: Path
     buffer: bytes = b""
     collected: dict[str, list[str]] = field(default_factory=dict)  # node id -> its fixtures, in the run's order
-    others: list[str] = field(default_factory=list)  # benchmark tests in the same files that the run left out
+    others: tuple[str, ...] = ()  # benchmark tests in the same files that the run left out
     errors: dict[str, str] = field(default_factory=dict)  # per file that did not collect, its error
     ended: bool = False
 
-    def send(self, request: dict[str, Any]) -> None:
+    def send(self, request: Time | Release) -> None:
         try:
-            os.write(self.write_fd, (json.dumps(request) + "\n").encode())
+            os.write(self.write_fd, (encode(request) + "\n").encode())
         except BrokenPipeError:
             pass  # the session has ended: the next event says why
 
-    def event(self, timeout: float = EVENT_TIMEOUT_S) -> dict[str, Any]:
+    def event(self, timeout: float = EVENT_TIMEOUT_S) -> SessionEvent | Gone:
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
@@ -102,21 +126,25 @@ class SessionWorker:
             chunk = os.read(self.read_fd, 65536)
             if not chunk:
                 self.ended = True
-                return {"event": "gone"}
+                return Gone()
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
-        message: dict[str, Any] = json.loads(line)
-        if message["event"] == "fatal":
-            raise GateSetupError(f"the {self.side.label} side's pytest session: {message['message']}")
+        try:
+            message = decode(line)
+        except ValueError as exc:
+            where = f"the {self.side.label} side's pytest session"
+            raise GateSetupError(f"{where} answered out of protocol: {exc}") from None
+        if isinstance(message, Fatal):
+            raise GateSetupError(f"the {self.side.label} side's pytest session: {message.message}")
         return message
 
     def ask(self, request: Time, expect: type[Timed]) -> Timed:
         """The gate's worker interface (optcv.gate.timing.time_case): a session serves timed calls only."""
-        self.send({"op": "time", "case": request.case, "calls": request.calls})
+        self.send(request)
         answer = self.event()
-        if answer["event"] != "reply":
+        if not isinstance(answer, expect):
             raise GateSetupError(f"the {self.side.label} side's pytest session stopped serving: {self.tail()}")
-        return expect(tuple(answer["ns"]))
+        return answer
 
     def tail(self) -> str:
         lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
@@ -177,46 +205,45 @@ class SessionPool:
 
     def _read_collected(self, worker: SessionWorker) -> None:
         message = worker.event()
-        if message["event"] != "collected":
+        if not isinstance(message, Collected):
             raise GateSetupError(f"the {worker.side.label} side's pytest session did not collect: {worker.tail()}")
-        worker.collected, worker.others, worker.errors = message["nodes"], message["others"], message["errors"]
+        worker.collected, worker.others, worker.errors = message.nodes, message.others, message.errors
 
     def side_workers(self, label: str) -> list[SessionWorker]:
         return [w for w in self.workers if w.side.label == label]
 
-    def wait(self, node: str) -> dict[int, dict[str, Any]]:
-        """Every session that has `node` run up to its benchmark call ("ready") or through its end without one;
+    def wait(self, node: str) -> dict[int, SessionState]:
+        """Every session that has `node` run up to its benchmark call (ready) or through its end without one;
         per worker index, what it reported. A session's earlier tests the coordinator passed over are let go."""
-        states: dict[int, dict[str, Any]] = {}
+        states: dict[int, SessionState] = {}
         for index, worker in enumerate(self.workers):
             if node not in worker.collected:
                 continue
             states[index] = self._advance(worker, node)
         return states
 
-    def _advance(self, worker: SessionWorker, node: str) -> dict[str, Any]:
-        reports: list[dict[str, Any]] = []
+    def _advance(self, worker: SessionWorker, node: str) -> SessionState:
+        reports: list[SideReport] = []
         while True:
             message = worker.event()
-            kind, at = message["event"], message.get("node")
-            if kind == "gone" or kind == "end":
-                return {"ready": False, "reports": reports, "gone": True}
-            if at != node:
-                if kind == "ready":
-                    worker.send({"op": "release"})  # a test this run passed over (deselected in the main session)
+            if isinstance(message, Gone | SessionEnd):
+                return SessionState(False, reports)
+            if getattr(message, "node", None) != node:
+                if isinstance(message, AtBenchmark):
+                    worker.send(Release())  # a test this run passed over (deselected in the main session)
                 continue
-            if kind == "ready":
-                return {"ready": True, "reports": reports}
-            if kind == "report":
+            if isinstance(message, AtBenchmark):
+                return SessionState(True, reports)
+            if isinstance(message, SideReport):
                 reports.append(message)
-            if kind == "finished":
-                return {"ready": False, "reports": reports}
+            if isinstance(message, Finished):
+                return SessionState(False, reports)
 
-    def release(self, node: str, indices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    def release(self, node: str, indices: Sequence[int]) -> dict[int, list[SideReport]]:
         """Let the ready sessions finish `node` (its assertions run on each side); per worker, its reports."""
         for index in indices:
-            self.workers[index].send({"op": "release"})
-        return {index: self._advance(self.workers[index], node)["reports"] for index in indices}
+            self.workers[index].send(Release())
+        return {index: self._advance(self.workers[index], node).reports for index in indices}
 
     def close(self) -> None:
         for worker in self.workers:
@@ -269,14 +296,14 @@ class PytestGate:
         base_has = pool is not None and node in pool.side_workers("base")[0].collected
         if pool is None or not base_has:
             if pool is not None:
-                pool.release(node, [i for i, s in pool.wait(node).items() if s["ready"]])
+                pool.release(node, [i for i, s in pool.wait(node).items() if s.ready])
             error = next((e for path, e in self.base_errors.items() if node.startswith(path)), None)
             return GatedTest(node, unpaired=Unpaired.BASE_DOES_NOT_COLLECT if error else Unpaired.NEW_IN_HEAD,
                                detail=error or "")
         states = pool.wait(node)
-        ready = [i for i, s in states.items() if s["ready"]]
+        ready = [i for i, s in states.items() if s.ready]
         if len(ready) < len(pool.workers):
-            reports = {**{i: s["reports"] for i, s in states.items()}, **pool.release(node, ready)}
+            reports = {**{i: s.reports for i, s in states.items()}, **pool.release(node, ready)}
             return self._unpaired(node, reports)
         finding, samples = time_test(pool, node, self.config, self.thresholds, 0)
         first = None
@@ -295,7 +322,7 @@ class PytestGate:
         pool = SessionPool(self.sides[::-1], [node], self.config, self.workdir, attempt=1,
                            slowdown_pct=self.slowdown_pct)
         try:
-            ready = [i for i, s in pool.wait(node).items() if s["ready"]]
+            ready = [i for i, s in pool.wait(node).items() if s.ready]
             if len(ready) < len(pool.workers):
                 pool.release(node, ready)
                 return finding, samples
@@ -306,21 +333,21 @@ class PytestGate:
         finally:
             pool.close()
 
-    def _unpaired(self, node: str, reports: dict[int, list[dict[str, Any]]]) -> GatedTest:
+    def _unpaired(self, node: str, reports: dict[int, list[SideReport]]) -> GatedTest:
         """Why a test some session never reached its benchmark call in is not compared: the head's reason first."""
         assert self.pool is not None
         for label in ("head", "base"):
             for index, found in reports.items():
                 for report in found:
-                    kind = SIDE_OUTCOMES.get((label, report["outcome"]))
+                    kind = SIDE_OUTCOMES.get((label, report.outcome))
                     if kind and self.pool.workers[index].side.label == label:
-                        return GatedTest(node, unpaired=kind, detail=report["message"])
+                        return GatedTest(node, unpaired=kind, detail=report.message)
         return GatedTest(node, unpaired=Unpaired.NO_BENCHMARK_CALL)
 
-    def _failure(self, reports: dict[int, list[dict[str, Any]]], label: str) -> str | None:
+    def _failure(self, reports: dict[int, list[SideReport]], label: str) -> str | None:
         assert self.pool is not None
-        return next((r["message"] for i, found in reports.items() for r in found
-                     if self.pool.workers[i].side.label == label and r["outcome"] == "failed"), None)
+        return next((r.message for i, found in reports.items() for r in found
+                     if self.pool.workers[i].side.label == label and r.outcome == "failed"), None)
 
     def _fixtures_differ(self, node: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         assert self.pool is not None

@@ -36,7 +36,7 @@ from optcv.gate.verdict import (
     Verdict,
     verdict_of,
 )
-from optcv.gate.worker.protocol import Setup
+from optcv.gate.worker.protocol import CaseSpec, Setup
 from optcv.gate.workers import build_artifacts
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/2"
@@ -300,7 +300,7 @@ def _verdict(finding: CaseFinding | MeasureFinding, threshold_pct: float) -> Ver
 SIZING_ITERATIONS = 100
 
 
-def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str, Any]], setup: Setup,
+def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[CaseSpec], setup: Setup,
                 log: Log) -> Callable[[float], dict[str, float]]:
     """The `work` target's mean loop iterations per call, per case, for a level in %: the level's share of the
     case's instructions per call over what one iteration adds to that call. Both are counted in the worker, on the
@@ -314,7 +314,7 @@ def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str,
     started = []
     for tag, iterations in (("sizing-a", 0), ("sizing-b", SIZING_ITERATIONS)):
         injection = write_injection(workdir / f"inject-{tag}", dict.fromkeys(wrapped, 0.0),
-                                    dict.fromkeys((s["id"] for s in chosen), float(iterations)))
+                                    dict.fromkeys((s.id for s in chosen), float(iterations)))
         started.append(start_count(Side("base", sys.executable, HEAD_TREE, extra_path=(injection,)), chosen, setup,
                                    workdir, tag, library, 0))
     bare, loaded = (collect_count(s)["counts"] for s in started)
@@ -324,10 +324,10 @@ def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[dict[str,
     return lambda pct: {case: pct / 100 * c["per_call"] / per_iteration[case] for case, c in bare.items()}
 
 
-def _recipes(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _recipes(specs: Sequence[CaseSpec]) -> dict[str, dict[str, Any]]:
     """The cases' recipes, each reference model's with its int8 twin as a default gate builds it, so that a
     self-test run after a gate (the pull-request tier) finds that gate's builds in the cache."""
-    reference = list(dict.fromkeys(s["model"] for s in specs if not s.get("declared")))
+    reference = list(dict.fromkeys(s.model for s in specs if not s.declared))
     return {**recipes_for(specs), **build_recipes(reference, reference)}
 
 

@@ -17,7 +17,7 @@ from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_m
 from optcv.gate.memory import allocation_counter, measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
-from optcv.gate.worker.protocol import Profile, Profiled, Setup, Time, Timed
+from optcv.gate.worker.protocol import CaseSpec, Profile, Profiled, Setup, Time, Timed
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
 
 
@@ -132,7 +132,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     base, head = same_length_trees(base, workdir), same_length_trees(head, workdir)
     specs = case_specs(config, declared_models(config, head.tree))
     # A gate of declared models alone needs no CIFAR-10: each model's inputs come from its declaration.
-    inputs, root = prepare_inputs(workdir, data_dir) if any(not s.get("declared") for s in specs) else ({}, None)
+    inputs, root = prepare_inputs(workdir, data_dir) if any(not s.declared for s in specs) else ({}, None)
     artifacts = dict(artifacts or {})
     missing = [side for side in (base, head) if side.label not in artifacts]
     for side in missing:
@@ -160,7 +160,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
                       time.perf_counter() - started, notes=notes, retested=retested, measured=measured)
 
 
-def _other_measures(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig,
+def _other_measures(sides: tuple[Side, Side], specs: list[CaseSpec], config: GateConfig,
                     thresholds: Thresholds, workdir: Path, setup: dict[str, Setup], log: Log
                     ) -> tuple[list[MeasureFinding], list[str]]:
     measured: list[MeasureFinding] = []
@@ -189,7 +189,7 @@ def _code_hash(side: Side, built: dict[str, Any]) -> str:
 
 
 def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides: tuple[Side, Side],
-            specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds, workdir: Path,
+            specs: list[CaseSpec], config: GateConfig, thresholds: Thresholds, workdir: Path,
             setup: dict[str, Setup], log: Log, progress: bool) -> tuple[list[CaseFinding], list[CaseFinding]]:
     """The failing and the undecided cases timed again in one pool of fresh workers: a failure stands only if its
     re-test fails too; an undecided case is judged on the worker pairs of both passes. Returns the findings with
@@ -199,13 +199,13 @@ def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides:
         return findings, []
     undecided = {f.case: samples[f.case] for f in findings if f.undecided}
     log(f"re-testing {len(again)} case(s) with fresh workers: {', '.join(sorted(again))}")
-    final, _, _ = _time_cases(sides[::-1], [s for s in specs if s["id"] in again], config, thresholds, workdir,
+    final, _, _ = _time_cases(sides[::-1], [s for s in specs if s.id in again], config, thresholds, workdir,
                               setup, log, progress, 1, undecided)
     confirmed = {f.case: f for f in final}
     return [confirmed.get(f.case, f) for f in findings], [f for f in findings if f.case in confirmed]
 
 
-def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: GateConfig, thresholds: Thresholds,
+def _time_cases(sides: tuple[Side, Side], specs: list[CaseSpec], config: GateConfig, thresholds: Thresholds,
                 workdir: Path, setup: dict[str, Setup], log: Log, progress: bool, attempt: int,
                 earlier: Mapping[str, CaseSamples] | None = None
                 ) -> tuple[list[CaseFinding], dict[str, Any], dict[str, CaseSamples]]:
@@ -225,7 +225,7 @@ def _time_cases(sides: tuple[Side, Side], specs: list[dict[str, Any]], config: G
                      tree_per_pair=config.tree_per_pair) as workers:
         for spec in tqdm(specs, desc="gate" if attempt == 0 else "re-test", unit="case",
                          disable=not progress or None):
-            case = spec["id"]
+            case = spec.id
             timed[case] = samples = time_case(workers, case, config, rng)
             finding = judge_samples(samples, earlier.get(case), thresholds.for_case(case), config.seed)
             last_word = attempt == 1 or not config.retest_failures

@@ -34,7 +34,7 @@ def serve(stdin: Any, reply: Any) -> None:
             if isinstance(request, Setup):
                 inputs = {name: np.load(path) for name, path in request.inputs.items()}
                 for spec in request.cases:
-                    cases[spec["id"]] = Case(spec, request.artifacts, inputs)
+                    cases[spec.id] = Case(spec, request.artifacts, inputs)
                 answer: Reply = Ready(optcv_file(), versions(), os.getpid(), {k: c.settings for k, c in cases.items()})
             elif isinstance(request, Time):
                 os.environ[CASE_VARIABLE] = request.case

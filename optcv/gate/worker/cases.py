@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .build import declared_source
+from .protocol import CaseSpec
 from .side import side_module
 
 TRAIN_STEP_IMAGES = 64  # images per timed training call: one step at batch 64
@@ -46,13 +47,13 @@ def pin_threads(cpus: set[int]) -> None:
 class Case:
     """One timed case inside a worker: a callable of one call's work, and what it needs."""
 
-    def __init__(self, spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str, np.ndarray]):
+    def __init__(self, spec: CaseSpec, artifacts: dict[str, Any], inputs: dict[str, np.ndarray]):
         self.spec = spec
-        self.cpus = case_cpus(spec["threads"])
-        model = artifacts["models"][spec["model"]]
-        if spec.get("declared"):
+        self.cpus = case_cpus(spec.threads)
+        model = artifacts["models"][spec.model]
+        if spec.declared:
             self._setup_declared(model)
-        elif spec["kind"] == "predict":
+        elif spec.kind == "predict":
             self._setup_predict(model, inputs["predict_images"])
         else:
             self._setup_train(model, inputs["train_images"], inputs["train_labels"])
@@ -64,16 +65,16 @@ class Case:
     def _setup_declared(self, entry: dict[str, Any]) -> None:
         """A declared model's predictor, on inputs drawn from its declaration (the same seed on both sides)."""
         model, source = declared_source(entry)
-        count = max(1, DECLARED_INPUTS // self.spec["batch"]) * self.spec["batch"]
+        count = max(1, DECLARED_INPUTS // self.spec.batch) * self.spec.batch
         images = side_module("declared_inputs").sample_inputs(model.input, count, seed=0)
         self._use_predictor(source, images, entry["onnx"])
 
     def _use_predictor(self, source: Any, images: np.ndarray, onnx_path: str) -> None:
-        batch = self.spec["batch"]
+        batch = self.spec.batch
         # A compiling backend prepares the case's batch size here, in the set-up, never inside a timing.
-        options = {"batch_sizes": (batch,)} if self.spec["backend"] == "torch-compile" else {}
+        options = {"batch_sizes": (batch,)} if self.spec.backend == "torch-compile" else {}
         self.source = source
-        self.predictor = side_module("runtime").make_predictor(self.spec["backend"], source, self.spec["threads"],
+        self.predictor = side_module("runtime").make_predictor(self.spec.backend, source, self.spec.threads,
                                                                **options)
         self.inputs = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
         self.position = 0
@@ -89,12 +90,12 @@ class Case:
         self.split = Split(torch.from_numpy(images[:n].copy()), torch.from_numpy(labels[:n].astype(np.int64)))
         self.eval_split = Split(torch.from_numpy(images[n:n + 10].copy()),
                                 torch.from_numpy(labels[n:n + 10].astype(np.int64)))
-        self.train_config = side_module("train").TrainConfig("SGD", epochs=1, batch_size=self.spec["batch"], seed=0)
-        self.settings = {"backend": "pytorch (training)", "threads": self.spec["threads"],
-                         "optimizer": "SGD", "images_per_call": n, "batch_size": self.spec["batch"]}
+        self.train_config = side_module("train").TrainConfig("SGD", epochs=1, batch_size=self.spec.batch, seed=0)
+        self.settings = {"backend": "pytorch (training)", "threads": self.spec.threads,
+                         "optimizer": "SGD", "images_per_call": n, "batch_size": self.spec.batch}
 
     def call(self) -> None:
-        if self.spec["kind"] == "predict":
+        if self.spec.kind == "predict":
             x = self.inputs[self.position]
             self.position = (self.position + 1) % len(self.inputs)
             self.predictor.predict(x)
@@ -102,8 +103,8 @@ class Case:
             import torch
 
             train_module = side_module("train")  # looked up per call: the self-test's injection replaces train
-            if torch.get_num_threads() != self.spec["threads"]:
-                torch.set_num_threads(self.spec["threads"])
+            if torch.get_num_threads() != self.spec.threads:
+                torch.set_num_threads(self.spec.threads)
             train_module.train(self.model, self.split, self.eval_split, self.train_config, progress=False)
 
     def time(self, calls: int) -> list[int]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .cases import CASE_VARIABLE, Case
 from .protocol import (
+    CaseSpec,
     Exit,
     Failed,
     Footprint,
@@ -20,6 +21,7 @@ from .protocol import (
     MemoryReady,
     Reply,
     Setup,
+    case_spec,
     decode,
     encode,
     failure,
@@ -41,11 +43,11 @@ def _reset_peak() -> None:
         clear_refs.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
 
 
-def footprint(spec: dict[str, Any], artifacts: dict[str, Any], inputs: dict[str, np.ndarray], calls: int,
+def footprint(spec: CaseSpec, artifacts: dict[str, Any], inputs: dict[str, np.ndarray], calls: int,
               warmup: int) -> Footprint:
     """One case's memory in this (fresh, forked) process: the peak resident memory the case added over its set-up,
     `warmup` calls and `calls` more, and what stayed resident per call after the warm-up."""
-    os.environ[CASE_VARIABLE] = spec["id"]
+    os.environ[CASE_VARIABLE] = spec.id
     _reset_peak()
     before = _status_kib("VmRSS")
     case = Case(spec, artifacts, inputs)
@@ -158,7 +160,7 @@ def _macs_per_call(case: Case) -> int | None:
     import torch
 
     models = side_module("models")
-    if not hasattr(models, "count_macs") or case.spec["kind"] != "predict":
+    if not hasattr(models, "count_macs") or case.spec.kind != "predict":
         return None
     source, spec = case.source, case.source.input_spec
     if source.declared is not None:
@@ -167,7 +169,7 @@ def _macs_per_call(case: Case) -> int | None:
         net, dtype = models.load_checkpoint(source.checkpoint).build(), torch.float32
     else:
         return None
-    shape = (case.spec["batch"], *(spec.shape if spec is not None else (3, 32, 32)))
+    shape = (case.spec.batch, *(spec.shape if spec is not None else (3, 32, 32)))
     return int(models.count_macs(net, shape, dtype))
 
 
@@ -192,20 +194,20 @@ def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
     calls: dict[str, int] = {}
     warmup_s: dict[str, float] = {}
     case_s: dict[str, float] = {}
-    for spec in request["cases"]:
+    for spec in map(case_spec, request["cases"]):
         case_started = time.perf_counter()
-        os.environ[CASE_VARIABLE] = spec["id"]
+        os.environ[CASE_VARIABLE] = spec.id
         case = Case(spec, request["artifacts"], inputs)
         case.call()  # its first call may set up (OpenVINO compiles here): not the call's own time
         started = time.perf_counter()
         case.call()
-        warmup_s[spec["id"]] = time.perf_counter() - started
-        if warmup_s[spec["id"]] <= request["max_warmup_s"]:  # else counted, it would take minutes: reported
-            calls[spec["id"]] = counted_calls(_macs_per_call(case), request)
-            _count_calls(client, case, spec["id"], request["warmup_calls"], calls[spec["id"]])
+        warmup_s[spec.id] = time.perf_counter() - started
+        if warmup_s[spec.id] <= request["max_warmup_s"]:  # else counted, it would take minutes: reported
+            calls[spec.id] = counted_calls(_macs_per_call(case), request)
+            _count_calls(client, case, spec.id, request["warmup_calls"], calls[spec.id])
         del case
         gc.collect()
-        case_s[spec["id"]] = time.perf_counter() - case_started
+        case_s[spec.id] = time.perf_counter() - case_started
     import torch
 
     return {"calls": calls, "warmup_s": warmup_s, "case_s": case_s,

@@ -19,7 +19,7 @@ def profile(case: Case, calls: int) -> Profiled:
     operators shows and both add up to the profiled call."""
     pin_threads(case.cpus)
     session = getattr(getattr(case, "predictor", None), "session", None)
-    if case.spec["kind"] == "predict" and case.spec["backend"].startswith("onnxruntime") and session is not None:
+    if case.spec.kind == "predict" and case.spec.backend.startswith("onnxruntime") and session is not None:
         ops, wall_us = _ort_profile(case, session, calls)
     else:
         ops, wall_us = _torch_profile(case, calls)

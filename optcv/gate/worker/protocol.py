@@ -1,8 +1,10 @@
-"""The messages between the gate and its serving and memory workers: frozen types, one JSON line each.
+"""The messages between the gate and its workers (serving, memory, a side's pytest session): frozen types, one
+JSON line each.
 
-Standard library only: the gate imports it as optcv.gate.worker.protocol, and each side's harness (which imports
-no optcv module by name but its side's) relatively. A message's line names its type, so a reply is decoded to the
-one type it is, and a field missing or unknown is an error at the boundary, not a KeyError later.
+Standard library only: the gate imports it as optcv.gate.worker.protocol, each side's harness (which imports no
+optcv module by name but its side's) relatively, and a pytest session by its path. A message's line names its type,
+so a reply is decoded to the one type it is, and a field missing or unknown is an error at the boundary, not a
+KeyError later.
 """
 
 from __future__ import annotations
@@ -14,11 +16,26 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class CaseSpec:
+    """One gated case: a model's prediction on a backend at a batch size and thread count, or its training step."""
+    model: str
+    kind: str  # "predict" or "train"
+    backend: str  # "pytorch" for a training step
+    batch: int
+    threads: int
+    declared: bool = False  # a user's declared model (its inputs come from its declaration)
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.backend if self.kind == 'predict' else 'train'}/b{self.batch}/t{self.threads}"
+
+
+@dataclass(frozen=True)
 class Setup:
     """Load the inputs (name -> .npy path) and the side's built artifacts; set up `cases` (a memory worker: none)."""
     inputs: dict[str, str]
     artifacts: dict[str, Any]
-    cases: tuple[dict[str, Any], ...] = ()
+    cases: tuple[CaseSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,7 @@ class Profile:
 @dataclass(frozen=True)
 class MeasureMemory:
     """One case's resident memory in a forked child of its own, after `warmup` calls and over `calls` more."""
-    spec: dict[str, Any]
+    spec: CaseSpec
     calls: int
     warmup: int
 
@@ -65,7 +82,7 @@ class MemoryReady:
 
 @dataclass(frozen=True)
 class Timed:
-    ns: tuple[int, ...]  # each call's duration
+    ns: tuple[float, ...]  # per call, in ns: each call's, or each batch's mean (a pytest session's short calls)
 
 
 @dataclass(frozen=True)
@@ -90,10 +107,59 @@ class Failed:
     error: str
 
 
-Request = Setup | Time | Profile | MeasureMemory | Exit
+# A side's pytest session (pytest_session.py) says what it collected and where each test is; it is asked for
+# Time at a test's benchmark call and answers Timed, until it is told to Release the test.
+
+
+@dataclass(frozen=True)
+class Collected:
+    nodes: dict[str, list[str]]  # each test of the coordinator's it will run, in order: its fixtures
+    others: tuple[str, ...]  # benchmark tests of the same files that the coordinator did not name
+    errors: dict[str, str]  # per file that did not collect, its error's last line
+
+
+@dataclass(frozen=True)
+class AtBenchmark:
+    """The test has reached its benchmark call, and serves Time until released."""
+    node: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Let the test go on past its benchmark call (its assertions run on the side)."""
+
+
+@dataclass(frozen=True)
+class SideReport:
+    """A phase of a test that failed or was skipped, or its call phase."""
+    node: str
+    when: str  # setup, call or teardown
+    outcome: str  # passed, failed or skipped
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    node: str
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    pass
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The session cannot serve at all (pytest-benchmark missing): a set-up error of the side."""
+    message: str
+
+
+Request = Setup | Time | Profile | MeasureMemory | Exit | Release
 Reply = Ready | MemoryReady | Timed | Profiled | Footprint | Failed
-MESSAGES: dict[str, type] = {kind.__name__: kind for kind in (Setup, Time, Profile, MeasureMemory, Exit, Ready,
-                                                              MemoryReady, Timed, Profiled, Footprint, Failed)}
+SessionEvent = Collected | AtBenchmark | SideReport | Finished | SessionEnd | Fatal | Timed
+MESSAGES: dict[str, type] = {kind.__name__: kind for kind in (
+    Setup, Time, Profile, MeasureMemory, Exit, Release, Ready, MemoryReady, Timed, Profiled, Footprint, Failed,
+    Collected, AtBenchmark, SideReport, Finished, SessionEnd, Fatal)}
 
 
 def encode(message: Request | Reply) -> str:
@@ -118,10 +184,19 @@ def decode(line: str | bytes) -> Any:
 
 
 def _tuples(message: Any) -> Any:
-    """JSON has no tuples: a field declared as one gets its list back as a tuple, so the message stays frozen."""
-    lists = {f.name: tuple(getattr(message, f.name)) for f in dataclasses.fields(message)
-             if isinstance(getattr(message, f.name), list)}
+    """JSON has no tuples: a field declared as one gets its list back as a tuple, so the message stays frozen;
+    and a case spec inside a message is a CaseSpec again."""
+    lists: dict[str, Any] = {f.name: tuple(getattr(message, f.name)) for f in dataclasses.fields(message)
+                             if isinstance(getattr(message, f.name), list)}
+    if isinstance(message, Setup):
+        lists["cases"] = tuple(case_spec(c) for c in lists.get("cases", message.cases))
+    if isinstance(message, MeasureMemory) and isinstance(message.spec, dict):
+        lists["spec"] = case_spec(message.spec)
     return dataclasses.replace(message, **lists) if lists else message
+
+
+def case_spec(data: dict[str, Any] | CaseSpec) -> CaseSpec:
+    return data if isinstance(data, CaseSpec) else CaseSpec(**data)
 
 
 def failure(exc: BaseException) -> Failed:

@@ -9,7 +9,7 @@ pytest only: the side's tree, first on PYTHONPATH, is the only code of a side it
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import sys
 import time
@@ -24,34 +24,43 @@ if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
 import pytest  # noqa: E402
 
 
+def _protocol() -> Any:
+    """The gate's message types (protocol.py beside this file), loaded by path under a private name."""
+    spec = importlib.util.spec_from_file_location("_optcv_gate_protocol", HERE / "protocol.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _protocol()
+
+
 class Channel:
-    """JSON lines to and from the coordinator over the two inherited pipe ends."""
+    """The gate's messages to and from the coordinator over the two inherited pipe ends."""
 
     def __init__(self, fds: str):
         read_fd, write_fd = (int(fd) for fd in fds.split(","))
         self.reader = os.fdopen(read_fd, "r", buffering=1)
         self.writer = os.fdopen(write_fd, "w", buffering=1)
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(json.dumps(message) + "\n")
+    def send(self, message: Any) -> None:
+        self.writer.write(protocol.encode(message) + "\n")
         self.writer.flush()
 
-    def receive(self) -> dict[str, Any]:
+    def receive(self) -> Any:
         line = self.reader.readline()
         if not line:
             os._exit(3)  # the coordinator is gone: nothing to serve
-        return json.loads(line)
+        return protocol.decode(line)
 
 
 def serve(channel: Channel, node: str, samples: Samples) -> None:
-    """Answer timing requests for `node` until the coordinator releases the test."""
-    channel.send({"event": "ready", "node": node})
-    while True:
-        request = channel.receive()
-        if request["op"] == "time":
-            channel.send({"event": "reply", "ns": samples.take(int(request["calls"]))})
-        else:
-            return
+    """Answer Time requests for `node` until the coordinator releases the test."""
+    channel.send(protocol.AtBenchmark(node))
+    while isinstance(request := channel.receive(), protocol.Time):
+        channel.send(protocol.Timed(tuple(samples.take(request.calls))))
 
 
 # A timed sample lasts at least this long (a batch of calls where one call is shorter, as pytest-benchmark's own
@@ -122,8 +131,8 @@ class ServeRounds:
         try:
             from pytest_benchmark.fixture import BenchmarkFixture, FixtureAlreadyUsed
         except ImportError:
-            self.channel.send({"event": "fatal", "message": "pytest-benchmark is not installed for this side's "
-                                                             f"interpreter {sys.executable}"})
+            self.channel.send(protocol.Fatal("pytest-benchmark is not installed for this side's interpreter "
+                                             f"{sys.executable}"))
             os._exit(2)
         channel = self.channel
 
@@ -163,19 +172,18 @@ class ServeRounds:
         kept = sorted((i for i in items if i.nodeid in self.order), key=lambda i: self.order[i.nodeid])
         config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in self.order])
         items[:] = kept
-        self.channel.send({"event": "collected", "nodes": {i.nodeid: benchmarked.get(i.nodeid, []) for i in kept},
-                           "others": sorted(set(benchmarked) - set(self.order)), "errors": self.collect_errors})
+        self.channel.send(protocol.Collected({i.nodeid: benchmarked.get(i.nodeid, []) for i in kept},
+                                             tuple(sorted(set(benchmarked) - set(self.order))), self.collect_errors))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or not report.passed:
-            self.channel.send({"event": "report", "node": report.nodeid, "when": report.when,
-                               "outcome": report.outcome, "message": _outcome_line(report)})
+            self.channel.send(protocol.SideReport(report.nodeid, report.when, report.outcome, _outcome_line(report)))
 
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
-        self.channel.send({"event": "finished", "node": nodeid})
+        self.channel.send(protocol.Finished(nodeid))
 
     def pytest_sessionfinish(self) -> None:
-        self.channel.send({"event": "end"})
+        self.channel.send(protocol.SessionEnd())
 
 
 def _last_line(text: str) -> str:
