@@ -5,6 +5,7 @@ minutes, so an entry that is half-copied, damaged or of other inputs must be bui
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -172,16 +173,15 @@ def test_the_gates_worker_builds_from_a_relative_data_folder_and_rebuilds_a_dama
     make_image_folder(tmp_path / "data", train_per_class=10, test_per_class=50)  # the build evaluates on 500
     monkeypatch.chdir(tmp_path)
     data = Path("data")
-    recipes = build_recipes(["tutorial"])
-    recipes["tutorial"]["train_images"] = 100
+    recipes = {"tutorial": dataclasses.replace(build_recipes(["tutorial"])["tutorial"], train_images=100)}
     side = Side("head", sys.executable, HEAD_TREE)
     (tmp_path / "work").mkdir()
     built = build_artifacts(side, tmp_path / "work", recipes, data, tmp_path / "cache")
-    onnx_path = Path(built["models"]["tutorial"]["onnx"])
+    onnx_path = Path(built.models["tutorial"].onnx)
     good = onnx_path.read_bytes()
     onnx_path.write_bytes(good[: len(good) // 2])
     again = build_artifacts(side, tmp_path / "work", recipes, data, tmp_path / "cache")
-    assert Path(again["models"]["tutorial"]["onnx"]) == onnx_path and len(onnx_path.read_bytes()) == len(good)
+    assert Path(again.models["tutorial"].onnx) == onnx_path and len(onnx_path.read_bytes()) == len(good)
 
 
 def test_the_ci_cache_key_changes_with_the_build_code_and_not_with_the_rest(tmp_path):

@@ -18,6 +18,7 @@ from optcv.errors import OptcvError
 from optcv.gate.config import GateConfig, case_specs, recipes_for
 from optcv.gate.run import SameCode, _same_code, run_gate
 from optcv.gate.sides import HEAD_TREE, sides_for
+from optcv.gate.worker.protocol import DeclaredRecipe
 from optcv.gate.workers import build_all_artifacts
 from optcv.report.gate import outcome_markdown
 from optcv.runtime import BACKENDS
@@ -55,7 +56,7 @@ def test_a_declared_models_cases_are_what_its_declaration_lists(tmp_path):
     with pytest.raises(OptcvError, match="unknown gate model nope: choose from .*tiny"):
         case_specs(_config(models=("nope",)), declared)
     assert recipes_for(case_specs(_config(), declared), "pyproject.toml") == {
-        "tiny": {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["onnxruntime", "pytorch"]}}
+        "tiny": DeclaredRecipe("tiny", "pyproject.toml", ("onnxruntime", "pytorch"))}
 
 
 def test_a_user_repositorys_sides_are_its_revisions_measured_by_this_optcv(tmp_path):
@@ -81,7 +82,7 @@ def test_each_side_builds_the_model_of_its_own_revision(tmp_path):
     with sides_for("HEAD", None, path.parent, None, user_repository=True) as sides:
         assert not isinstance(sides, str)
         built = build_all_artifacts(sides, work, recipes_for(specs, "pyproject.toml"), None, tmp_path / "cache")
-    ops = {label: [n.op_type for n in onnx.load(built[label]["models"]["tiny"]["onnx"]).graph.node]
+    ops = {label: [n.op_type for n in onnx.load(built[label].models["tiny"].onnx).graph.node]
            for label in ("base", "head")}
     assert "Exp" in ops["head"] and "Exp" not in ops["base"], ops
 
@@ -104,7 +105,7 @@ def test_a_src_layout_is_imported_from_each_sides_own_src(tmp_path):
     with sides_for("HEAD", None, root, None, user_repository=True) as sides:
         assert not isinstance(sides, str)
         built = build_all_artifacts(sides, work, recipes_for(specs, "pyproject.toml"), None, tmp_path / "cache")
-    ops = {label: [n.op_type for n in onnx.load(built[label]["models"]["tiny"]["onnx"]).graph.node]
+    ops = {label: [n.op_type for n in onnx.load(built[label].models["tiny"].onnx).graph.node]
            for label in ("base", "head")}
     assert "Exp" in ops["head"] and "Exp" not in ops["base"], ops
 

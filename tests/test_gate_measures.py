@@ -10,7 +10,7 @@ from optcv.errors import GateSetupError, PerformanceRegression
 from optcv.gate.inject import write_injection
 from optcv.gate.instructions import UNNAMED, changed_functions, read_dump
 from optcv.gate.verdict import GateResult, Thresholds, Verdict, judge_repeats, repeat_change
-from optcv.gate.worker.protocol import CaseSpec
+from optcv.gate.worker.protocol import Built, CaseSpec, CountInstructions, DeclaredModelFiles
 from optcv.report.gate import gate_failure_lines, gate_markdown
 
 
@@ -307,8 +307,8 @@ def test_a_net_with_more_arithmetic_gets_fewer_counted_calls_within_the_bounds()
     from optcv.measure.reference import REFERENCE_MODELS
     from optcv.training.models import build_model, count_macs
 
-    request = {"max_calls": instructions.COUNTED_CALLS, "min_calls": instructions.MIN_COUNTED_CALLS,
-               "counted_macs": instructions.COUNTED_MACS}
+    request = CountInstructions({}, Built({}, "", {}, ""), (), "", instructions.COUNTED_CALLS,
+                                instructions.MIN_COUNTED_CALLS, instructions.COUNTED_MACS, 1.0, 1)
     macs = {name: count_macs(build_model(REFERENCE_MODELS[name].model)) for name in ("tutorial", "tunable")}
     assert counted_calls(macs["tutorial"], request) == 100
     assert counted_calls(macs["tunable"], request) == 25
@@ -324,11 +324,10 @@ def test_the_instruction_worker_counts_a_declared_nets_multiply_accumulates_per_
 
     write_user_repo(tmp_path)
     monkeypatch.setattr(build, "DECLARED", {})
-    entry = {"declared": "tiny", "declarations": "pyproject.toml", "backends": ["pytorch"], "tree": str(tmp_path),
-             "cache_dir": str(tmp_path / "cache")}
     spec = CaseSpec("tiny", "predict", "pytorch", batch=4, threads=1, declared=True)
     assert spec.id == "tiny/pytorch/b4/t1"
-    case = Case(spec, {"models": {"tiny": {**entry, "onnx": ""}}}, {})
+    files = DeclaredModelFiles("tiny", "pyproject.toml", ("pytorch",), str(tmp_path), str(tmp_path / "cache"), "")
+    case = Case(spec, Built({"tiny": files}, "h", {}, ""), {})
     conv, linear = 16 * 16 * 4 * (3 * 3 * 3), 4 * 5  # Tiny: a 3x3 conv to 4 channels on 16x16, a 4-to-5 head
     assert measures._macs_per_call(case) == 4 * (conv + linear)
 

@@ -42,12 +42,12 @@ def test_the_worker_runs_in_an_interpreter_whose_optcv_is_another_tree(tmp_path)
     reports that stub's file as the optcv it imported."""
     import os
 
-    from optcv.gate.worker.protocol import Exit, Ready, Setup, decode, encode
+    from optcv.gate.worker.protocol import Built, Exit, Ready, Setup, decode, encode
     from optcv.gate.workers import WORKER_SCRIPT
 
     (tmp_path / "optcv").mkdir()
     (tmp_path / "optcv" / "__init__.py").write_text("")
-    requests = f"{encode(Setup({}, {}))}\n{encode(Exit())}\n"
+    requests = f"{encode(Setup({}, Built({}, '', {}, '')))}\n{encode(Exit())}\n"
     done = subprocess.run([sys.executable, str(WORKER_SCRIPT), "serve"], input=requests, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -7,12 +7,11 @@ import fnmatch
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from optcv.declared.config import DeclaredModel, load_declarations
 from optcv.env import usable_cores
 from optcv.errors import OPTIONAL_MODULES, MissingDependency, OptcvError
-from optcv.gate.worker.protocol import CaseSpec
+from optcv.gate.worker.protocol import CaseSpec, DeclaredRecipe, Recipe, ReferenceRecipe
 from optcv.measure.reference import REFERENCE_MODELS
 from optcv.runtime import BACKENDS as REGISTRY
 from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable
@@ -172,31 +171,28 @@ BUILD_TRAIN_IMAGES_LARGE = 500  # the nets whose reference recipe trains on a su
 BUILD_EPOCHS = 1
 
 
-def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str, ReferenceRecipe]:
     """What a side's worker needs to build each model, as plain data (the worker imports no optcv of ours);
     for the models in `int8`, the quantisation settings of their int8 twin too."""
     recipes = {}
     for name in models:
         spec = REFERENCE_MODELS[name]
         train_images = BUILD_TRAIN_IMAGES if spec.train_images is None else BUILD_TRAIN_IMAGES_LARGE
-        recipes[name] = {"arch": arch_name(spec.model), "config": dataclasses.asdict(spec.model),
-                         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
-                         "seed": spec.train.seed, "epochs": BUILD_EPOCHS, "train_images": train_images}
-        if name in int8:
-            recipes[name]["int8"] = dataclasses.asdict(spec.quantize)
+        recipes[name] = ReferenceRecipe(arch_name(spec.model), dataclasses.asdict(spec.model), spec.train.optimizer,
+                                        spec.train.lr, spec.train.batch_size, spec.train.seed, BUILD_EPOCHS,
+                                        train_images, dataclasses.asdict(spec.quantize) if name in int8 else None)
     return recipes
 
 
-def recipes_for(specs: Sequence[CaseSpec], declarations: str | None = None) -> dict[str, dict[str, Any]]:
+def recipes_for(specs: Sequence[CaseSpec], declarations: str | None = None) -> dict[str, Recipe]:
     """The build recipes of the models the cases use; a declared model's recipe is where it is declared (each
     side reads it from its own tree) and the backends it needs built for."""
     reference = [s for s in specs if not s.declared]
-    recipes = build_recipes(list(dict.fromkeys(s.model for s in reference)),
-                            {s.model for s in reference if s.backend == "onnxruntime-int8"})
-    for spec in (s for s in specs if s.declared):
-        recipe = recipes.setdefault(spec.model, {"declared": spec.model, "declarations": declarations,
-                                                    "backends": []})
-        recipe["backends"] = sorted({*recipe["backends"], spec.backend})
+    recipes: dict[str, Recipe] = {**build_recipes(list(dict.fromkeys(s.model for s in reference)),
+                                                  {s.model for s in reference if s.backend == "onnxruntime-int8"})}
+    for model in dict.fromkeys(s.model for s in specs if s.declared):
+        backends = tuple(sorted({s.backend for s in specs if s.declared and s.model == model}))
+        recipes[model] = DeclaredRecipe(model, declarations, backends)
     return recipes
 
 

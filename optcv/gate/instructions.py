@@ -13,13 +13,11 @@ memory-bandwidth effect (one-thread cases only); and it is slow (the gate's log 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from optcv.errors import GateSetupError, MissingDependency
 from optcv.gate.native import compiled_library, missing_compiler
 from optcv.gate.sides import Side
 from optcv.gate.verdict import MeasureFinding, Thresholds, judge_repeats
-from optcv.gate.worker.protocol import CaseSpec, Setup
+from optcv.gate.worker.protocol import CaseSpec, Counted, CountInstructions, Failed, Setup, decode, encode
 from optcv.gate.workers import WORKER_SCRIPT, worker_start
 from optcv.measure.reference import COURSE_MODELS
 
@@ -99,16 +97,14 @@ def start_count(side: Side, specs: Sequence[CaseSpec], setup: Setup, workdir: Pa
                f"--callgrind-out-file={out}/cg.%p",
                "--compress-strings=no", "--compress-pos=no", "--dump-line=no", side.python, str(WORKER_SCRIPT),
                "instructions"]
-    request = {"inputs": setup.inputs, "artifacts": setup.artifacts, "cases": [asdict(s) for s in specs],
-               "library": str(library), "max_calls": COUNTED_CALLS, "min_calls": MIN_COUNTED_CALLS,
-               "counted_macs": COUNTED_MACS, "max_warmup_s": MAX_WARMUP_S,
-               "warmup_calls": WARMUP_CALLS}
+    request = CountInstructions(setup.inputs, setup.artifacts, tuple(specs), str(library), COUNTED_CALLS,
+                                MIN_COUNTED_CALLS, COUNTED_MACS, MAX_WARMUP_S, WARMUP_CALLS)
     env = {**side.env(int(np.random.default_rng(repeat).integers(0, 4096))), "PYTHONHASHSEED": str(repeat)}
     with open(out / "valgrind.log", "w") as log:  # a file, not a pipe: nobody reads it while valgrind runs
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                    env=env, cwd=workdir, preexec_fn=worker_start)
     assert process.stdin is not None
-    process.stdin.write(json.dumps(request))
+    process.stdin.write(encode(request))
     process.stdin.close()
     return {"process": process, "side": side, "out": out}
 
@@ -119,9 +115,9 @@ def collect_count(started: dict[str, Any]) -> dict[str, Any]:
     stdout = process.stdout.read()
     process.wait()
     stderr = (out / "valgrind.log").read_text(errors="replace")
-    answer = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
-    if process.returncode or "error" in answer or not answer:
-        tail = answer.get("error") or (stderr.strip().splitlines() or ["no output"])[-1]
+    answer = decode(stdout.strip().splitlines()[-1]) if stdout.strip() else None
+    if process.returncode or not isinstance(answer, Counted):
+        tail = answer.error if isinstance(answer, Failed) else (stderr.strip().splitlines() or ["no output"])[-1]
         raise GateSetupError(f"the {side.label} side's instruction count under valgrind failed: {tail}")
     # This process's main thread only: a child it forks writes its own file, and a runtime's background thread
     # (OpenVINO loading its plugins after import) overlapped the first case's calls in some processes and not
@@ -129,9 +125,8 @@ def collect_count(started: dict[str, Any]) -> dict[str, Any]:
     dumps = {d["label"]: d for d in map(read_dump, out.glob(f"cg.{process.pid}.*-01"))}
     return {"counts": {case: {"per_call": dumps[case]["total"] / n, "calls": n,
                               "functions": {k: v / n for k, v in dumps[case]["functions"].items()}}
-                       for case, n in answer["calls"].items()},
-            "warmup_s": answer["warmup_s"], "case_s": answer.get("case_s", {}),
-            "cpu_capability": answer.get("cpu_capability")}
+                       for case, n in answer.calls.items()},
+            "warmup_s": answer.warmup_s, "case_s": answer.case_s, "cpu_capability": answer.cpu_capability}
 
 
 def read_dump(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from optcv.errors import BaselineInvalid, BaselineMissing, BaselineOtherMachine,
 from optcv.gate.config import MODELS, build_recipes
 from optcv.gate.sides import HEAD_TREE, Side
 from optcv.gate.timing import Log, prepare_inputs
+from optcv.gate.worker.protocol import ReferenceModel
 from optcv.gate.workers import build_artifacts
 from optcv.measure.latency import RESULT_SCHEMA, BenchConfig, run_bench
 from optcv.runtime import ModelSource, make_predictor
@@ -232,8 +233,9 @@ def run_ratio_fallback(reason: str, baseline_path: str | Path, *, models: Sequen
         images = np.load(inputs["predict_images"])
     measured: dict[str, dict[str, Any]] = {}
     config = ratio_bench_config(calls)
-    for model, paths in built["models"].items():
-        source = ModelSource(Path(paths["checkpoint"]), Path(paths["onnx"]))
+    for model, paths in built.models.items():
+        assert isinstance(paths, ReferenceModel)  # the ratio gate times optcv's reference models only
+        source = ModelSource(Path(paths.checkpoint), Path(paths.onnx))
         with all_closed([make_predictor(b, source, RATIO_THREADS) for b in backends[model]]) as predictors:
             log(f"ratio fallback: timing {model}")
             timed = run_bench({p.name: [p] for p in predictors}, images, config, model=model)

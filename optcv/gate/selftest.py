@@ -36,7 +36,7 @@ from optcv.gate.verdict import (
     Verdict,
     verdict_of,
 )
-from optcv.gate.worker.protocol import CaseSpec, Setup
+from optcv.gate.worker.protocol import CaseSpec, Recipe, Setup
 from optcv.gate.workers import build_artifacts
 
 SELF_TEST_SCHEMA = "optcv-gate-self-test/2"
@@ -324,7 +324,7 @@ def _work_sizer(workdir: Path, wrapped: Sequence[str], specs: Sequence[CaseSpec]
     return lambda pct: {case: pct / 100 * c["per_call"] / per_iteration[case] for case, c in bare.items()}
 
 
-def _recipes(specs: Sequence[CaseSpec]) -> dict[str, dict[str, Any]]:
+def _recipes(specs: Sequence[CaseSpec]) -> dict[str, Recipe]:
     """The cases' recipes, each reference model's with its int8 twin as a default gate builds it, so that a
     self-test run after a gate (the pull-request tier) finds that gate's builds in the cache."""
     reference = list(dict.fromkeys(s.model for s in specs if not s.declared))

@@ -17,7 +17,7 @@ from optcv.gate.config import PREDICT_IMAGES, GateConfig, case_specs, declared_m
 from optcv.gate.memory import allocation_counter, measure_memory
 from optcv.gate.sides import Side, same_length_trees, subject_hash
 from optcv.gate.verdict import CaseFinding, GateResult, MeasureFinding, Thresholds, judge, paired_change
-from optcv.gate.worker.protocol import CaseSpec, Profile, Profiled, Setup, Time, Timed
+from optcv.gate.worker.protocol import Built, CaseSpec, Profile, Profiled, Setup, Time, Timed
 from optcv.gate.workers import Worker, build_all_artifacts, worker_pool
 
 
@@ -119,7 +119,7 @@ Log = Callable[[str], None]
 
 def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, *, data_dir: str | Path | None,
             cache_dir: Path, workdir: Path, log: Log, progress: bool = False,
-            artifacts: dict[str, dict[str, Any]] | None = None) -> GateResult:
+            artifacts: dict[str, Built] | None = None) -> GateResult:
     """Build both sides' artifacts (unless given), time every case A/B, judge each, profile the failing ones."""
     started = time.perf_counter()
     # A missing valgrind or compiler is a set-up error before, not after, the timing.
@@ -150,7 +150,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     findings, retested = _retest(findings, samples, (base, head), specs, config, thresholds, workdir, setup, log,
                                  progress)
     side_info = {label: {**side.describe(), "code_hash": _code_hash(side, artifacts[label]),
-                         "versions": artifacts[label]["versions"], "settings": settings[label]}
+                         "versions": artifacts[label].versions, "settings": settings[label]}
                  for label, side in (("base", base), ("head", head))}
     protocol = {**asdict(config), "thresholds": asdict(thresholds), "statistic":
                 f"per worker pair (a base and a head process, set up in {config.setup_order} order), the median "
@@ -183,9 +183,9 @@ def _other_measures(sides: tuple[Side, Side], specs: list[CaseSpec], config: Gat
     return measured, notes
 
 
-def _code_hash(side: Side, built: dict[str, Any]) -> str:
+def _code_hash(side: Side, built: Built) -> str:
     """What the side's timed code is: optcv's own source, or (a user's repository) what its models are made of."""
-    return subject_hash(side.source_tree) if side.harness else built["code_hash"]
+    return subject_hash(side.source_tree) if side.harness else built.code_hash
 
 
 def _retest(findings: list[CaseFinding], samples: dict[str, CaseSamples], sides: tuple[Side, Side],

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -14,7 +13,19 @@ import numpy as np
 from optcv.errors import GateSetupError
 from optcv.gate.config import SETUP_ORDERS
 from optcv.gate.sides import Side, pair_tree
-from optcv.gate.worker.protocol import Exit, Failed, Ready, Reply, Request, Setup, decode, encode
+from optcv.gate.worker.protocol import (
+    Build,
+    Built,
+    Exit,
+    Failed,
+    Ready,
+    Recipe,
+    Reply,
+    Request,
+    Setup,
+    decode,
+    encode,
+)
 
 R = TypeVar("R", bound=Reply)
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker" / "__main__.py"
@@ -73,10 +84,10 @@ class Worker:
         except BrokenPipeError:
             pass  # the worker has stopped: receive() reports it with its log's last line
 
-    def receive(self, expect: type[R]) -> R:
+    def receive(self, expect: type[R], what: str = "worker") -> R:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
-        where = f"the {self.side.label} side's worker ({self.side.revision or self.side.tree})"
+        where = f"the {self.side.label} side's {what} ({self.side.revision or self.side.tree})"
         if not line:
             raise GateSetupError(f"{where} stopped: {self._tail()}")
         try:
@@ -88,17 +99,6 @@ class Worker:
         if not isinstance(reply, expect):
             raise GateSetupError(f"{where} answered {type(reply).__name__}, not {expect.__name__}")
         return reply
-
-    def answer(self, line: str, what: str) -> dict[str, Any]:
-        """A one-shot worker's reply line (a build's, whose answer is its own data), or a set-up error naming the
-        side, its revision and what failed."""
-        where = f"the {self.side.label} side's {what} ({self.side.revision or self.side.tree})"
-        if not line:
-            raise GateSetupError(f"{where} stopped: {self._tail()}")
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise GateSetupError(f"{where} failed: {answer['error']}")
-        return answer
 
     def _tail(self) -> str:
         self._log.flush()
@@ -129,6 +129,8 @@ def models_cache_key(tree: Path) -> str:
     """A key over everything the cached model builds of optcv at `tree` depend on on this machine: the benchmark
     suite's reference builds and the gate's (recipes, code, the worker's build harness, libraries, CPU). For a CI
     cache that must be saved anew when any of them changes; each entry inside is still checked on its own."""
+    from dataclasses import asdict
+
     from optcv.build_cache import key_of, machine_inputs, source_closure
     from optcv.gate.config import MODELS, build_recipes
     from optcv.gate.worker.build import BUILD_ROLES, harness_hash
@@ -137,39 +139,35 @@ def models_cache_key(tree: Path) -> str:
 
     inputs = {"reference": source_closure(tree, BUILD_ROOTS),
               "gate": source_closure(tree, side_module_names(tree, BUILD_ROLES)),
-              "gate_recipes": build_recipes(MODELS, MODELS),
+              "gate_recipes": {name: asdict(r) for name, r in build_recipes(MODELS, MODELS).items()},
               "harness": harness_hash(),
               "machine": machine_inputs()}
     return f"optcv-models-{key_of(inputs)}"
 
 
-def build_artifacts(side: Side, workdir: Path, recipes: dict[str, Any], data_dir: str | Path | None,
-                    cache_dir: Path) -> dict[str, Any]:
+def build_artifacts(side: Side, workdir: Path, recipes: Mapping[str, Recipe], data_dir: str | Path | None,
+                    cache_dir: Path) -> Built:
     """Each model (optcv.gate.config.build_recipes) trained, exported and, where asked, quantised by the side's
     own code (or taken from its cache)."""
     return build_all_artifacts([side], workdir, recipes, data_dir, cache_dir)[side.label]
 
 
-def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str, Any], data_dir: str | Path | None,
-                        cache_dir: Path) -> dict[str, dict[str, Any]]:
+def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: Mapping[str, Recipe],
+                        data_dir: str | Path | None, cache_dir: Path) -> dict[str, Built]:
     """Every side's artifacts, the sides' builders running at once (a cached build is mostly imports)."""
-    import json
-
     # Absolute: a side's worker runs in its own folder, where a path relative to the caller's means nothing.
-    request = {"models": recipes, "data_dir": str(Path(data_dir).absolute()) if data_dir else None,
-               "cache_dir": str(Path(cache_dir).absolute())}
+    data = str(Path(data_dir).absolute()) if data_dir else None
     builders = [Worker(side, "build", workdir) for side in sides]
-    answers: dict[str, dict[str, Any]] = {}
+    answers: dict[str, Built] = {}
     try:
         for worker in builders:
             assert worker.process.stdin is not None
-            worker.process.stdin.write(json.dumps({**request, "tree": str(worker.side.tree)}))
+            worker.process.stdin.write(encode(Build(dict(recipes), data, str(Path(cache_dir).absolute()),
+                                                    str(worker.side.tree))))
             worker.process.stdin.close()
         for worker in builders:
-            assert worker.process.stdout is not None
-            line = worker.process.stdout.readline()
+            answers[worker.side.label] = worker.receive(Built, "model build")
             worker.process.wait()
-            answers[worker.side.label] = worker.answer(line, "model build")
     finally:
         for worker in builders:
             if worker.process.poll() is None:
@@ -178,8 +176,8 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: dict[str,
             worker._log.close()
     for side in sides:
         expected = (side.optcv_root / "optcv" / "__init__.py").resolve()
-        if Path(answers[side.label]["optcv_file"]).resolve() != expected:
-            raise GateSetupError(f"the {side.label} side imported optcv from {answers[side.label]['optcv_file']}, "
+        if Path(answers[side.label].optcv_file).resolve() != expected:
+            raise GateSetupError(f"the {side.label} side imported optcv from {answers[side.label].optcv_file}, "
                                  f"not {expected}")
     return answers
 

@@ -11,7 +11,6 @@ NumPy before the side's optcv, and no optcv module by name but the side's (an im
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -22,7 +21,21 @@ from .build import build_models
 from .cases import CASE_VARIABLE, Case
 from .measures import count_instructions, serve_memory
 from .operators import profile
-from .protocol import Exit, Failed, Profile, Ready, Reply, Setup, Time, Timed, decode, encode, failure
+from .protocol import (
+    Build,
+    CountInstructions,
+    Exit,
+    Failed,
+    Profile,
+    Ready,
+    Reply,
+    Setup,
+    Time,
+    Timed,
+    decode,
+    encode,
+    failure,
+)
 from .side import optcv_file, versions
 
 
@@ -56,13 +69,21 @@ def main() -> None:
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    one_shot = {"build": build_models, "instructions": count_instructions}
-    if len(sys.argv) == 2 and sys.argv[1] in one_shot:
+    if sys.argv[1:] == ["build"]:
         try:
-            answer = one_shot[sys.argv[1]](json.loads(sys.stdin.read()))
+            request = decode(sys.stdin.read())
+            built: Reply = build_models(request) if isinstance(request, Build) else Failed("a build needs Build")
         except Exception as exc:
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        reply.write(json.dumps(answer) + "\n")
+            built = failure(exc)
+        reply.write(encode(built) + "\n")
+    elif sys.argv[1:] == ["instructions"]:
+        try:
+            request = decode(sys.stdin.read())
+            counted: Reply = count_instructions(request) if isinstance(request, CountInstructions) else \
+                Failed("an instruction count needs CountInstructions")
+        except Exception as exc:
+            counted = failure(exc)
+        reply.write(encode(counted) + "\n")
     elif sys.argv[1:] in (["serve"], ["memory"]):
         (serve if sys.argv[1] == "serve" else serve_memory)(sys.stdin, reply)
         reply.flush()

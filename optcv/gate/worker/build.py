@@ -3,11 +3,13 @@ cache (optcv.build_cache: keyed by the recipe, the side's build code, this file,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from .protocol import Build, Built, DeclaredModelFiles, DeclaredRecipe, ReferenceModel, ReferenceRecipe
 from .side import harness_module, optcv_file, side_code_hash, side_module, side_module_names, side_tree, versions
 
 # The side's modules a build runs (with everything they import): a change to any of them makes a new entry.
@@ -15,25 +17,25 @@ BUILD_ROLES = ("models", "train", "export", "quantize", "data")
 DECLARED: dict[str, Any] = {}  # per worker, each declared model and its ModelSource, built once
 
 
-def build_models(request: dict[str, Any]) -> dict[str, Any]:
+def build_models(request: Build) -> Built:
     """Build or reuse every requested model; a reference recipe's entry also holds its int8 twin where asked."""
     cache = harness_module("build_cache")
     tree = side_tree()
     code = cache.source_closure(tree, side_module_names(tree, BUILD_ROLES))
     harness = harness_hash()
     data: list[Any] = []  # loaded once, on first need
-    built = {}
-    for name, recipe in request["models"].items():
-        if "declared" in recipe:
-            built[name] = _build_declared(recipe, Path(request["tree"]), Path(request["cache_dir"]))
+    built: dict[str, ReferenceModel | DeclaredModelFiles] = {}
+    for name, recipe in request.models.items():
+        if isinstance(recipe, DeclaredRecipe):
+            built[name] = _build_declared(recipe, Path(request.tree), Path(request.cache_dir))
             continue
-        inputs = {"recipe": recipe, "code": code, "harness": harness, "data": request["data_dir"],
+        inputs = {"recipe": dataclasses.asdict(recipe), "code": code, "harness": harness, "data": request.data_dir,
                   "machine": cache.machine_inputs()}
-        folder = Path(request["cache_dir"]) / "gate-artifacts" / f"{name}-{cache.key_of(inputs)}"
+        folder = Path(request.cache_dir) / "gate-artifacts" / f"{name}-{cache.key_of(inputs)}"
         cache.build_once(folder, inputs, lambda staging, r=recipe: _build_reference(r, staging, _data(request, data)))
         side_module("cache").mark_used(folder)
-        built[name] = {"checkpoint": str(folder / "model.pt"), "onnx": str(folder / "model.onnx")}
-    return {"models": built, "code_hash": side_code_hash(), "versions": versions(), "optcv_file": optcv_file()}
+        built[name] = ReferenceModel(str(folder / "model.pt"), str(folder / "model.onnx"))
+    return Built(built, side_code_hash(), versions(), optcv_file())
 
 
 def harness_hash() -> str:
@@ -41,27 +43,27 @@ def harness_hash() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
-def _data(request: dict[str, Any], loaded: list[Any]) -> Any:
+def _data(request: Build, loaded: list[Any]) -> Any:
     if not loaded:
-        loaded.append(side_module("data").load_cifar10(request["data_dir"], progress=False))
+        loaded.append(side_module("data").load_cifar10(request.data_dir, progress=False))
     return loaded[0]
 
 
-def _build_reference(recipe: dict[str, Any], folder: Path, data: Any) -> None:
+def _build_reference(recipe: ReferenceRecipe, folder: Path, data: Any) -> None:
     data_module, models, train = side_module("data"), side_module("models"), side_module("train")
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["config"].items()}
-    model_config = models.config_from_dict(recipe["arch"], config)
-    train_config = train.TrainConfig(recipe["optimizer"], lr=recipe["lr"], epochs=recipe["epochs"],
-                                     batch_size=recipe["batch_size"], seed=recipe["seed"])
-    model = models.build_model(model_config, seed=recipe["seed"])
-    subset = data_module.stratified_subset(data.train, recipe["train_images"], seed=0)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.config.items()}
+    model_config = models.config_from_dict(recipe.arch, config)
+    train_config = train.TrainConfig(recipe.optimizer, lr=recipe.lr, epochs=recipe.epochs,
+                                     batch_size=recipe.batch_size, seed=recipe.seed)
+    model = models.build_model(model_config, seed=recipe.seed)
+    subset = data_module.stratified_subset(data.train, recipe.train_images, seed=0)
     train.train(model, subset, data_module.stratified_subset(data.test, 500, seed=0), train_config, progress=False)
     checkpoint, onnx_path = folder / "model.pt", folder / "model.onnx"
     info = {"trained_for": "gate"}
     models.save_checkpoint(checkpoint, models.Checkpoint(model_config, model.state_dict(), info=info))
     side_module("export").export_onnx(checkpoint, onnx_path, check_images=data.test.images[:64].numpy())
-    if "int8" in recipe:
-        _quantize(recipe["int8"], onnx_path, data)
+    if recipe.int8 is not None:
+        _quantize(recipe.int8, onnx_path, data)
 
 
 def _quantize(settings: dict[str, Any], onnx_path: Path, data: Any) -> None:
@@ -74,39 +76,36 @@ def _quantize(settings: dict[str, Any], onnx_path: Path, data: Any) -> None:
     quantize.quantize_onnx(onnx_path, calibration.images.numpy(), settings=quantize.QuantizeSettings(**fields))
 
 
-def declared_model(entry: dict[str, Any]) -> Any:
-    """A user's model as this side's revision declares it, to be built for the backends the gate needs."""
-    import dataclasses
-
-    path = Path(entry["tree"]) / entry["declarations"]
-    if not path.is_file():
-        raise RuntimeError(f"this revision has no {entry['declarations']}, so it declares no model "
-                           f"{entry['declared']!r}")
+def declared_model(entry: DeclaredRecipe, tree: Path) -> Any:
+    """A user's model as this side's revision (at `tree`) declares it, to be built for the backends the gate needs."""
+    path = tree / (entry.declarations or "")
+    if not entry.declarations or not path.is_file():
+        raise RuntimeError(f"this revision has no {entry.declarations}, so it declares no model {entry.declared!r}")
     models = side_module("declarations").load_declarations(path)
-    if entry["declared"] not in models:
-        raise RuntimeError(f"this revision's {entry['declarations']} declares no model {entry['declared']!r} "
+    if entry.declared not in models:
+        raise RuntimeError(f"this revision's {entry.declarations} declares no model {entry.declared!r} "
                            f"(it declares {', '.join(models)})")
-    return dataclasses.replace(models[entry["declared"]], backends=tuple(entry["backends"]))
+    return dataclasses.replace(models[entry.declared], backends=tuple(entry.backends))
 
 
-def _build_declared(recipe: dict[str, Any], tree: Path, cache_dir: Path) -> dict[str, Any]:
+def _build_declared(recipe: DeclaredRecipe, tree: Path, cache_dir: Path) -> DeclaredModelFiles:
     """A declared model built from this side's tree (exported, quantised, cached by its code and weights); its
     factory's module must come from that tree, or both sides would time the same code."""
-    entry = {**recipe, "tree": str(tree), "cache_dir": str(cache_dir)}
-    model = declared_model(entry)
+    model = declared_model(recipe, tree)
     source = side_module("runtime").declared_source(model, cache_dir)
     if model.factory is not None:
         _check_factory_origin(sys.modules[model.factory.split(":")[0]], tree)
-    return {**entry, "onnx": str(source.onnx)}
+    return DeclaredModelFiles(recipe.declared, recipe.declarations, tuple(recipe.backends), str(tree), str(cache_dir),
+                              str(source.onnx))
 
 
-def declared_source(entry: dict[str, Any]) -> tuple[Any, Any]:
+def declared_source(entry: DeclaredModelFiles) -> tuple[Any, Any]:
     """(the declared model, its ModelSource), built once per worker: every case of a model shares them (the
     factory, its forward check and the weights' digest cost seconds on an ImageNet-sized net)."""
-    if entry["declared"] not in DECLARED:
-        model = declared_model(entry)
-        DECLARED[entry["declared"]] = model, side_module("runtime").declared_source(model, Path(entry["cache_dir"]))
-    return DECLARED[entry["declared"]]
+    if entry.declared not in DECLARED:
+        model = declared_model(DeclaredRecipe(entry.declared, entry.declarations, entry.backends), Path(entry.tree))
+        DECLARED[entry.declared] = model, side_module("runtime").declared_source(model, Path(entry.cache_dir))
+    return DECLARED[entry.declared]
 
 
 def _check_factory_origin(module: Any, tree: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .build import declared_source
-from .protocol import CaseSpec
+from .protocol import Built, CaseSpec, DeclaredModelFiles, ReferenceModel
 from .side import side_module
 
 TRAIN_STEP_IMAGES = 64  # images per timed training call: one step at batch 64
@@ -47,27 +47,27 @@ def pin_threads(cpus: set[int]) -> None:
 class Case:
     """One timed case inside a worker: a callable of one call's work, and what it needs."""
 
-    def __init__(self, spec: CaseSpec, artifacts: dict[str, Any], inputs: dict[str, np.ndarray]):
+    def __init__(self, spec: CaseSpec, artifacts: Built, inputs: dict[str, np.ndarray]):
         self.spec = spec
         self.cpus = case_cpus(spec.threads)
-        model = artifacts["models"][spec.model]
-        if spec.declared:
+        model = artifacts.models[spec.model]
+        if isinstance(model, DeclaredModelFiles):
             self._setup_declared(model)
         elif spec.kind == "predict":
             self._setup_predict(model, inputs["predict_images"])
         else:
             self._setup_train(model, inputs["train_images"], inputs["train_labels"])
 
-    def _setup_predict(self, model: dict[str, str], images: np.ndarray) -> None:
-        source = side_module("runtime").ModelSource(Path(model["checkpoint"]), Path(model["onnx"]))
-        self._use_predictor(source, images, model["onnx"])
+    def _setup_predict(self, model: ReferenceModel, images: np.ndarray) -> None:
+        source = side_module("runtime").ModelSource(Path(model.checkpoint), Path(model.onnx))
+        self._use_predictor(source, images, model.onnx)
 
-    def _setup_declared(self, entry: dict[str, Any]) -> None:
+    def _setup_declared(self, entry: DeclaredModelFiles) -> None:
         """A declared model's predictor, on inputs drawn from its declaration (the same seed on both sides)."""
         model, source = declared_source(entry)
         count = max(1, DECLARED_INPUTS // self.spec.batch) * self.spec.batch
         images = side_module("declared_inputs").sample_inputs(model.input, count, seed=0)
-        self._use_predictor(source, images, entry["onnx"])
+        self._use_predictor(source, images, entry.onnx)
 
     def _use_predictor(self, source: Any, images: np.ndarray, onnx_path: str) -> None:
         batch = self.spec.batch
@@ -81,11 +81,11 @@ class Case:
         self.settings = self.predictor.describe()
         self.onnx_path = onnx_path
 
-    def _setup_train(self, model: dict[str, str], images: np.ndarray, labels: np.ndarray) -> None:
+    def _setup_train(self, model: ReferenceModel, images: np.ndarray, labels: np.ndarray) -> None:
         import torch
 
         Split = side_module("data").Split  # noqa: N806
-        self.model = side_module("models").load_checkpoint(model["checkpoint"]).build()
+        self.model = side_module("models").load_checkpoint(model.checkpoint).build()
         n = TRAIN_STEP_IMAGES
         self.split = Split(torch.from_numpy(images[:n].copy()), torch.from_numpy(labels[:n].astype(np.int64)))
         self.eval_split = Split(torch.from_numpy(images[n:n + 10].copy()),

@@ -13,7 +13,10 @@ import numpy as np
 
 from .cases import CASE_VARIABLE, Case
 from .protocol import (
+    Built,
     CaseSpec,
+    Counted,
+    CountInstructions,
     Exit,
     Failed,
     Footprint,
@@ -21,7 +24,6 @@ from .protocol import (
     MemoryReady,
     Reply,
     Setup,
-    case_spec,
     decode,
     encode,
     failure,
@@ -43,7 +45,7 @@ def _reset_peak() -> None:
         clear_refs.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
 
 
-def footprint(spec: CaseSpec, artifacts: dict[str, Any], inputs: dict[str, np.ndarray], calls: int,
+def footprint(spec: CaseSpec, artifacts: Built, inputs: dict[str, np.ndarray], calls: int,
               warmup: int) -> Footprint:
     """One case's memory in this (fresh, forked) process: the peak resident memory the case added over its set-up,
     `warmup` calls and `calls` more, and what stayed resident per call after the warm-up."""
@@ -173,44 +175,43 @@ def _macs_per_call(case: Case) -> int | None:
     return int(models.count_macs(net, shape, dtype))
 
 
-def counted_calls(macs: int | None, request: dict[str, Any]) -> int:
+def counted_calls(macs: int | None, request: CountInstructions) -> int:
     """Calls to count: enough for `counted_macs` multiply-accumulates, within [min_calls, max_calls] (a call's
     time under valgrind grows with its arithmetic: optcv.gate.instructions). The same net gets the same number
     on both sides."""
     if not macs:
-        return int(request["max_calls"])
-    return max(int(request["min_calls"]), min(int(request["max_calls"]), -(-int(request["counted_macs"]) // macs)))
+        return request.max_calls
+    return max(request.min_calls, min(request.max_calls, -(-request.counted_macs // macs)))
 
 
-def count_instructions(request: dict[str, Any]) -> dict[str, Any]:
+def count_instructions(request: CountInstructions) -> Counted:
     """Under callgrind with instrumentation off: per case, set up and warm up, then count `calls` calls, dumped
     under the case's name (optcv.gate.instructions). A case whose call is too slow under valgrind is left out."""
     import ctypes
     import gc
 
-    client = ctypes.CDLL(request["library"])
+    client = ctypes.CDLL(request.library)
     client.optcv_callgrind_stop.argtypes = [ctypes.c_char_p]
-    inputs = {name: np.load(path) for name, path in request["inputs"].items()}
+    inputs = {name: np.load(path) for name, path in request.inputs.items()}
     calls: dict[str, int] = {}
     warmup_s: dict[str, float] = {}
     case_s: dict[str, float] = {}
-    for spec in map(case_spec, request["cases"]):
+    for spec in request.cases:
         case_started = time.perf_counter()
         os.environ[CASE_VARIABLE] = spec.id
-        case = Case(spec, request["artifacts"], inputs)
+        case = Case(spec, request.artifacts, inputs)
         case.call()  # its first call may set up (OpenVINO compiles here): not the call's own time
         started = time.perf_counter()
         case.call()
         warmup_s[spec.id] = time.perf_counter() - started
-        if warmup_s[spec.id] <= request["max_warmup_s"]:  # else counted, it would take minutes: reported
+        if warmup_s[spec.id] <= request.max_warmup_s:  # else counted, it would take minutes: reported
             calls[spec.id] = counted_calls(_macs_per_call(case), request)
-            _count_calls(client, case, spec.id, request["warmup_calls"], calls[spec.id])
+            _count_calls(client, case, spec.id, request.warmup_calls, calls[spec.id])
         del case
         gc.collect()
         case_s[spec.id] = time.perf_counter() - case_started
     import torch
 
-    return {"calls": calls, "warmup_s": warmup_s, "case_s": case_s,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return Counted(calls, warmup_s, case_s, torch.backends.cpu.get_cpu_capability())
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,71 @@ class CaseSpec:
 
 
 @dataclass(frozen=True)
+class ReferenceRecipe:
+    """How a side builds one of optcv's reference models with its own code: the architecture and its settings,
+    the training run, and the int8 twin's quantisation settings where an int8 case needs it."""
+    arch: str
+    config: dict[str, Any]
+    optimizer: str
+    lr: float | None  # None: the optimiser's own default
+    batch_size: int
+    seed: int
+    epochs: int
+    train_images: int
+    int8: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DeclaredRecipe:
+    """A user's declared model: each side reads its declaration from its own tree, built for `backends`."""
+    declared: str
+    declarations: str | None
+    backends: tuple[str, ...] = ()
+
+
+Recipe = ReferenceRecipe | DeclaredRecipe
+
+
+@dataclass(frozen=True)
+class Build:
+    """Build (or take from the cache) every model of `models` with the side's code."""
+    models: dict[str, Recipe]
+    data_dir: str | None
+    cache_dir: str
+    tree: str
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    checkpoint: str
+    onnx: str
+
+
+@dataclass(frozen=True)
+class DeclaredModelFiles:
+    """A declared model as a side built it: its recipe, where it was read and cached, and its ONNX export."""
+    declared: str
+    declarations: str | None
+    backends: tuple[str, ...]
+    tree: str
+    cache_dir: str
+    onnx: str
+
+
+@dataclass(frozen=True)
+class Built:
+    """A side's built models, and what it built them with."""
+    models: dict[str, ReferenceModel | DeclaredModelFiles]
+    code_hash: str
+    versions: dict[str, Any]
+    optcv_file: str
+
+
+@dataclass(frozen=True)
 class Setup:
     """Load the inputs (name -> .npy path) and the side's built artifacts; set up `cases` (a memory worker: none)."""
     inputs: dict[str, str]
-    artifacts: dict[str, Any]
+    artifacts: Built
     cases: tuple[CaseSpec, ...] = ()
 
 
@@ -58,6 +121,32 @@ class MeasureMemory:
     spec: CaseSpec
     calls: int
     warmup: int
+
+
+@dataclass(frozen=True)
+class CountInstructions:
+    """Under callgrind: per case, set up and warm up (`warmup_calls`), then count its calls, as many as its
+    arithmetic allows (`counted_macs` over the case's multiply-accumulates, between `min_calls` and `max_calls`);
+    a case whose call takes longer than `max_warmup_s` under valgrind is left out. `library` is the client of
+    callgrind's start and stop requests."""
+    inputs: dict[str, str]
+    artifacts: Built
+    cases: tuple[CaseSpec, ...]
+    library: str
+    max_calls: int
+    min_calls: int
+    counted_macs: int
+    max_warmup_s: float
+    warmup_calls: int
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Per case, the calls counted (dumped under its name), and how long its warm-up and whole case took."""
+    calls: dict[str, int]
+    warmup_s: dict[str, float]
+    case_s: dict[str, float]
+    cpu_capability: str | None
 
 
 @dataclass(frozen=True)
@@ -154,12 +243,12 @@ class Fatal:
     message: str
 
 
-Request = Setup | Time | Profile | MeasureMemory | Exit | Release
-Reply = Ready | MemoryReady | Timed | Profiled | Footprint | Failed
+Request = Build | Setup | Time | Profile | MeasureMemory | CountInstructions | Exit | Release
+Reply = Built | Ready | MemoryReady | Timed | Profiled | Footprint | Counted | Failed
 SessionEvent = Collected | AtBenchmark | SideReport | Finished | SessionEnd | Fatal | Timed
 MESSAGES: dict[str, type] = {kind.__name__: kind for kind in (
-    Setup, Time, Profile, MeasureMemory, Exit, Release, Ready, MemoryReady, Timed, Profiled, Footprint, Failed,
-    Collected, AtBenchmark, SideReport, Finished, SessionEnd, Fatal)}
+    Build, Built, Setup, Time, Profile, MeasureMemory, CountInstructions, Exit, Release, Ready, MemoryReady, Timed,
+    Profiled, Footprint, Counted, Failed, Collected, AtBenchmark, SideReport, Finished, SessionEnd, Fatal)}
 
 
 def encode(message: Request | Reply) -> str:
@@ -173,30 +262,57 @@ def decode(line: str | bytes) -> Any:
     kind = MESSAGES.get(data.pop("type", None)) if isinstance(data, dict) else None
     if kind is None:
         raise ValueError(f"not a gate message: {str(line)[:80]!r}")
+    return from_data(kind, data)
+
+
+def from_data(kind: type[M], data: dict[str, Any]) -> M:
+    """A `kind` from its fields as JSON holds them: nested messages and tuples rebuilt, so it stays frozen."""
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    if set(data) - names:
+        raise ValueError(f"a {kind.__name__} message has unknown fields {sorted(set(data) - names)}")
+    nested = _NESTED.get(kind, {})
     try:
-        values = {f.name: data.pop(f.name) for f in dataclasses.fields(kind) if f.name in data}
-        message = kind(**values)
-    except TypeError as exc:
+        values = {name: nested[name](value) if name in nested else _tuple(value) for name, value in data.items()}
+        return kind(**values)
+    except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"a {kind.__name__} message: {exc}") from None
-    if data:
-        raise ValueError(f"a {kind.__name__} message has unknown fields {sorted(data)}")
-    return _tuples(message)
 
 
-def _tuples(message: Any) -> Any:
-    """JSON has no tuples: a field declared as one gets its list back as a tuple, so the message stays frozen;
-    and a case spec inside a message is a CaseSpec again."""
-    lists: dict[str, Any] = {f.name: tuple(getattr(message, f.name)) for f in dataclasses.fields(message)
-                             if isinstance(getattr(message, f.name), list)}
-    if isinstance(message, Setup):
-        lists["cases"] = tuple(case_spec(c) for c in lists.get("cases", message.cases))
-    if isinstance(message, MeasureMemory) and isinstance(message.spec, dict):
-        lists["spec"] = case_spec(message.spec)
-    return dataclasses.replace(message, **lists) if lists else message
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def case_spec(data: dict[str, Any] | CaseSpec) -> CaseSpec:
-    return data if isinstance(data, CaseSpec) else CaseSpec(**data)
+    return data if isinstance(data, CaseSpec) else from_data(CaseSpec, dict(data))
+
+
+def recipe(data: dict[str, Any] | Recipe) -> Recipe:
+    if isinstance(data, ReferenceRecipe | DeclaredRecipe):
+        return data
+    if "declared" in data:
+        return from_data(DeclaredRecipe, dict(data))
+    return from_data(ReferenceRecipe, dict(data))
+
+
+def built_model(data: dict[str, Any] | ReferenceModel | DeclaredModelFiles) -> ReferenceModel | DeclaredModelFiles:
+    if isinstance(data, ReferenceModel | DeclaredModelFiles):
+        return data
+    if "declared" in data:
+        return from_data(DeclaredModelFiles, dict(data))
+    return from_data(ReferenceModel, dict(data))
+
+
+def built(data: dict[str, Any] | Built) -> Built:
+    return data if isinstance(data, Built) else from_data(Built, dict(data))
+
+
+_NESTED: dict[type, dict[str, Any]] = {
+    Setup: {"cases": lambda v: tuple(map(case_spec, v)), "artifacts": built},
+    MeasureMemory: {"spec": case_spec},
+    CountInstructions: {"cases": lambda v: tuple(map(case_spec, v)), "artifacts": built},
+    Build: {"models": lambda v: {name: recipe(r) for name, r in v.items()}},
+    Built: {"models": lambda v: {name: built_model(m) for name, m in v.items()}},
+}
 
 
 def failure(exc: BaseException) -> Failed:
