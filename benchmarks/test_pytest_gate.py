@@ -7,7 +7,7 @@ import json
 
 from optcv.history.ingest import record_of_file
 from optcv.history.records import CHANGE_PCT
-from tests.test_pytest_gate import SLOWER, TESTS, commit, plain_repository, pytest_in
+from tests.test_pytest_gate import SLOWER, TESTS, commit, git, plain_repository, pytest_in
 
 
 def test_a_real_slowdown_fails_that_test_alone_naming_both_sides_and_the_json_carries_both(tmp_path):
@@ -50,3 +50,39 @@ def test_the_self_tests_slowdown_slows_the_heads_timed_calls_by_what_it_says(tmp
                      "--gate-json", "same.json")
     assert done.returncode == 0, done.stdout[-3000:]
     assert json.loads((repo / "same.json").read_text())["tests"][0]["verdict"] != "regression"
+
+
+TORCH_TEST = '''\
+import torch
+
+X = torch.randn(64, 256)
+W = torch.randn(256, 256)
+
+
+def head(x):
+    y = x @ W
+{extra}    return y.relu()
+
+
+def test_head(benchmark):
+    assert benchmark(head, X).shape == (64, 256)
+'''
+# A real change of the kind a user makes: an extra elementwise pass on every call.
+EXTRA_OPS = "    y = torch.tanh(y) * 1.5\n"
+
+
+def test_a_failing_test_that_runs_pytorch_names_the_operator_that_grew(tmp_path):
+    """Where the benchmarked callable runs PyTorch operators, a regression's line names those whose time changed
+    (from torch.profiler in the sides' sessions, as `optcv gate` does for its cases)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, {"test_torch.py": TORCH_TEST.format(extra="")}, "a matmul and a relu")
+    commit(repo, {"test_torch.py": TORCH_TEST.format(extra=EXTRA_OPS)}, "and a tanh")
+    done = pytest_in(repo, "--gate-against", "HEAD~1", "--gate-json", "gate.json")
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
+    said = next(line for line in done.stdout.splitlines() if line.startswith("SPEED REGRESSION: test_torch.py"))
+    assert "; where: " in said and "aten::tanh" in said, said
+    profile = json.loads((repo / "gate.json").read_text())["tests"][0]["finding"]["profile"]
+    grew = [c["operator"] for c in profile["changes"] if c["ci_low_us"] > 0]  # the largest change first
+    assert "aten::tanh" in grew[:3] and "aten::mm" not in grew[:2], profile["changes"]

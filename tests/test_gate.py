@@ -40,7 +40,7 @@ from optcv.gate.verdict import (
     paired_change,
     verdict_of,
 )
-from optcv.gate.worker.protocol import CaseSpec, Setup
+from optcv.gate.worker.protocol import Built, CaseSpec, ReferenceModel, Setup
 
 
 def _spec(case_id: str) -> CaseSpec:
@@ -195,8 +195,8 @@ def test_build_recipes_ask_for_an_int8_twin_only_where_an_int8_case_needs_it():
     recipes = recipes_for(case_specs(GateConfig(models=("tutorial", "resnet18"), cases=(
         "tutorial/onnxruntime-int8/*", "resnet18/pytorch/b1/t1"))))
     assert list(recipes) == ["tutorial", "resnet18"]
-    assert recipes["tutorial"]["int8"]["calibration_images"] > 0 and "int8" not in recipes["resnet18"]
-    assert recipes["resnet18"]["train_images"] < recipes["tutorial"]["train_images"]  # compute-heavy: fewer
+    assert recipes["tutorial"].int8["calibration_images"] > 0 and recipes["resnet18"].int8 is None
+    assert recipes["resnet18"].train_images < recipes["tutorial"].train_images  # compute-heavy: fewer
 
 
 def test_injection_wraps_each_target_from_outside_a_fraction_of_zero_included(tmp_path):
@@ -557,7 +557,7 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: specs)
     monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
-    built = {"code_hash": "h", "versions": {}}
+    built = Built({}, "h", {}, "")
     result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
                         cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
                         artifacts={"base": built, "head": built})
@@ -602,7 +602,7 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: [_spec(c) for c in reads])
     monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
-    built = {"code_hash": "h", "versions": {}}
+    built = Built({}, "h", {}, "")
     result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
                             artifacts={"base": built, "head": built})
@@ -713,7 +713,7 @@ def test_an_interrupted_self_test_goes_on_from_its_record_and_refuses_another_pl
 
     monkeypatch.setattr(selftest, "measure", fake_measure)
     monkeypatch.setattr(selftest, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
-    monkeypatch.setattr(selftest, "build_artifacts", lambda *a, **k: {"code_hash": "h", "versions": {}})
+    monkeypatch.setattr(selftest, "build_artifacts", lambda *a, **k: Built({}, "h", {}, ""))
     config = GateConfig(models=("tutorial",), cases=("tutorial/pytorch/b1/t1",))
     plan, record = [{}, {"pytorch": 5.0}, {}], tmp_path / "r.json"
     with pytest.raises(KeyboardInterrupt):
@@ -905,7 +905,7 @@ def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monke
     monkeypatch.setenv("OPTCV_TEST_MEET", str(tmp_path / "meet"))
     monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
     sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": Setup({}, {}), "head": Setup({}, {})}
+    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
     if order == "together":
         with worker_pool(sides, 1, tmp_path, setup, order=order) as workers:
             assert len(workers) == 2
@@ -936,7 +936,7 @@ def test_a_pairs_two_workers_share_a_hash_seed_and_pairs_differ(tmp_path, monkey
     tree = tmp_path / "tree"
     monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
     sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": Setup({}, {}), "head": Setup({}, {})}
+    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
 
     def seeds(layout_seed):
         with worker_pool(sides, 4, tmp_path, setup, layout_seed=layout_seed, hash_seeds=hash_seeds) as workers:
@@ -1020,7 +1020,8 @@ def test_the_workers_messages_are_typed_on_both_sides_of_the_pipe():
     type, a missing field or an unknown one is refused at the boundary, naming it."""
     from optcv.gate.worker.protocol import Failed, Setup, Time, Timed, decode, encode
 
-    setup = Setup({"images": "/x.npy"}, {"tutorial": {"onnx": "/m.onnx"}}, (_spec("tutorial/pytorch/b1/t1"),))
+    setup = Setup({"images": "/x.npy"}, Built({"tutorial": ReferenceModel("/m.pt", "/m.onnx")}, "h", {}, "/o.py"),
+                  (_spec("tutorial/pytorch/b1/t1"),))
     assert decode(encode(setup)) == setup and decode(encode(Timed((1, 2)))) == Timed((1, 2))
     assert decode(encode(Failed("OSError: gone"))) == Failed("OSError: gone")
     with pytest.raises(ValueError, match="not a gate message"):

@@ -165,3 +165,40 @@ def test_a_revision_that_does_not_exist_stops_pytest_with_one_line(tmp_path):
     assert done.returncode == 4, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if "optcv:" in line]
     assert len(errors) == 1 and "no-such-branch" in errors[0] and "Traceback" not in done.stderr, done.stderr
+
+
+PINNED = '''\
+import os
+
+LOG = {log!r}
+
+
+def where(tag):
+    with open(LOG, "a") as log:
+        log.write(tag + " " + ",".join(map(str, sorted(os.sched_getaffinity(0)))) + "\\n")
+
+
+def test_timed(benchmark):
+    benchmark(where, "timed")
+    where("after")
+'''
+
+
+def test_the_timed_thread_serves_on_one_cpu_and_gets_its_cpus_back(tmp_path):
+    """Every session runs the benchmarked callable's timed calls on the same one CPU (the last, as the gate's
+    one-thread cases), like the gate's own workers; the test goes on with the CPUs it had."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) > 1, "this check needs a machine with two CPUs or more"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    log = tmp_path / "where.log"
+    commit(repo, {"test_pin.py": PINNED.format(log=str(log))}, "one benchmark")
+    done = pytest_in(repo, "--gate-against", "HEAD", "--gate-threshold", "50")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    seen: dict[str, set[str]] = {}
+    for tag, where in (line.split() for line in log.read_text().splitlines()):
+        seen.setdefault(tag, set()).add(where)
+    all_cpus = ",".join(map(str, cpus))
+    assert seen["timed"] - {all_cpus} == {str(cpus[-1])}, seen  # the calibration's first calls ran unpinned
+    assert seen["after"] == {all_cpus}, seen

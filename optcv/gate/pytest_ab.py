@@ -14,23 +14,26 @@ import select
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from optcv.errors import GateSetupError
+from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS
 from optcv.gate.config import GateConfig
 from optcv.gate.sides import Side, pair_tree
-from optcv.gate.timing import CaseSamples, judge_samples, time_case
+from optcv.gate.timing import CaseSamples, judge_samples, profile_case, time_case
 from optcv.gate.verdict import CaseFinding, Thresholds
 from optcv.gate.worker.protocol import (
     AtBenchmark,
     Collected,
     Fatal,
     Finished,
+    Profile,
+    Profiled,
     Release,
     SessionEnd,
     SessionEvent,
@@ -42,6 +45,7 @@ from optcv.gate.worker.protocol import (
 )
 from optcv.gate.workers import pair_layouts, pair_orders, worker_start
 
+R = TypeVar("R", Timed, Profiled)
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
 # Each side's session runs the named tests and nothing of the user's command line: an `addopts` of theirs may
 # start xdist workers or reorder tests, and a cache written into the base's tree is no part of it.
@@ -110,7 +114,7 @@ class SessionWorker:
     errors: dict[str, str] = field(default_factory=dict)  # per file that did not collect, its error
     ended: bool = False
 
-    def send(self, request: Time | Release) -> None:
+    def send(self, request: Time | Profile | Release) -> None:
         try:
             os.write(self.write_fd, (encode(request) + "\n").encode())
         except BrokenPipeError:
@@ -138,8 +142,8 @@ class SessionWorker:
             raise GateSetupError(f"the {self.side.label} side's pytest session: {message.message}")
         return message
 
-    def ask(self, request: Time, expect: type[Timed]) -> Timed:
-        """The gate's worker interface (optcv.gate.timing.time_case): a session serves timed calls only."""
+    def ask(self, request: Time | Profile, expect: type[R]) -> R:
+        """The gate's worker interface (optcv.gate.timing: time_case, profile_case), at a test's benchmark call."""
         self.send(request)
         answer = self.event()
         if not isinstance(answer, expect):
@@ -266,6 +270,15 @@ def time_test(pool: SessionPool, node: str, config: GateConfig, thresholds: Thre
     return judge_samples(samples, earlier, thresholds.for_case(node), config.seed), samples
 
 
+def profile_test(pool: SessionPool, node: str, finding: CaseFinding, config: GateConfig) -> dict[str, Any] | None:
+    """A failing test's per-operator changes (optcv.gate.attribution), where its callable runs PyTorch operators;
+    None where it runs none (no operator to name: its whole change is outside)."""
+    calls = max(3, int(config.profile_ms * 1000 / PROFILE_REPEATS / max(finding.base_median_us, 1.0)))
+    rng = np.random.default_rng([config.seed, 36])
+    profile = profile_case(pool.workers, node, min(calls, 2000), rng, seed=config.seed)  # type: ignore[arg-type]
+    return profile if any(c["operator"] != OUTSIDE for c in profile["changes"]) else None
+
+
 class PytestGate:
     """The gate of one pytest run: a pool of both sides' sessions over the run's benchmark tests, asked test by
     test in the main session's order (`run`), with a fresh pool for each re-test."""
@@ -309,6 +322,8 @@ class PytestGate:
         first = None
         if self.config.retest_failures and (finding.failed or finding.undecided):
             first, finding, samples = finding, *self._retest(node, finding, samples)
+        if finding.failed and self.config.profile_ms > 0:
+            finding = replace(finding, profile=profile_test(pool, node, finding, self.config))
         reports = pool.release(node, ready)
         base_failure = self._failure(reports, "base")
         if base_failure:  # its timing stands, but a test that fails on the base compares nothing it vouches for

@@ -29,7 +29,7 @@ def gate_failure_lines(result: Any) -> list[str]:
     """One line per failing case and measure, for a CI log, with where the change was named."""
     lines = [f"SPEED REGRESSION: {f.case} {signed_pct(f.change_pct)} (95 % CI {signed_pct(f.ci_low_pct)} … "
              f"{signed_pct(f.ci_high_pct)}; base {f.base_median_us:,.1f} µs → head {f.head_median_us:,.1f} µs per "
-             f"call; threshold {f.threshold_pct:g} %){_named_text(f.profile)}" for f in result.regressions]
+             f"call; threshold {f.threshold_pct:g} %){named_text(f.profile)}" for f in result.regressions]
     for f in (m for m in getattr(result, "measured", []) if m.failed):
         name, unit, _ = MEASURE_WORDS[f.measure]
         lines.append(f"{name}: {f.case} {signed_pct(f.change_pct)} (every repeat's range {signed_pct(f.ci_low_pct)} "
@@ -101,7 +101,7 @@ def measured_markdown(result: Any) -> list[str]:
     return lines
 
 
-def _named_text(profile: dict[str, Any] | None) -> str:
+def named_text(profile: dict[str, Any] | None) -> str:
     if not profile:
         return ""
     named = named_changes(profile)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from optcv.gate.pytest_ab import GatedTest, Unpaired
 from optcv.gate.sides import Side
 from optcv.gate.verdict import CaseFinding
+from optcv.report.gate import named_text
 from optcv.report.tables import markdown_table, signed_pct
 
 
@@ -24,7 +25,7 @@ def gate_test_failure(outcome: GatedTest) -> str | None:
     retested = " (confirmed by a re-test with fresh sessions)" if outcome.first_pass else ""
     return (f"SPEED REGRESSION: {finding.case} {signed_pct(finding.change_pct)} (95 % CI {_interval(finding)}; "
             f"base {finding.base_median_us:,.2f} µs → head {finding.head_median_us:,.2f} µs per call; threshold "
-            f"{finding.threshold_pct:g} %){retested}")
+            f"{finding.threshold_pct:g} %){retested}{named_text(finding.profile)}")
 
 
 def _row(outcome: GatedTest) -> dict[str, str]:

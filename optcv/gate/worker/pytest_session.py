@@ -59,8 +59,29 @@ class Channel:
 def serve(channel: Channel, node: str, samples: Samples) -> None:
     """Answer Time requests for `node` until the coordinator releases the test."""
     channel.send(protocol.AtBenchmark(node))
-    while isinstance(request := channel.receive(), protocol.Time):
-        channel.send(protocol.Timed(tuple(samples.take(request.calls))))
+    samples.calibrate()  # unpinned: a pool the callable's first calls start keeps every CPU
+    with timed_thread_pinned():
+        while isinstance(request := channel.receive(), protocol.Time | protocol.Profile):
+            if isinstance(request, protocol.Time):
+                channel.send(protocol.Timed(tuple(samples.take(request.calls))))
+            else:
+                channel.send(samples.profile(request.calls))
+
+
+class timed_thread_pinned:  # noqa: N801 (a context manager, named for what holds inside it)
+    """The calling thread (the one that runs the benchmarked callable) on one CPU while it serves, the same one in
+    every session of both sides, as the gate's own workers run a one-thread case: left to the scheduler, it moves
+    between vCPUs, and one vCPU of a shared VM can be steadily slower than the other. Threads the test started
+    before (a runtime's pool) keep their CPUs; the thread gets its own back when the test is released."""
+
+    def __enter__(self) -> None:
+        self.before = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+        if self.before and len(self.before) > 1:
+            os.sched_setaffinity(0, {max(self.before)})
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before:
+            os.sched_setaffinity(0, self.before)
 
 
 # A timed sample lasts at least this long (a batch of calls where one call is shorter, as pytest-benchmark's own
@@ -86,11 +107,35 @@ class Samples:
         made = self.setup() if self.setup else None
         return made if made else (self.args, self.kwargs)
 
-    def take(self, calls: int) -> list[float]:
-        if not self.batch:  # from warm calls: a first call (imports, caches) can be a thousand times longer
+    def calibrate(self) -> None:
+        """The calls per sample, from warm calls: a first call (imports, caches) can be a thousand times longer."""
+        if not self.batch:
             single = min(self._sample(1) for _ in range(5))
             self.batch = max(1, -(-SAMPLE_NS // max(int(single), 1)))
+
+    def take(self, calls: int) -> list[float]:
+        self.calibrate()
         return [self._sample(self.batch) for _ in range(max(1, calls // self.batch))]
+
+    def profile(self, calls: int) -> Any:
+        """`calls` calls under torch.profiler: each operator's time per call and the rest of the call (Profiled).
+        Only where the callable has imported torch: without it there is no operator to name (no ops)."""
+        if "torch" not in sys.modules:
+            wall_us = self._per_call_ns(calls) / 1000
+            return protocol.Profiled({}, wall_us, wall_us)
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as traced:
+            wall_us = self._per_call_ns(calls) / 1000
+        runs = calls * self.iterations
+        ops = {e.key: e.self_cpu_time_total / runs for e in traced.key_averages() if e.self_cpu_time_total > 0}
+        return protocol.Profiled(ops, wall_us, max(0.0, wall_us - sum(ops.values())))
+
+    def _per_call_ns(self, calls: int) -> float:
+        if self.setup or self.teardown:  # each call its own sample: its arguments are made outside the timing
+            return sum(self._sample(1) for _ in range(calls)) / calls
+        return self._sample(calls)
 
     def _sample(self, batch: int) -> float:
         args, kwargs = self.arguments()
