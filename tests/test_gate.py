@@ -537,7 +537,7 @@ def _finding(case, change, verdict):
     return CaseFinding(case, 100.0, 100.0 + change, change, change - 1.0, change + 1.0, 3.0, verdict, 30, 10)
 
 
-def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_fails(tmp_path, monkeypatch):
+def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_last_word(tmp_path, monkeypatch):
 
     from optcv.gate import timing
     from optcv.gate.sides import HEAD_TREE, Side
@@ -550,8 +550,8 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     calls = []
 
     def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt, earlier=None):
-        calls.append(([s.label for s in sides], [s.id for s in specs_], attempt))
-        return passes[attempt], {"base": {}, "head": {}}, {}
+        calls.append(([s.label for s in sides], [s.id for s in specs_], attempt, sorted(earlier or {})))
+        return passes[attempt], {"base": {}, "head": {}}, {s.id: f"samples of {s.id}" for s in specs_}
 
     monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
     monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: specs)
@@ -561,7 +561,9 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_only_a_confirmed_one_
     result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
                         cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
                         artifacts={"base": built, "head": built})
-    assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1)  # fresh pool, head first
+    # A fresh pool, head first, each case to be judged with its first pass's samples.
+    assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1,
+                        ["a/pytorch/b1/t1", "b/pytorch/b1/t1"])
     assert [f.case for f in result.regressions] == ["a/pytorch/b1/t1"]
     assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
     assert [f.change_pct for f in result.retested] == [9.0, 9.0]
@@ -580,9 +582,12 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     from optcv.gate.sides import HEAD_TREE, Side
 
     # Per case, each pass's two worker pairs' head ÷ base: a real +5 % that one pool's pairs read +7 and +3.5,
-    # noise that one pool reads +8 and -1, a confirmed regression, and a case with nothing to re-test.
+    # noise that one pool reads +8 and -1, a confirmed regression, a real +5 % that fails its first pass and
+    # whose re-test alone (+9 and +1: t with 1 degree of freedom) would not, a first-pass failure that fresh
+    # processes read as nothing, and a case with nothing to re-test.
     reads = {"u/openvino/b1/t1": ((1.07, 1.035), (1.055, 1.045)), "n/openvino/b1/t1": ((1.08, 0.99), (1.0, 0.995)),
-             "a/pytorch/b1/t1": ((1.06, 1.06), (1.05, 1.05)), "c/pytorch/b1/t1": ((1.0, 1.0),)}
+             "a/pytorch/b1/t1": ((1.06, 1.06), (1.05, 1.05)), "f/pytorch/b1/t1": ((1.07, 1.06), (1.09, 1.01)),
+             "g/pytorch/b1/t1": ((1.05, 1.045), (1.0, 0.99)), "c/pytorch/b1/t1": ((1.0, 1.0),)}
     pools = []
 
     @contextlib.contextmanager
@@ -609,14 +614,20 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     final = {f.case: f for f in result.findings}
     first = {f.case: f for f in result.retested}
     assert pools == [(["base", "head"], 0), (["head", "base"], 1)]  # one fresh pool re-times them, head first
-    assert sorted(first) == ["a/pytorch/b1/t1", "n/openvino/b1/t1", "u/openvino/b1/t1"]
+    assert sorted(first) == ["a/pytorch/b1/t1", "f/pytorch/b1/t1", "g/pytorch/b1/t1", "n/openvino/b1/t1",
+                             "u/openvino/b1/t1"]
     assert first["u/openvino/b1/t1"].undecided and first["n/openvino/b1/t1"].undecided
+    assert all(first[c].failed for c in ("a/pytorch/b1/t1", "f/pytorch/b1/t1", "g/pytorch/b1/t1"))
     assert final["u/openvino/b1/t1"].failed and final["u/openvino/b1/t1"].passes == 2
     assert 4 < final["u/openvino/b1/t1"].change_pct < 6 and len(final["u/openvino/b1/t1"].pair_changes_pct) == 4
     assert not final["n/openvino/b1/t1"].failed and final["n/openvino/b1/t1"].passes == 2
-    assert final["a/pytorch/b1/t1"].failed and final["a/pytorch/b1/t1"].passes == 1  # its re-test alone confirms
+    assert final["a/pytorch/b1/t1"].failed and final["a/pytorch/b1/t1"].passes == 2
+    re_test = fake_time_case(None, "f/pytorch/b1/t1", None, None)  # the re-test pool's samples again
+    assert not judge("f/pytorch/b1/t1", re_test.base_us, re_test.head_us, 3.0, 10).failed
+    assert final["f/pytorch/b1/t1"].failed and final["f/pytorch/b1/t1"].passes == 2
+    assert not final["g/pytorch/b1/t1"].failed and final["g/pytorch/b1/t1"].change_pct < 3
     assert final["c/pytorch/b1/t1"].passes == 1 and "c/pytorch/b1/t1" not in first
-    assert [f.case for f in result.regressions] == ["u/openvino/b1/t1", "a/pytorch/b1/t1"]
+    assert [f.case for f in result.regressions] == ["u/openvino/b1/t1", "a/pytorch/b1/t1", "f/pytorch/b1/t1"]
 
 
 def test_self_test_judges_each_threshold_as_a_gate_with_retests_would():

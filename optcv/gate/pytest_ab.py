@@ -332,8 +332,8 @@ class PytestGate:
                            fixtures_differ=self._fixtures_differ(node), head_rounds_us=rounds_us(samples, "head"))
 
     def _retest(self, node: str, finding: CaseFinding, samples: CaseSamples) -> tuple[CaseFinding, CaseSamples]:
-        """A failure stands only if fresh sessions (other layouts, the order mirrored) fail it too; an undecided
-        test is judged on the pairs of both pools."""
+        """A failing or undecided test timed again by fresh sessions (other layouts, the order mirrored) and judged
+        on the pairs of both pools."""
         pool = SessionPool(self.sides[::-1], [node], self.config, self.workdir, attempt=1,
                            slowdown_pct=self.slowdown_pct)
         try:
@@ -342,7 +342,7 @@ class PytestGate:
                 pool.release(node, ready)
                 return finding, samples
             again, more = time_test(pool, node, self.config, self.thresholds, 1,
-                                    earlier=samples if finding.undecided else None)
+                                    earlier=samples)
             pool.release(node, ready)
             return again, more
         finally:

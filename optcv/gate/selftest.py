@@ -98,13 +98,13 @@ class SelfTestRun:
 
     def verdict(self, finding: CaseFinding, threshold_pct: float) -> Verdict:
         """What a gate at `threshold_pct` would have said. The re-tests ran at the lowest threshold judged, so
-        every case that a gate at `threshold_pct` re-tests was re-tested: a first-pass failure stands only if its
-        re-test fails too, and a case undecided at `threshold_pct` is judged on both passes together."""
+        every case that a gate at `threshold_pct` re-tests (it fails or is undecided there) was re-tested, and is
+        judged on both passes together. (A record whose failures were judged on their re-test alone has
+        `passes` 1 for them.)"""
         first_pass = self.first_pass.get(finding.case, finding)
         first = _verdict(first_pass, threshold_pct)
-        if finding.passes > 1:
-            return _verdict(finding, threshold_pct) if first_pass.undecided_at(threshold_pct) else first
-        return _verdict(finding, threshold_pct) if first is Verdict.REGRESSION else first
+        retested = first is Verdict.REGRESSION or (finding.passes > 1 and first_pass.undecided_at(threshold_pct))
+        return _verdict(finding, threshold_pct) if retested else first
 
 
 @dataclass(frozen=True)

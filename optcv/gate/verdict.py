@@ -209,7 +209,7 @@ class CaseFinding:
     calls_per_turn: int
     pair_changes_pct: tuple[float, ...] = ()  # each worker pair's own median change
     profile: dict[str, Any] | None = None
-    passes: int = 1  # pools of fresh workers whose pairs it is judged on (2: an undecided case, timed again)
+    passes: int = 1  # pools of fresh workers whose pairs it is judged on (2: a failing or undecided case, timed again)
     pair_spread_pct: float = 0.0  # the standard deviation of the pairs' changes
     round_noise_pct: float = 0.0  # the standard error of a pair's change that its rounds' noise alone makes
     pairs_disagree: bool = False  # the pairs differ more than their rounds explain: a per-process offset

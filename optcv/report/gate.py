@@ -214,8 +214,8 @@ def gate_markdown(result: Any) -> str:
                       markdown_table(profile_rows(finding.profile), digits=1)]
     if result.retested:
         final = {f.case: f for f in result.findings}
-        lines += ["", "Re-tested with fresh workers: a failing case fails only if its re-test fails too; an undecided "
-                  "one (slower than its threshold, but not significantly) is judged on the worker pairs of both "
+        lines += ["", "Re-tested with fresh workers (the set-up order mirrored): a failing case, or an undecided one "
+                  "(slower than its threshold, but not significantly), is judged on the worker pairs of both "
                   "passes:", "",
                   markdown_table([{"case": f.case, "first pass": _change_text(f),
                                    "decided on": "both passes" if final[f.case].passes > 1 else "the re-test",
