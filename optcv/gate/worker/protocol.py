@@ -246,17 +246,18 @@ class Fatal:
 Request = Build | Setup | Time | Profile | MeasureMemory | CountInstructions | Exit | Release
 Reply = Built | Ready | MemoryReady | Timed | Profiled | Footprint | Counted | Failed
 SessionEvent = Collected | AtBenchmark | SideReport | Finished | SessionEnd | Fatal | Timed
+Message = Request | Reply | SessionEvent
 MESSAGES: dict[str, type] = {kind.__name__: kind for kind in (
     Build, Built, Setup, Time, Profile, MeasureMemory, CountInstructions, Exit, Release, Ready, MemoryReady, Timed,
     Profiled, Footprint, Counted, Failed, Collected, AtBenchmark, SideReport, Finished, SessionEnd, Fatal)}
 
 
-def encode(message: Request | Reply) -> str:
+def encode(message: Message) -> str:
     """The message as one JSON line (no newline)."""
     return json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)})
 
 
-def decode(line: str | bytes) -> Any:
+def decode(line: str | bytes) -> Any:  # a Message; Any so that each reader narrows it to what it expects
     """The message a line holds; ValueError when it is no message of this protocol."""
     data = json.loads(line)
     kind = MESSAGES.get(data.pop("type", None)) if isinstance(data, dict) else None
