@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,26 +65,25 @@ def serve(stdin: Any, reply: Any) -> None:
         reply.flush()
 
 
+# The workers that answer one request and end: the request's type, and what answers it.
+ONE_SHOT: dict[str, tuple[type, Callable[[Any], Reply]]] = {"build": (Build, build_models),
+                                                           "instructions": (CountInstructions, count_instructions)}
+
+
 def main() -> None:
     # Replies go through a private copy of stdout; anything a library prints goes to stderr instead.
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    if sys.argv[1:] == ["build"]:
+    if len(sys.argv) == 2 and sys.argv[1] in ONE_SHOT:
+        kind, handler = ONE_SHOT[sys.argv[1]]
         try:
             request = decode(sys.stdin.read())
-            built: Reply = build_models(request) if isinstance(request, Build) else Failed("a build needs Build")
+            answer = handler(request) if isinstance(request, kind) else Failed(
+                f"a {sys.argv[1]} worker needs a {kind.__name__} request, not {type(request).__name__}")
         except Exception as exc:
-            built = failure(exc)
-        reply.write(encode(built) + "\n")
-    elif sys.argv[1:] == ["instructions"]:
-        try:
-            request = decode(sys.stdin.read())
-            counted: Reply = count_instructions(request) if isinstance(request, CountInstructions) else \
-                Failed("an instruction count needs CountInstructions")
-        except Exception as exc:
-            counted = failure(exc)
-        reply.write(encode(counted) + "\n")
+            answer = failure(exc)
+        reply.write(encode(answer) + "\n")
     elif sys.argv[1:] in (["serve"], ["memory"]):
         (serve if sys.argv[1] == "serve" else serve_memory)(sys.stdin, reply)
         reply.flush()

@@ -288,19 +288,18 @@ def case_spec(data: dict[str, Any] | CaseSpec) -> CaseSpec:
 
 
 def recipe(data: dict[str, Any] | Recipe) -> Recipe:
-    if isinstance(data, ReferenceRecipe | DeclaredRecipe):
-        return data
-    if "declared" in data:
-        return from_data(DeclaredRecipe, dict(data))
-    return from_data(ReferenceRecipe, dict(data))
+    return _declared_or_reference(data, DeclaredRecipe, ReferenceRecipe)
 
 
 def built_model(data: dict[str, Any] | ReferenceModel | DeclaredModelFiles) -> ReferenceModel | DeclaredModelFiles:
-    if isinstance(data, ReferenceModel | DeclaredModelFiles):
+    return _declared_or_reference(data, DeclaredModelFiles, ReferenceModel)
+
+
+def _declared_or_reference(data: Any, declared: type, reference: type) -> Any:
+    """A declared model's message (it names its declaration) or a reference model's, from its fields."""
+    if isinstance(data, declared | reference):
         return data
-    if "declared" in data:
-        return from_data(DeclaredModelFiles, dict(data))
-    return from_data(ReferenceModel, dict(data))
+    return from_data(declared if "declared" in data else reference, dict(data))
 
 
 def built(data: dict[str, Any] | Built) -> Built:
