@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from optcv.declared.schema import (
+    DEFAULT_AGREEMENT_INPUTS,
+    DEFAULT_BACKENDS,
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_THREADS,
+    DTYPES,
+    INPUT_KEYS,
+    MODEL_KEYS,
+)
 from optcv.errors import OptcvError
 
 if sys.version_info >= (3, 11):
@@ -24,9 +33,6 @@ else:  # pragma: no cover - Python 3.10
 
 PYPROJECT = "pyproject.toml"
 OPTCV_TOML = "optcv.toml"
-DTYPES = ("float32", "float16", "float64", "uint8", "int64")
-DEFAULT_BACKENDS = ("pytorch", "onnxruntime")
-DEFAULT_AGREEMENT_INPUTS = 64
 
 
 class DeclarationError(OptcvError):
@@ -63,8 +69,8 @@ class DeclaredModel:
     weights: Path | None = None  # a state_dict (or a whole-model checkpoint) loaded into the factory's model
     onnx: Path | None = None  # instead of a factory: ONNX Runtime is then the reference
     backends: tuple[str, ...] = DEFAULT_BACKENDS
-    batch_sizes: tuple[int, ...] = (1,)
-    threads: tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    threads: tuple[int, ...] = DEFAULT_THREADS
     labels: Path | None = None  # class per sub-folder, for per-class parity
     agreement_inputs: int = DEFAULT_AGREEMENT_INPUTS  # without labels: inputs on which top-1 must agree
     tolerances: Mapping[str, float] = field(default_factory=dict)  # backend -> max |logit difference|
@@ -80,9 +86,6 @@ class DeclaredModel:
         return "pytorch" if self.factory else "onnxruntime"
 
 
-_MODEL_KEYS = {"factory", "kwargs", "weights", "onnx", "input", "backends", "batch_sizes", "threads", "labels",
-               "agreement_inputs", "tolerances", "paths"}
-_INPUT_KEYS = {"shape", "dtype", "range", "mean", "std", "samples", "resize"}
 
 
 def find_declarations(start: str | Path | None = None) -> Path | None:
@@ -141,8 +144,8 @@ class _Fields:
         name = ".".join(p for p in (self.where, key) if p)
         raise DeclarationError(f"{self.path}: model {self.model!r}{': ' + name if name else ''} {problem}")
 
-    def check_keys(self, known: set[str]) -> None:
-        unknown = sorted(set(self.values) - known)
+    def check_keys(self, known: Collection[str]) -> None:
+        unknown = sorted(set(self.values) - set(known))
         if unknown:
             self.fail(unknown[0], f"is not a field; the fields are {', '.join(sorted(known))}")
 
@@ -203,7 +206,7 @@ class _Fields:
 
 def _model(name: str, values: Any, path: Path, known_backends: Collection[str]) -> DeclaredModel:
     fields = _Fields(path, name, values)
-    fields.check_keys(_MODEL_KEYS)
+    fields.check_keys(MODEL_KEYS)
     root = path.parent
     factory, onnx = fields.text("factory"), fields.path_("onnx", root)
     if (factory is None) == (onnx is None):
@@ -236,7 +239,7 @@ def _model(name: str, values: Any, path: Path, known_backends: Collection[str]) 
     return DeclaredModel(
         name=name, input=_input(fields, values.get("input"), root), root=root, source=path, factory=factory,
         kwargs=dict(kwargs), weights=fields.path_("weights", root), onnx=onnx, backends=backends,
-        batch_sizes=fields.ints("batch_sizes", (1,)), threads=fields.ints("threads", (1,)),
+        batch_sizes=fields.ints("batch_sizes", DEFAULT_BATCH_SIZES), threads=fields.ints("threads", DEFAULT_THREADS),
         labels=fields.path_("labels", root, folder=True), agreement_inputs=agreement,
         tolerances={k: float(v) for k, v in tolerances.items()}, paths=fields.folders("paths", root))
 
@@ -246,7 +249,7 @@ def _input(model: _Fields, values: Any, root: Path) -> InputSpec:
         model.fail("input", "is missing; add input = { shape = [3, 224, 224], dtype = \"float32\" } (no batch "
                             "dimension)")
     fields = _Fields(model.path, model.model, values, where="input")
-    fields.check_keys(_INPUT_KEYS)
+    fields.check_keys(INPUT_KEYS)
     shape = fields.ints("shape", ())
     dtype = fields.text("dtype") or "float32"
     if dtype not in DTYPES:
