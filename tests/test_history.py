@@ -3,8 +3,10 @@ finds at their boundary, the CLI, and the dashboard in a real browser."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,7 +324,7 @@ def test_the_dashboard_renders_in_a_real_browser_offline(tmp_path):
     assert 'data-rendered="3"' in dom and "data-errors" not in dom
     assert dom.count('<svg class="chart"') == 3
     assert dom.count('class="series"') == 6  # three cases, two machines each
-    assert dom.count("<circle") == sum(made["points"].values())
+    assert len(re.findall(r'<circle[^>]*class="point', dom)) == sum(made["points"].values())
     assert dom.count('class="point failed"') == made["failed_gates"] == 1
     assert dom.count('class="step worse"') == 1
     assert 'href="runs/' in dom and (out / "runs" / f"{made['ids'][6]}.html").is_file()
@@ -334,6 +336,58 @@ def test_the_dashboard_renders_in_a_real_browser_offline(tmp_path):
     assert taken.returncode == 0 and shot.read_bytes()[:4] == b"\x89PNG", taken.stderr[-2000:]
     steps_page = (out / "regressions.html").read_text()
     assert "net/pytorch/b1" in steps_page and "optcv bisect --good " + "05" * 6 in steps_page
+
+
+def test_the_dashboard_opens_with_an_overview_and_its_charts_use_the_width_with_every_label_whole(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        fill_history(store)
+        store.add(RunRecord(GATE, START + timedelta(days=5), INTEL, "ff" * 20, "main", {}, passed=False,
+                            measurements=(Measurement("net/pytorch/b1/t1", CHANGE_PCT, 9.0, 7.0, 11.0, 30,
+                                                      "regression", 3.0),)))
+    out = tmp_path / "dashboard"
+    assert cli("history", "html", str(out), "--history", str(tmp_path / "h.sqlite")).returncode == 0
+    browser = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    layout = _layout_at(out, browser, width=1400)
+    assert layout["cut"] == [], layout  # every tick, commit and label lies whole inside its chart
+    assert layout["columns"] >= 2  # the charts use the width: at 1,400 px, two or more side by side
+    # The overview first, a row per case and machine: the newest gate that failed on top, then the stepped-worse
+    # series, then the rest.
+    assert layout["rows"] == 6 and layout["statuses"][:2] == ["failed", "worse"], layout
+    assert set(layout["statuses"][2:]) == {"steady"}, layout
+    assert layout["overviewAboveCharts"]
+
+
+# Run after dashboard.js has drawn (a DOMContentLoaded listener added after its own): where each label and chart lies.
+LAYOUT_PROBE = """<script>
+document.addEventListener("DOMContentLoaded", () => {
+  const cut = [];
+  for (const svg of document.querySelectorAll("svg.chart")) {
+    const [, , w, h] = svg.getAttribute("viewBox").split(" ").map(Number);
+    for (const text of svg.querySelectorAll("text")) {
+      const b = text.getBBox();
+      if (b.x < 0 || b.y < 0 || b.x + b.width > w || b.y + b.height > h) cut.push(text.textContent);
+    }
+  }
+  const tops = [...document.querySelectorAll("section.case")].map(s => Math.round(s.getBoundingClientRect().top));
+  const rows = [...document.querySelectorAll("#overview tbody tr")];
+  document.body.dataset.layout = JSON.stringify({
+    cut, columns: tops.filter(t => t === tops[0]).length, rows: rows.length,
+    statuses: rows.map(r => r.querySelector("td.status").textContent),
+    overviewAboveCharts: document.getElementById("overview").getBoundingClientRect().bottom
+      <= document.getElementById("charts").getBoundingClientRect().top});
+});
+</script>"""
+
+
+def _layout_at(out: Path, browser: list[str], width: int) -> dict:
+    probe = out / "index-probe.html"  # the page as written, with the probe after its scripts
+    probe.write_text((out / "index.html").read_text().replace("</head>", LAYOUT_PROBE + "</head>", 1))
+    shown = subprocess.run([*browser, f"--window-size={width},1000", "--dump-dom", probe.as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    found = re.search(r'data-layout="([^"]*)"', shown.stdout)
+    assert found, shown.stdout[:2000]
+    return json.loads(html.unescape(found.group(1)))
 
 
 def test_a_run_on_an_uncommitted_tree_is_marked(tmp_path):
@@ -439,3 +493,23 @@ def test_a_scheduled_run_fails_on_the_step_its_own_run_made_claimable_and_only_t
     assert done.returncode == (1 if fails else 0), done.stdout + done.stderr
     assert ("NEW STEP FOR THE WORSE: net/pytorch/b1" in done.stdout) is fails
     assert ("net/pytorch/b1" in done.stdout) is (step_at != 10)
+
+
+def test_the_overview_puts_a_failing_newest_gate_first_then_a_step_for_the_worse(tmp_path):
+    from optcv.report.overview import SPARK_POINTS, overview_rows, sparkline
+
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        fill_history(store, runs_per_machine=50, step_at=30)
+        case_trends = trends(store)
+        assert [r.status for r in overview_rows(case_trends)][:1] == ["worse"]  # no newest gate failed yet
+        store.add(RunRecord(GATE, START + timedelta(days=30), INTEL, "ff" * 20, "main", {}, passed=False,
+                            measurements=(Measurement("net/pytorch/b1/t1", CHANGE_PCT, 9.0, 7.0, 11.0, 30,
+                                                      "regression", 3.0),)))
+        rows = overview_rows(trends(store))
+    assert [(r.status, r.case, r.machine.split()[0]) for r in rows[:2]] == [
+        ("failed", "net/pytorch/b1/t1", "Intel"), ("worse", "net/pytorch/b1", "AMD")]
+    assert {r.status for r in rows[2:]} == {"steady"} and len(rows) == 6
+    assert all(len(r.spark) == SPARK_POINTS for r in rows if r.runs >= SPARK_POINTS)
+    assert rows[0].value == 9.0 and rows[0].commit == "ff" * 5
+    flat = sparkline([5.0, 5.0, 5.0], failed=False)  # a series that never moved is drawn flat, not divided by zero
+    assert flat.count("circle") == 1 and "nan" not in flat

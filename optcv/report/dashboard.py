@@ -1,6 +1,7 @@
 """The history dashboard: a folder of static pages that works offline (every script and style is in it, nothing
-is fetched). index.html draws one chart per case from data.js; regressions.html lists the steps found; runs/ID.html
-holds each run's summary, reached by clicking its point."""
+is fetched). index.html opens with an overview (optcv.report.overview: a row per case and machine, failing and
+stepped cases first), then draws one chart per case from data.js in a grid; regressions.html lists the steps found;
+runs/ID.html holds each run's summary, reached by clicking its point."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from optcv.history.records import (
 )
 from optcv.history.store import StoredRun
 from optcv.history.trends import CaseTrend, FoundStep
+from optcv.report.overview import overview_html, overview_rows
 from optcv.report.tables import format_value
 
 UNITS = {LATENCY_US: "µs per call", THROUGHPUT: "images/s", CHANGE_PCT: "% change, head vs base",
@@ -140,9 +142,13 @@ def _index(case_trends: Sequence[CaseTrend], runs: Sequence[StoredRun], database
         f'<section class="case" data-case="{html.escape(t.case)} {t.metric}"><h2>{html.escape(t.case)} · '
         f'{html.escape(UNITS.get(t.metric, t.metric))}</h2><div id="chart-{i}"></div></section>'
         for i, t in enumerate(case_trends))
-    body = f"""<p class="note">{len(runs)} runs, {len(case_trends)} charts. A point is one run's number (median, with
-its 95 % interval as a whisker and band); a ringed point is a gate that failed; a dashed line is a step found
-(red: worse); click a point for its run. Each machine (CPU, ISA flags, cores) is its own series.</p>
+    body = f"""<p class="note">{len(runs)} runs, {len(case_trends)} charts. Each machine (CPU, ISA flags, cores) is
+its own series. The overview gives each case's newest number per machine, failing and stepped cases first; below,
+a point is one run's number (median, with its 95 % interval as a whisker and band), a ringed point a gate that
+failed, a dashed line a step found (red: worse); click a point for its run.</p>
+<h2>Overview</h2>
+{overview_html(overview_rows(case_trends), UNITS)}
+<h2>Charts</h2>
 <ul id="machines"></ul>
 <p><label>Filter cases: <input id="filter" type="search" placeholder="e.g. resnet18 onnxruntime b1"></label></p>
 <div id="charts">

@@ -39,25 +39,35 @@
     return out;
   }
 
+  // Four significant digits, large values with a k or M: a tick is never wider than the left margin.
+  function tickText(t) {
+    const a = Math.abs(t);
+    if (a >= 1e6) return Number((t / 1e6).toPrecision(3)) + "M";
+    if (a >= 1e4) return Number((t / 1e3).toPrecision(3)) + "k";
+    return String(Number(t.toPrecision(4)));
+  }
+
   function draw(chart, colourOf) {
     const e = extent(chart);
     // To a tenth of a pixel: full doubles made the markup three times as long to build and parse.
     const X = x => Math.round(10 * (M.left + (e.xs ? x / e.xs : 0.5) * (W - M.left - M.right))) / 10;
     const Y = y => Math.round(10 * (H - M.bottom - (y - e.lo) / (e.hi - e.lo) * (H - M.top - M.bottom))) / 10;
-    const middle = M.top + (H - M.top - M.bottom) / 2;
+    // The unit is in the chart's heading: a rotated label longer than the plot's height was cut.
     const axes = ticks(e.lo, e.hi, 5).map(t =>
       tag("line", { x1: M.left, x2: W - M.right, y1: Y(t), y2: Y(t), class: t === 0 ? "zero" : "grid" }) +
-      tag("text", { x: M.left - 6, y: Y(t) + 4, class: "tick", "text-anchor": "end" }, esc(t)));
-    axes.push(tag("text", { x: 12, y: middle, class: "unit", transform: `rotate(-90 12 ${middle})` }, esc(chart.unit)));
+      tag("text", { x: M.left - 6, y: Y(t) + 4, class: "tick", "text-anchor": "end" }, esc(tickText(t))));
     const parts = [tag("g", { class: "axes" }, axes.join(""))];
     for (const s of chart.series) parts.push(series(s, colourOf(s.machine), chart.unit, X, Y));
-    const every = Math.max(1, Math.ceil((e.xs + 1) / 8));
-    const labels = chart.x_labels.filter(([x]) => x % every === 0).map(([x, commit]) =>
-      tag("text", { x: X(x), y: H - M.bottom + 16, class: "tick", "text-anchor": "middle" }, esc(commit)));
+    const every = Math.max(1, Math.ceil((e.xs + 1) / 6));  // six commits at most: 8 overlapped in a 560-px chart
+    const shown = chart.x_labels.filter(([x]) => x % every === 0);
+    // The outermost labels are anchored inwards, so a commit at either edge of the plot is not cut in half.
+    const anchor = i => shown.length > 1 && i === 0 ? "start" : shown.length > 1 && i === shown.length - 1 ? "end" : "middle";
+    const labels = shown.map(([x, commit], i) =>
+      tag("text", { x: X(x), y: H - M.bottom + 16, class: "tick", "text-anchor": anchor(i) }, esc(commit)));
     parts.push(tag("g", { class: "axes" }, labels.join("")));
     document.getElementById(chart.id).insertAdjacentHTML("beforeend", tag("svg", {
-      class: "chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
-      "aria-label": `${chart.case} ${chart.metric}` }, parts.join("")));
+      class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${chart.case} ${chart.metric}` },
+      parts.join("")));
   }
 
   function series(s, colour, unit, X, Y) {
