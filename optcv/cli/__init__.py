@@ -28,7 +28,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or of the one named `only`."""
     parser = Parser(
         prog="optcv", description="Measure how CIFAR-10 classifiers train, tune and run on the CPU.")
-    parser.add_argument("--version", action="version", version=f"optcv {__version__}")
+    parser.add_argument("--version", action="version", version=f"optcv {__version__}",
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS if only is None else (only,):

@@ -57,7 +57,7 @@ def declarations_path(given: Path | None) -> Path:
     path = given or find_declarations()
     if path is None:
         raise DeclarationError(f"no {OPTCV_TOML} or {PYPROJECT} with a [tool.optcv] table here or in a parent folder; "
-                               "declare your models there (see the README's \"Your own model\")")
+                               "declare your models there (see docs/tutorials/your-model.md)")
     return path
 
 
@@ -114,7 +114,7 @@ def user_repository(models: Sequence[str], declarations: Path | None) -> tuple[P
     path = declarations or find_declarations()
     if path is None:
         raise OptcvError(f"unknown gate model {declared[0]}: choose from {', '.join(MODELS)}, or declare your own "
-                         "in pyproject.toml (see the README's \"Your own model\")")
+                         "in pyproject.toml (see docs/tutorials/your-model.md)")
     if len(declared) != len(models):
         raise OptcvError("gate either optcv's reference models or your declared ones, not both: got "
                          + " ".join(models))

@@ -41,7 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help=f"single-image predictions per backend (default {default.n_single:,}, the course's)")
     bench.add_argument("--chunk", type=positive_int, default=default.chunk,
                        help="calls per backend between switches")
-    bench.add_argument("--batch-sizes", nargs="*", type=positive_int, default=list(default.batch_sizes))
+    bench.add_argument("--batch-sizes", nargs="*", type=positive_int, default=list(default.batch_sizes),
+                       help="batch sizes whose throughput is timed after the single-image latency (default "
+                            "%(default)s; none: latency only)")
     bench.add_argument("--threads", type=positive_int, help="fix the thread count (default: try 1 and all cores)")
     bench.add_argument("--no-calibrate", action="store_true", help="use the default settings, try no others")
     bench.add_argument("--search", action="store_true",
@@ -49,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                             "channels-last, hints) interleaved, print it, and keep the fastest per batch size "
                             "beside the model (MODEL.settings.json), which later runs of bench then use")
     bench.add_argument("--json", help="write the results to this JSON file (input of `optcv gate`)")
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
     add_history_option(bench, recording=True)
     add_data_options(bench)
     bench.set_defaults(func=run)

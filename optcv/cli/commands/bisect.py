@@ -45,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="re-timings of an inconclusive step, each with twice the rounds")
     add_timing_options(bisect, default)
     bisect.add_argument("--json", help="write the steps and the result to this JSON file")
-    bisect.add_argument("--quiet", action="store_true")
+    bisect.add_argument("--quiet", action="store_true", help="no progress lines")
     add_history_option(bisect, recording=True)
     add_data_options(bisect)
     bisect.set_defaults(func=run)

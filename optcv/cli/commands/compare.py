@@ -26,7 +26,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                               "optimizer; writes the loss plot, histories and checkpoints.")
     compare.add_argument("--optimizers", nargs="+", default=list(default.optimizers), metavar="NAME",
                          help=f"any of {', '.join(OPTIMIZERS)} (default: {' '.join(default.optimizers)})")
-    compare.add_argument("--epochs", type=positive_int, default=default.epochs)
+    compare.add_argument("--epochs", type=positive_int, default=default.epochs,
+                         help="epochs per optimizer and seed (default %(default)s, the course's)")
     compare.add_argument("--batch-size", type=positive_int, default=default.batch_size,
                          help="default %(default)s, the course's")
     compare.add_argument("--lr", nargs="+", type=optimizer_lr, metavar="OPT=LR",

@@ -30,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--threads", type=positive_int, help="threads per backend (default: all cores)")
     evaluate.add_argument("--test-size", type=positive_int, help="stratified test subset (default: all 10,000)")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     add_data_options(evaluate)
     evaluate.set_defaults(func=run)
 

@@ -27,7 +27,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                            "pyproject.toml or optcv.toml")
     export.add_argument("-o", "--output", help="the .onnx file (default: the checkpoint's name with .onnx; NAME.onnx "
                                                "for a declared model)")
-    export.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
+    export.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
+                        help="the ONNX opset to export to (default %(default)s)")
     export.add_argument("--atol", type=positive_float,
                         help=f"largest allowed |ONNX Runtime - PyTorch| logit difference (default {DEFAULT_ATOL:g}, "
                              "or a declared model's tolerances.onnxruntime)")

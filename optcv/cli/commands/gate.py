@@ -63,7 +63,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="what is compared: time; memory (each case's peak resident memory, in forked children, "
                            f"{default.memory_repeats} per side); instructions (the one-thread cases under valgrind, "
                            "whatever the machine's load; slow)")
-    gate.add_argument("--seed", type=int, default=default.seed)
+    gate.add_argument("--seed", type=int, default=default.seed,
+                      help="seeds the gate's random choices: turn orders, worker layouts, resampling "
+                           "(default %(default)s)")
     gate.add_argument("--even-if-unchanged", action="store_true",
                       help="time base and head even when the optcv code their cases run is the same (by default: "
                            "nothing to time)")
@@ -97,7 +99,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="self-test runs of unchanged code")
     gate.add_argument("--self-test-thresholds", nargs="+", type=float, default=list(selftest.THRESHOLDS_PCT),
                       metavar="PCT", help="thresholds the self-test judges at")
-    gate.add_argument("--quiet", action="store_true")
+    gate.add_argument("--quiet", action="store_true", help="no progress lines")
     add_history_option(gate, recording=True)
     add_data_options(gate)
     gate.set_defaults(func=run)
@@ -110,7 +112,8 @@ def add_subject_options(parser: argparse.ArgumentParser, default: GateConfig) ->
                              "repository's pyproject.toml or optcv.toml: then that repository's revisions are compared")
     parser.add_argument("--declarations", type=Path, metavar="FILE",
                         help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
-    parser.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", default=list(default.backends), choices=list(BACKENDS),
+                        help="only cases of these backends (default: every backend)")
 
 
 def add_timing_options(parser: argparse.ArgumentParser, default: GateConfig) -> None:

@@ -52,9 +52,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "only within one machine (CPU model, ISA flags, cores).")
     actions = history.add_subparsers(dest="action", required=True, metavar="ACTION")
     imported = actions.add_parser("import", help="record result files: optcv's --json files or pytest-benchmark's")
-    imported.add_argument("files", nargs="+", type=Path)
+    imported.add_argument("files", nargs="+", type=Path, help="result files to record")
     imported.add_argument("--commit", help="the commit the files measured (default: what the file says, if anything)")
-    imported.add_argument("--branch")
+    imported.add_argument("--branch", help="the branch the files measured (default: none)")
     listed = actions.add_parser("runs", help="the runs recorded, newest last")
     listed.add_argument("--kind", help="only runs of this kind (gate, bench, how-fast, pytest-benchmark, bisect)")
     listed.add_argument("--last", type=positive_int, default=30, help="how many of the newest runs")
@@ -62,14 +62,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     shown.add_argument("cases", nargs="+", metavar="CASE", help="case names or globs (e.g. 'tutorial/*/b1/t1')")
     shown.add_argument("--metric", help="only this measure (latency_us, images_per_s, change_pct)")
     drawn = actions.add_parser("trend", help="a PNG per case: its values over runs, a line per machine")
-    drawn.add_argument("cases", nargs="+", metavar="CASE")
-    drawn.add_argument("--metric")
+    drawn.add_argument("cases", nargs="+", metavar="CASE", help="case names or globs")
+    drawn.add_argument("--metric", help="only this measure (latency_us, images_per_s, change_pct)")
     drawn.add_argument("--out", type=Path, default=Path("history-trends"), help="folder for the PNG files")
     page = actions.add_parser("html", help="the dashboard: static pages that work offline")
     page.add_argument("out", type=Path, help="folder to write index.html, regressions.html and runs/ into")
-    page.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
+    page.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB", help="only these cases (default: all)")
     stepped = actions.add_parser("steps", help="the step changes found in every case's history")
-    stepped.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB")
+    stepped.add_argument("--cases", nargs="+", default=["*"], metavar="GLOB", help="only these cases (default: all)")
     stepped.add_argument("--fail-on-new", action="store_true",
                          help="exit 1 when a machine's newest run made a step for the worse claimable (a scheduled "
                               "run's check: each step fails once, when it is first found)")
@@ -79,7 +79,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "branch, written as OUT/<platform>/NNNN_machine-KEY.json, which `pytest benchmarks "
                     "--benchmark-compare` picks on that machine.")
     based.add_argument("--out", type=Path, default=BASELINES, help="pytest-benchmark's storage folder")
-    based.add_argument("--branch", default="main")
+    based.add_argument("--branch", default="main", help="the branch whose runs make the baseline (default %(default)s)")
     based.add_argument("--machine", default="this", metavar="KEY",
                        help="the machine key (`optcv history runs` shows machines), default: this machine")
     for action in (imported, listed, shown, drawn, page, stepped, based):

@@ -28,18 +28,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                               description="Builds (or loads) the benchmark suite's reference models and times every "
                                           "backend on each at batch 1 and batched, interleaved, against the fp32 GEMM "
                                           "peak and each runtime's per-call overhead measured in the same run; writes "
-                                          "how-fast.md, .json and .png (the README's 'How fast, and why').")
+                                          "how-fast.md, .json and .png (docs/log/how-fast-2026-11-30.md).")
     how.add_argument("--models", nargs="+", default=list(default.models), metavar="MODEL",
                      help=f"reference models ({', '.join(default.models)}; default all) or models declared in "
                           "pyproject.toml or optcv.toml")
     how.add_argument("--declarations", type=Path, metavar="FILE",
                      help="the pyproject.toml or optcv.toml that declares your models (default: the nearest one)")
-    how.add_argument("--backends", nargs="+", default=list(default.backends), metavar="BACKEND")
-    how.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    how.add_argument("--backends", nargs="+", default=list(default.backends), metavar="BACKEND",
+                     help="the backends timed (default %(default)s)")
+    how.add_argument("--batch-size", type=positive_int, default=default.batch_size,
+                     help="the batch size of the throughput column (default %(default)s)")
     how.add_argument("--seconds", type=positive_float, default=default.seconds_per_backend,
                      help="timed single-image work per backend and model (calls scale with the model's cost)")
     how.add_argument("--out", default="how-fast", help="folder for how-fast.md, how-fast.json, how-fast.png")
-    how.add_argument("--quiet", action="store_true")
+    how.add_argument("--quiet", action="store_true", help="no progress bars")
     add_history_option(how, recording=True)
     add_data_options(how)
     how.set_defaults(func=run)

@@ -35,14 +35,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="training subset per trial (default %(default)s, Optuna's PyTorch example)")
     tune.add_argument("--val-size", type=positive_int, default=default.val_size,
                       help="validation images held out of the training split (default %(default)s)")
-    tune.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    tune.add_argument("--batch-size", type=positive_int, default=default.batch_size,
+                      help="training batch size of every trial (default %(default)s)")
     tune.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
     tune.add_argument("--pruner", default=default.pruner, help=f"{', '.join(PRUNERS)} (default %(default)s)")
-    tune.add_argument("--seed", type=int, default=default.seed)
+    tune.add_argument("--seed", type=int, default=default.seed,
+                      help="the sampler's and the data's seed (default %(default)s)")
     tune.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine")
     tune.add_argument("--storage", help="Optuna storage URL (default: a file in --out); e.g. "
                                         "postgresql+psycopg://user@host/db to spread over machines")
-    tune.add_argument("--study-name", default="optcv")
+    tune.add_argument("--study-name", default="optcv", help="the study's name in its storage (default %(default)s)")
     tune.add_argument("--out", default="runs/tune", help="run folder (default %(default)s)")
     tune.add_argument("--final-epochs", type=positive_int, help="epochs to retrain the best (default --epochs)")
     tune.add_argument("--final-seeds", type=positive_int, default=default.final_seeds,
@@ -50,12 +52,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                            "default %(default)s)")
     tune.add_argument("--no-retrain", action="store_true", help="skip retraining the best configuration")
     tune.add_argument("--show", action="store_true", help="print an existing study's statistics and stop")
-    tune.add_argument("--n-layers", nargs=2, type=positive_int, default=list(space.n_layers), metavar=("LOW", "HIGH"))
-    tune.add_argument("--n-units", nargs=2, type=positive_int, default=list(space.n_units), metavar=("LOW", "HIGH"))
-    tune.add_argument("--dropout", nargs=2, type=float, default=list(space.dropout), metavar=("LOW", "HIGH"))
-    tune.add_argument("--lr-range", nargs=2, type=positive_float, default=list(space.lr), metavar=("LOW", "HIGH"))
-    tune.add_argument("--optimizers", nargs="+", default=list(space.optimizers), metavar="NAME")
-    tune.add_argument("--quiet", action="store_true")
+    tune.add_argument("--n-layers", nargs=2, type=positive_int, default=list(space.n_layers), metavar=("LOW", "HIGH"),
+                      help="search space: hidden layers (default %(default)s)")
+    tune.add_argument("--n-units", nargs=2, type=positive_int, default=list(space.n_units), metavar=("LOW", "HIGH"),
+                      help="search space: units per layer (default %(default)s)")
+    tune.add_argument("--dropout", nargs=2, type=float, default=list(space.dropout), metavar=("LOW", "HIGH"),
+                      help="search space: dropout per layer (default %(default)s)")
+    tune.add_argument("--lr-range", nargs=2, type=positive_float, default=list(space.lr), metavar=("LOW", "HIGH"),
+                      help="search space: learning rate, log-uniform (default %(default)s)")
+    tune.add_argument("--optimizers", nargs="+", default=list(space.optimizers), metavar="NAME",
+                      help="search space: optimizers (default %(default)s)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
     add_data_options(tune)
     tune.set_defaults(func=run)
 
