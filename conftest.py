@@ -1,6 +1,6 @@
 """Shared pytest set-up for tests/ and benchmarks/: the two tiers, synthetic and real CIFAR-10.
 
-Two tiers (README, "Tests"): the pull-request tier, `pytest`'s default (what .ci/run and `tox -e pr` run: the unit
+Two tiers (docs/reference/tests.md): the pull-request tier, `pytest`'s default (.ci/run and `tox -e pr`: the unit
 tests, bad inputs, one kill point per command and signal; then alone on the machine parity of the course's two
 nets, the A/B gate against the base revision and, when the gate's own code changed, its boundary self-test); the
 nightly tier, `pytest --tier full` (`tox -e full`), adds every case marked `full`.

@@ -1,8 +1,8 @@
 """The benchmark suite's set-up: reference models built once, calibrated predictors, the ratio gate.
 
-Options (see README): --ratio-gate fails on a speed regression against benchmarks/baselines/ratios.json,
---ratio-save writes that baseline from this run, --gate-images sets how many single-image predictions per
-backend the paired ratios use.
+Options (docs/reference/benchmark-suite.md): --ratio-gate fails on a speed regression against
+benchmarks/baselines/ratios.json, --ratio-save writes that baseline from this run, --gate-images sets how many
+single-image predictions per backend the paired ratios use.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`torch-compile` (inductor, frozen weights, static shapes) in the suite: batch-1 latency at one thread for the
 course's two models, compiled before any timing, the compile time recorded beside each case and never inside a
 timing. Its parity on every model is in test_parity.py; ResNet-18 and MobileNet are timed by
-`optcv how-fast --backends … torch-compile` (see the README's "How fast, and why")."""
+`optcv how-fast --backends … torch-compile` (docs/log/how-fast-2026-11-30.md)."""
 
 from __future__ import annotations
 

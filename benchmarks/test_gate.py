@@ -82,7 +82,7 @@ def test_gate_self_test_at_its_boundary(real_data_dir, request):
     shared path) are failed in all but at most one of the measurements at the boundary (batch 1, batched and the
     training step),
     and 1.5 % ones (and, nightly, unchanged code) pass in all but at most one (each a single gate run; the rates over
-    many runs are in docs/results.md); the median measured change is the injected one within the noise (the base
+    many runs are in docs/log/records.md); the median measured change is the injected one within the noise (the base
     wraps the same entry points)."""
     from optcv.gate.selftest import run_self_test
     from optcv.report.gate import self_test_markdown

@@ -240,12 +240,12 @@ def test_export_writes_a_declared_models_onnx_and_int8_twin_that_onnx_runtime_ru
         assert logits.shape == (3, 5)
 
 
-def test_the_readmes_declaration_is_read_and_built_as_it_stands(tmp_path, capsys):
+def test_the_tutorials_full_declaration_is_read_and_built_as_it_stands(tmp_path, capsys):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("\n## Your own model\n"):]
+    tutorial = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "your-model.md").read_text("utf-8")
+    section = tutorial[tutorial.index("\n## What a declaration can say\n"):]
     declaration = re.search(r"```toml\n(.*?)```", section, flags=re.S).group(1)
     (tmp_path / "mynets").mkdir()
     (tmp_path / "mynets" / "__init__.py").write_text("")

@@ -12,7 +12,6 @@ from there). Run it alone on the machine: it times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from interleaved import run_interleaved  # noqa: E402  (this folder, first on sys.path when the script runs)
+from render import pytest_boundary_table as table  # noqa: E402
 
 from tests.test_pytest_gate import plain_repository  # noqa: E402
 
@@ -34,23 +34,6 @@ def one_run(repo: Path, level: float, index: int, out: Path) -> dict:
                            "--gate-slowdown", str(level), "--gate-json", str(path)], cwd=repo, env=env,
                           capture_output=True, text=True, check=False)
     return {"exit": done.returncode, "wall_s": round(time.perf_counter() - started, 1), "json": path.name}
-
-
-def table(out: Path, runs: list[dict]) -> list[str]:
-    lines = ["| test | slowdown | runs | failed | held zero | median change |", "|---|---:|---:|---:|---:|---:|"]
-    per: dict[tuple[str, float], list[dict]] = {}
-    for run in runs:
-        for test in json.loads((out / run["json"]).read_text())["tests"]:
-            per.setdefault((test["node"], run["level"]), []).append(test)
-    for (node, level), tests in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        found = [t["finding"] for t in tests if t["finding"]]
-        failed = sum(t["verdict"] == "regression" for t in tests)
-        held = sum(f["ci_low_pct"] <= 0 <= f["ci_high_pct"] for f in found)
-        changes = sorted(f["change_pct"] for f in found)
-        median = f"{changes[len(changes) // 2]:+.2f} %" if changes else "—"
-        lines.append(f"| {node.split('::')[-1]} | {level:g} % | {len(tests)} | {failed} | {held}/{len(found)} | "
-                     f"{median} |")
-    return lines
 
 
 def main(argv: list[str]) -> int:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from interleaved import run_interleaved  # this folder, first on sys.path when the script runs
+from render import side_bias_summary as summary
 
 from optcv._io import work_folder
 from optcv.data import default_cache_dir
@@ -89,13 +89,6 @@ def one_gate(variant: str, seed: int, data_dir: str | None, cases: tuple[str, ..
     return [{"case": f.case, "change_pct": f.change_pct, "ci_low_pct": f.ci_low_pct, "ci_high_pct": f.ci_high_pct,
              "pair_changes_pct": list(f.pair_changes_pct), "pairs_disagree": f.pairs_disagree}
             for f in result.findings]
-
-
-def summary(findings: list[dict]) -> dict:
-    changes = [f["change_pct"] for f in findings]
-    return {"cases": len(findings), "mean_change_pct": round(statistics.fmean(changes), 2),
-            "read_faster": sum(c < 0 for c in changes), "excluded_below": sum(f["ci_high_pct"] < 0 for f in findings),
-            "excluded_above": sum(f["ci_low_pct"] > 0 for f in findings)}
 
 
 def main(argv: list[str]) -> int:

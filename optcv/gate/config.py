@@ -149,7 +149,7 @@ def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None 
     declared = declared or {}
     unknown = [m for m in config.models if m not in MODELS and m not in declared]
     if unknown:
-        own = "" if declared else " (your own models: declare them, see the README's \"Your own model\")"
+        own = "" if declared else " (your own models: declare them, see docs/tutorials/your-model.md)"
         raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *declared])}{own}")
     specs = _all_specs(config, declared)
     if config.cases != (ALL_CASES,):

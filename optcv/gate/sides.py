@@ -56,13 +56,9 @@ def _files_hash(root: Path, files: list[Path]) -> str:
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
-# glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large
-# tensor lands (mapped or inside the heap) depends on the process's history; PyTorch's batched and training
-# calls then ran up to 14-22 % apart in processes of identical code here. A fixed threshold takes that away.
-# It is glibc's largest (32 MiB), never trimmed: a low one (64 KiB, used until 2026-12-01) mapped and faulted in
-# every activation on every call, so PyTorch ran 1.5-1.9x slower than it does (ResNet-18 at batch 1: 28.5 against
-# 19.5 ms; TutorialNet's training step 19.7 against 10.5 ms), which diluted every change the gate measures, and
-# ResNet-18's unchanged gates spread -0.8 ... +2.7 % against -0.8 ... -0.5 % (4 gates each, 2026-12-01).
+# glibc's malloc raises its mmap threshold to the size of the last freed mmapped block, so where a large tensor
+# lands depends on the process's history and identical code ran up to 22 % apart. A fixed threshold takes that away;
+# glibc's largest (32 MiB), because a low one faults every activation in on every call (docs: the speed gate).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": "1073741824",
               "MALLOC_TOP_PAD_": "0"}
 

@@ -221,7 +221,8 @@ class AgreementResult:
 def agreement_on_inputs(predictors: Sequence[Predictor], inputs: np.ndarray,
                         tolerances: Mapping[str, float] | None = None, batch_size: int = 64) -> list[AgreementResult]:
     """Each predictor after the first against the first on `inputs`: fp32 backends must give the reference's
-    top-1 on every input, int8 on INT8_MIN_AGREEMENT of them; |logit difference| judged where `tolerances` say."""
+    top-1 on every input, int8 on INT8_MIN_AGREEMENT of them; the largest absolute logit difference judged where
+    `tolerances` say."""
     tolerances = tolerances or {}
     reference = predict_all(predictors[0], inputs, batch_size)
     results = []

@@ -37,7 +37,7 @@ def make_plan(given: str | None, rootpath: Path, names: Sequence[str] | None, ca
     path = Path(given) if given else find_declarations(rootpath)
     if path is None:
         raise DeclarationError(f"no optcv.toml or pyproject.toml with a [tool.optcv] table in {rootpath} or a parent; "
-                               "declare your models there (see optcv's README, \"Your own model\")")
+                               "declare your models there (see optcv's docs/tutorials/your-model.md)")
     declared = load_declarations(path, known_backends=tuple(BACKENDS))
     unknown = [n for n in names or () if n not in declared]
     if unknown:
