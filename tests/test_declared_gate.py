@@ -170,3 +170,21 @@ def test_a_declared_models_gate_times_both_revisions_end_to_end(tmp_path):
     assert result.base["code_hash"] != result.head["code_hash"]
     assert result.head["settings"]["tiny/onnxruntime/b1/t1"]["backend"] == "onnxruntime"
     assert sys.executable == result.base["python"]
+
+
+def test_a_declared_model_named_like_a_reference_model_is_the_users(tmp_path, monkeypatch):
+    """The tutorial's repository declares its own `resnet18`: the gate gates that one (its two backends), not
+    optcv's reference ResNet-18 (which would ask for OpenVINO too)."""
+    from optcv.cli.common import user_repository
+
+    (tmp_path / "mynets").mkdir()
+    (tmp_path / "pyproject.toml").write_text('[tool.optcv.models.resnet18]\nfactory = "mynets.vision:build"\n'
+                                             'input = { shape = [3, 64, 64] }\nbackends = ["pytorch", "onnxruntime"]\n')
+    _git(tmp_path, "init", "-q")
+    monkeypatch.chdir(tmp_path)
+    repo, declarations = user_repository(["resnet18"], None)
+    assert repo.resolve() == tmp_path.resolve() and declarations == "pyproject.toml"
+    declared = load_declarations(tmp_path / declarations, known_backends=tuple(BACKENDS))
+    specs = case_specs(GateConfig(models=("resnet18",), declarations=declarations), declared)
+    assert {(s.backend, s.declared) for s in specs} == {("pytorch", True), ("onnxruntime", True)}
+    assert user_repository(["tutorial"], None) is None  # a reference model the user did not declare stays optcv's

@@ -107,11 +107,13 @@ def settings_text(settings: dict[str, object]) -> str:
 
 def user_repository(models: Sequence[str], declarations: Path | None) -> tuple[Path, str] | None:
     """For a gate (or bisect) of declared models: (the user's repository, its declaring file's path inside it);
-    None for optcv's reference models."""
-    declared = [m for m in models if m not in MODELS]
+    None for optcv's reference models. A name the user's declarations hold is theirs, even where a reference model
+    has it too (a repository that declares its own `resnet18` gates that one)."""
+    path = declarations or find_declarations()
+    known = load_declarations(declarations_path(path).resolve(), known_backends=GATE_BACKENDS) if path else {}
+    declared = [m for m in models if m in known or m not in MODELS]
     if not declared:
         return None
-    path = declarations or find_declarations()
     if path is None:
         raise OptcvError(f"unknown gate model {declared[0]}: choose from {', '.join(MODELS)}, or declare your own "
                          "in pyproject.toml (see docs/tutorials/your-model.md)")
@@ -119,7 +121,6 @@ def user_repository(models: Sequence[str], declarations: Path | None) -> tuple[P
         raise OptcvError("gate either optcv's reference models or your declared ones, not both: got "
                          + " ".join(models))
     path = declarations_path(path).resolve()
-    known = load_declarations(path, known_backends=GATE_BACKENDS)
     unknown = [m for m in declared if m not in known]
     if unknown:
         raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *known])}")
