@@ -26,7 +26,7 @@ else:  # pragma: no cover - Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts and "course-run" not in p.parts)
+PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
 TEXTS = [ROOT / "README.md", *PAGES]
 
 
