@@ -283,7 +283,7 @@ def test_the_render_check_fails_on_a_page_edited_by_hand(tmp_path, monkeypatch, 
     monkeypatch.setattr(render, "PAGES", tmp_path)
     assert render.main([]) == 0 and render.main(["--check"]) == 0
     page = next(p for p in sorted(tmp_path.glob("*.md")) if p.name != "index.md")
-    page.write_text(page.read_text().replace("held zero", "held nought", 1).replace("failed", "fail3d", 1))
+    page.write_text(page.read_text().replace("|", "¦", 1))  # one character of a table, typed over
     assert render.main(["--check"]) == 1
     assert page.name in capsys.readouterr().err
 
