@@ -34,6 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the nightly tier (pytest --tier full, tox -e full)")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_gate_session_args(config: pytest.Config) -> list[str]:
+    """The gate's sessions of each side collect this run's tier (optcv.plugin.hooks)."""
+    return ["--tier", config.getoption("tier")]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("tier") == "full":
         return

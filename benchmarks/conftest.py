@@ -20,16 +20,9 @@ from optcv.data import CIFAR10, default_cache_dir, load_cifar10
 from optcv.env import cpu_model, isa_flags, package_versions
 from optcv.env import usable_cores as default_threads
 from optcv.gate.ratio import DEFAULT_MARGIN, RATIO_CALLS, RECORD_BASELINE, load_json, make_baseline
-from optcv.measure.latency import pick_fastest
+from optcv.measure.case import PREDICT_IMAGES, CaseId, TimedCase
 from optcv.measure.reference import COURSE_MODELS, REFERENCE_MODELS, build_reference
-from optcv.runtime import (
-    DEFAULT_BACKENDS,
-    NON_COMPILING_BACKENDS,
-    ModelSource,
-    backend_unavailable,
-    candidate_predictors,
-    make_predictor,
-)
+from optcv.runtime import DEFAULT_BACKENDS, NON_COMPILING_BACKENDS, ModelSource, backend_unavailable, make_predictor
 
 HERE = Path(__file__).resolve().parent
 RATIO_BASELINE = HERE / "baselines" / "ratios.json"
@@ -39,11 +32,7 @@ REFERENCE_BACKEND = DEFAULT_BACKENDS[0]
 MODEL_NAMES = list(REFERENCE_MODELS)
 # The course's two nets in both tiers; the torchvision ones, which take minutes to build and time, in the full one.
 MODEL_PARAMS = [pytest.param(name, marks=() if name in COURSE_MODELS else pytest.mark.full) for name in MODEL_NAMES]
-BATCHED_CASES = [(name, batch) for name, spec in REFERENCE_MODELS.items() for batch in spec.batch_sizes]
-BACKENDS = list(NON_COMPILING_BACKENDS)  # torch-compile: benchmarks/test_compiled.py
-# Batched throughput of OpenVINO is measured by `optcv how-fast`, not in every CI run (its 14 cases cost
-# about a minute and a half there); its batch-1 latency, parity and logits cases run here.
-BATCHED_BACKENDS = [b for b in BACKENDS if b != "openvino"]
+BACKENDS = list(NON_COMPILING_BACKENDS)  # torch-compile compiles each shape for seconds: its own cases
 # Every backend is timed at the same, explicit thread counts: one, and every core of this machine.
 THREAD_COUNTS = sorted({1, default_threads()})
 
@@ -58,9 +47,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ratio-baseline", default=str(RATIO_BASELINE), help="the ratio baseline file")
     group.addoption("--ratio-margin", type=float, default=DEFAULT_MARGIN,
                     help=f"allowed fall of a speed-up below its baseline (fraction, default {DEFAULT_MARGIN:g})")
-    group.addoption("--gate-allow-no-base", action="store_true",
-                    help="A/B gate: where there is no base revision, gate on this machine's recorded ratios instead")
-    group.addoption("--gate-base-python", metavar="PATH", help="A/B gate: the base side's interpreter")
     group.addoption("--gate-images", type=int, default=RATIO_CALLS,
                     help=f"single-image predictions per backend for the paired ratios (default {RATIO_CALLS})")
     group.addoption("--training-images", type=int, default=10_000,
@@ -71,6 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # pytest-benchmark reads its storage in its own pytest_configure: point it at the committed
     # baselines so `pytest benchmarks --benchmark-compare` works from a fresh clone, from any folder.
+    # This suite's timed cases are A/B-gated against the base revision unless the command line says otherwise
+    # (--gate-against none: timed by pytest-benchmark alone); an xdist run never gates.
+    if config.getoption("gate_against", None) is None and not getattr(config.option, "numprocesses", None):
+        config.option.gate_against = "default"
     if config.getoption("benchmark_storage", None) == "file://./.benchmarks":
         config.option.benchmark_storage = f"file://{HERE / 'baselines'}"
     config._optcv_ratio_results = []  # type: ignore[attr-defined]
@@ -89,8 +79,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The ratio cases only when asked for (--ratio-gate, --ratio-save). In the pull-request tier, the cases marked
     `gate_change` only when the gate's, the backends' or the measurements' code changed since the gate's base, said
     either way."""
-    for item in items:  # this suite's A/B gate is test_ab_gate's case table, not `--gate-against` of each test
-        item.add_marker(pytest.mark.optcv_not_ab("timed by the gate's case table (benchmarks/test_gate.py)"))
     if not (config.getoption("ratio_gate") or config.getoption("ratio_save")):
         ratio = [item for item in items if item.get_closest_marker("ratio")]
         if ratio:
@@ -244,12 +232,12 @@ class ReferenceSources(dict[str, ModelSource]):
     """Each reference model (optcv.measure.reference) trained deterministically and exported, or taken from the
     cache, when a case first asks for it: the fast tier never builds the two torchvision nets."""
 
-    def __init__(self, cifar: CIFAR10):
+    def __init__(self, cifar: CIFAR10, for_timing: bool = False):
         super().__init__()
-        self.cifar = cifar
+        self.cifar, self.for_timing = cifar, for_timing
 
     def __missing__(self, name: str) -> ModelSource:
-        self[name] = ModelSource(*build_reference(name, self.cifar, default_cache_dir()))
+        self[name] = ModelSource(*build_reference(name, self.cifar, default_cache_dir(), self.for_timing))
         return self[name]
 
 
@@ -266,22 +254,29 @@ def require_backend(backend: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def best_predictor(model_sources: dict[str, ModelSource], test_images: np.ndarray):
-    """At a given thread count, the backend's fastest other setting (oneDNN on or off for PyTorch), chosen
-    by the same short interleaved calibration `optcv bench` makes."""
-    chosen: dict[tuple[str, str, int, int], Predictor] = {}
+def timing_sources(cifar: CIFAR10) -> dict[str, ModelSource]:
+    """The reference models' timing builds (optcv.measure.reference.timing_recipe), with this tree's code."""
+    return ReferenceSources(cifar, for_timing=True)
 
-    def get(model: str, backend: str, batch_size: int, threads: int) -> Predictor:
-        key = (model, backend, batch_size, threads)
-        require_backend(backend)
-        if key not in chosen:
-            candidates = candidate_predictors(backend, model_sources[model], threads)
-            chosen[key] = pick_fastest(candidates, test_images, calls=300, batch_size=batch_size)
-        return chosen[key]
 
-    yield get
-    for predictor in chosen.values():
-        predictor.close()
+@pytest.fixture
+def timed_case(timing_sources: dict[str, ModelSource], cifar: CIFAR10):
+    """A case's callable (optcv.measure.case), closed after its test."""
+    made: list[TimedCase] = []
+
+    def make(case: CaseId) -> TimedCase:
+        if case.kind == "predict":
+            require_backend(case.backend)
+            timed = TimedCase(case, timing_sources[case.model], cifar.test.images[:PREDICT_IMAGES].numpy())
+        else:
+            timed = TimedCase(case, timing_sources[case.model], cifar.train.images[:512].numpy(),
+                              cifar.train.labels[:512].numpy())
+        made.append(timed)
+        return timed
+
+    yield make
+    for timed in made:
+        timed.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
 """The gates CI trusts.
 
-- The A/B gate (`--gate-against REV`): this tree against a base revision, timed side by side in this run.
+- The A/B gate (`--gate-against REV`, on by default in this suite): every timed case of test_latency.py, in this tree
+  and in a base revision side by side (optcv.plugin.ab).
 - Its proof: real slowdowns at the boundary it claims (5 %) are caught, ones below the threshold (1.5 %) and
   unchanged code pass; and in a throwaway git repository a commit that adds a real 10 % slowdown fails while a
   comment-only commit passes.
 - The older ratio gate (`--ratio-gate`): PyTorch ÷ ONNX Runtime speed-ups against the ratios committed for this
-  machine (none for this machine: a failure); the fallback where no base revision exists (`--gate-allow-no-base`).
+  machine (none for this machine: a failure).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.conftest import BACKENDS, GATE_THRESHOLDS, REFERENCE_BACKEND
+from benchmarks.conftest import BACKENDS, REFERENCE_BACKEND
 from conftest import full_tier
-from optcv._io import write_json, write_text
+from optcv._io import write_json
 from optcv.backends.base import all_closed
 from optcv.env import machine_fingerprint
 from optcv.errors import BaselineOtherMachine, GateSetupError, SpeedRegression
@@ -33,35 +34,11 @@ from optcv.gate.ratio import (
     recorded_ratios,
 )
 from optcv.gate.run import run_gate
-from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, MEASURE_DEFAULTS_PCT, GateResult, Thresholds, Verdict
+from optcv.gate.verdict import DEFAULT_THRESHOLD_PCT, MEASURE_DEFAULTS_PCT, GateResult, Verdict
 from optcv.measure.latency import BenchConfig, run_bench
 from optcv.measure.reference import COURSE_MODELS
-from optcv.report.gate import outcome_failure_lines, outcome_markdown
+from optcv.report.gate import outcome_markdown
 from optcv.runtime import backend_unavailable, make_predictor
-
-
-def test_ab_gate(request, real_data_dir):
-    """This tree against --gate-against REV (by default the merge-base with main, else HEAD~1): the one entry
-    point the CLI calls too. Without a base revision, the labelled ratio fallback; with the same timed optcv code on
-    both sides, nothing to time (said in the verdict section)."""
-    against = request.config.getoption("gate_against") or "default"
-    if against == "none":
-        pytest.skip("--gate-against none: the A/B gate is off in this run")
-    option = request.config.getoption
-    outcome = run_gate(GateConfig(), Thresholds.load(option("gate_thresholds") or GATE_THRESHOLDS,
-                                                  option("gate_threshold")),
-                       against=None if against == "default" else against, base_python=option("gate_base_python"),
-                       data_dir=real_data_dir, baseline=option("ratio_baseline"),
-                       allow_no_base=option("gate_allow_no_base"))
-    markdown = outcome_markdown(outcome)
-    request.config._optcv_gate_lines += [line for line in markdown.splitlines() if line.startswith(("##", "|", "- "))]
-    request.config._optcv_gate_lines += outcome_failure_lines(outcome)
-    if option("gate_summary"):
-        write_text(option("gate_summary"), markdown)
-    if option("gate_json"):
-        write_json(option("gate_json"), outcome.to_dict())
-    outcome.raise_for_regressions()
-
 
 # The self-test in the pull-request tier (when the gate's code changed), one gate run: PyTorch and OpenVINO slowed at
 # the default threshold's boundary (5 % against 3) and ONNX Runtime just below it (1.5 %), on a batch-1 case of each
@@ -145,11 +122,21 @@ def _git(repo: Path, *args: str) -> None:
                    check=True, capture_output=True)
 
 
-def repository_with_optcv(repo: Path) -> Path:
-    """A new git repository whose one commit holds this optcv package."""
-    import optcv
+ROOT = Path(__file__).resolve().parents[1]
 
-    shutil.copytree(Path(optcv.__file__).parent, repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
+
+def copy_of_optcv(repo: Path, folders: tuple[str, ...] = ("optcv", "benchmarks", "tests")) -> None:
+    """This optcv's package and its suite (whose tests are the gate's cases) into `repo`."""
+    for folder in folders:
+        shutil.copytree(ROOT / folder, repo / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "baselines", "records"))
+    for name in ("conftest.py", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+
+
+def repository_with_optcv(repo: Path) -> Path:
+    """A new git repository whose one commit holds this optcv package and its suite."""
+    copy_of_optcv(repo)
     _git(repo, "init", "--quiet")
     _git(repo, "add", ".")
     _git(repo, "commit", "--quiet", "-m", "first")
@@ -192,15 +179,14 @@ def test_gate_in_a_temporary_repository(tmp_path, real_data_dir):
 
 
 @pytest.mark.full
-def test_gate_times_a_base_revision_from_before_the_package_layout(tmp_path, real_data_dir):
-    """The base is optcv as it was before the move into packages (flat modules), the head this tree: both build
-    their models with their own code and are timed; the worker finds each side's modules in its own layout."""
-    root = Path(__file__).resolve().parents[1]
-    moved = subprocess.run(["git", "-C", str(root), "rev-list", "-1", "HEAD", "--", "optcv/ab.py"],
+def test_a_base_whose_suite_lacks_the_cases_is_said_not_compared(tmp_path, real_data_dir):
+    """The base is optcv as it was before the move into packages (flat modules, no suite of timed cases), the head
+    this tree: no case can be paired, and the gate says so case by case instead of passing in silence."""
+    moved = subprocess.run(["git", "-C", str(ROOT), "rev-list", "-1", "HEAD", "--", "optcv/ab.py"],
                            capture_output=True, text=True, check=True).stdout.strip()
     repo = tmp_path / "repo"
     repo.mkdir()
-    archive = subprocess.run(["git", "-C", str(root), "archive", f"{moved}~1", "optcv"], capture_output=True,
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", f"{moved}~1", "optcv"], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
     assert (repo / "optcv" / "ab.py").is_file() and not (repo / "optcv" / "gate" / "__init__.py").exists()
@@ -208,14 +194,17 @@ def test_gate_times_a_base_revision_from_before_the_package_layout(tmp_path, rea
     _git(repo, "add", ".")
     _git(repo, "commit", "--quiet", "-m", "flat layout")
     shutil.rmtree(repo / "optcv")
-    shutil.copytree(root / "optcv", repo / "optcv", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_of_optcv(repo)
     _git(repo, "add", "-A")
     _git(repo, "commit", "--quiet", "-m", "packages")
-    config = GateConfig(models=("tutorial",), cases=("tutorial/onnxruntime/b1/t1",))
+    config = GateConfig(models=("tutorial",), cases=("tutorial/onnxruntime/b1/t1", "tutorial/train/b64/t1"))
     result = run_gate(config, against="HEAD~1", head_tree=repo, repo=repo, data_dir=real_data_dir)
     assert isinstance(result, GateResult), result
-    assert [f.case for f in result.findings] == ["tutorial/onnxruntime/b1/t1"]
-    assert result.base["code_hash"] != result.head["code_hash"]
+    assert not result.findings and [case for case, _ in result.not_compared] == [
+        "tutorial/onnxruntime/b1/t1", "tutorial/train/b64/t1"]
+    assert all("the base revision's test file does not collect" in why or "new in the head" in why
+               for _, why in result.not_compared), result.not_compared
+    assert "2 case(s) NOT COMPARED" in outcome_markdown(result)
 
 
 @pytest.mark.full

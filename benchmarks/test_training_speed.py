@@ -8,7 +8,10 @@ from optcv.data import stratified_subset
 from optcv.training.models import TutorialNetConfig, build_model
 from optcv.training.train import TrainConfig, train
 
-pytestmark = pytest.mark.full  # timed cases: the full tier, alone on the machine
+# Timed cases: the full tier, alone on the machine. An epoch a call is seconds: the gate times the same code in its
+# training-step cases (test_latency.py::test_training_step).
+pytestmark = [pytest.mark.full, pytest.mark.optcv_not_ab("an epoch a call: the gate's training-step cases time the "
+                                                         "same code")]
 
 
 @pytest.mark.parametrize("batch_size", [4, 64, 256])

@@ -1,10 +1,10 @@
 """optcv's cache folder: what it holds, which entries are stale, and clearing them.
 
-Areas: decoded image folders (optcv.data), the benchmark suite's reference models (optcv.measure.reference), the
-A/B gate's models (optcv.gate.worker), the exports of users' declared models (optcv.runtime) and torch.compile's
-kernels (optcv.backends.torch_compile). A decode is stale when its source folder is gone or changed, or its origin
-is unknown (an older optcv); a model entry when no run has used it for `UNUSED_DAYS` (each use touches its key.json)
-or its build never finished.
+Areas: decoded image folders (optcv.data), the benchmark suite's reference models and their timing builds
+(optcv.measure.reference), the A/B gate's models (optcv.gate.worker), the exports of users' declared models
+(optcv.runtime) and torch.compile's kernels (optcv.backends.torch_compile). A decode is stale when its source
+folder is gone or changed, or its origin is unknown (an older optcv); a model entry when no run has used it for
+`UNUSED_DAYS` (each use touches its key.json) or its build never finished.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from optcv.data import DecodeEntry, decode_entries, default_cache_dir, remove_de
 from optcv.errors import OptcvError
 
 DECODES = "cifar10-cache"
-MODEL_AREAS = ("bench-models", "gate-artifacts", "declared-models")
+MODEL_AREAS = ("bench-models", "timing-models", "gate-artifacts", "declared-models")
 COMPILED = "inductor"
 AREAS = (DECODES, *MODEL_AREAS, COMPILED)
 UNUSED_DAYS = 14

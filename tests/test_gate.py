@@ -24,7 +24,7 @@ from optcv.errors import (
     PerformanceRegression,
 )
 from optcv.gate.attribution import OUTSIDE, attribution, named_changes, operator_changes, outside_us
-from optcv.gate.config import GateConfig, case_specs
+from optcv.gate.config import GateConfig
 from optcv.gate.inject import write_injection
 from optcv.gate.ratio import baseline_for, make_baseline, ratio_gate, ratios_of
 from optcv.gate.sides import Side, check_python
@@ -167,24 +167,38 @@ def test_bad_thresholds_files_are_set_up_errors(tmp_path, content):
         Thresholds.load(path)
 
 
-def test_every_backend_and_model_is_gated_and_the_pull_request_set_is_a_subset():
-    every = [s.id for s in case_specs(GateConfig(cases=("all",)))]
+@pytest.fixture(scope="module")
+def suite() -> dict[str, str]:
+    """The gate's cases: the suite's gated tests (benchmarks/test_latency.py), collected from this tree."""
+    from optcv.gate.sides import HEAD_TREE
+    from optcv.gate.suite import suite_cases
+
+    return suite_cases(Side("head", sys.executable, HEAD_TREE))
+
+
+def test_every_backend_and_model_is_gated_and_the_pull_request_set_is_a_subset(suite):
+    """The gate's cases are the suite's tests, named by their parameter; its default set is a selection of them."""
+    from optcv.gate.suite import select_cases
+
+    every = list(select_cases(suite, GateConfig(cases=("all",))))
+    assert all(node == f"benchmarks/test_latency.py::test_{'training_step' if '/train/' in case else 'latency'}"
+                       f"[{case}]" for case, node in suite.items())
     for model in ("tutorial", "tunable", "resnet18", "mobilenet_v3_small"):
-        for backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "torch-compile"):
+        for backend in ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino"):
             assert f"{model}/{backend}/b1/t1" in every and f"{model}/{backend}/b64/t1" in every
-        assert f"{model}/train/b64/t1" in every
+        assert f"{model}/torch-compile/b1/t1" in every and f"{model}/train/b64/t1" in every
     assert "tutorial/onnxruntime/b256/t1" in every and "resnet18/onnxruntime/b256/t1" not in every
     assert len(every) == len(set(every))
-    default = [s.id for s in case_specs(GateConfig())]
+    default = list(select_cases(suite, GateConfig()))
     assert set(default) < set(every) and len(default) == 4 * 4 + 2
     assert not [case for case in default if "torch-compile" in case]  # its compiles cost minutes: nightly
-    assert [s.id for s in case_specs(GateConfig(models=("tutorial",), cases=("tutorial/*/b1/t1",)))] == [
+    assert list(select_cases(suite, GateConfig(models=("tutorial",), cases=("tutorial/*/b1/t1",)))) == [
         "tutorial/pytorch/b1/t1", "tutorial/onnxruntime/b1/t1", "tutorial/onnxruntime-int8/b1/t1",
-        "tutorial/torch-compile/b1/t1", "tutorial/openvino/b1/t1"]
-    chosen = case_specs(GateConfig(models=("resnet18",), backends=("openvino",), cases=("all",)))
-    assert [s.id for s in chosen] == ["resnet18/openvino/b1/t1", "resnet18/openvino/b64/t1"]
+        "tutorial/openvino/b1/t1", "tutorial/torch-compile/b1/t1"]
+    chosen = select_cases(suite, GateConfig(models=("resnet18",), backends=("openvino",), cases=("all",)))
+    assert list(chosen) == ["resnet18/openvino/b1/t1", "resnet18/openvino/b64/t1"]
     with pytest.raises(OptcvError, match="no gate case matches"):
-        case_specs(GateConfig(cases=("nothing/*",)))
+        select_cases(suite, GateConfig(cases=("nothing/*",)))
     with pytest.raises(OptcvError, match="unknown gate backend tensorrt"):
         GateConfig(backends=("tensorrt",))
 
@@ -192,8 +206,8 @@ def test_every_backend_and_model_is_gated_and_the_pull_request_set_is_a_subset()
 def test_build_recipes_ask_for_an_int8_twin_only_where_an_int8_case_needs_it():
     from optcv.gate.config import recipes_for
 
-    recipes = recipes_for(case_specs(GateConfig(models=("tutorial", "resnet18"), cases=(
-        "tutorial/onnxruntime-int8/*", "resnet18/pytorch/b1/t1"))))
+    recipes = recipes_for([_spec("tutorial/onnxruntime-int8/b1/t1"), _spec("tutorial/onnxruntime-int8/b1/t2"),
+                           _spec("resnet18/pytorch/b1/t1")])
     assert list(recipes) == ["tutorial", "resnet18"]
     assert recipes["tutorial"].int8["calibration_images"] > 0 and recipes["resnet18"].int8 is None
     assert recipes["resnet18"].train_images < recipes["tutorial"].train_images  # compute-heavy: fewer
@@ -539,7 +553,8 @@ def _finding(case, change, verdict):
 
 def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_last_word(tmp_path, monkeypatch):
 
-    from optcv.gate import timing
+    from optcv.gate import compare
+    from optcv.gate.compare import GateCases
     from optcv.gate.sides import HEAD_TREE, Side
 
     specs = [_spec(c) for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
@@ -553,14 +568,14 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_la
         calls.append(([s.label for s in sides], [s.id for s in specs_], attempt, sorted(earlier or {})))
         return passes[attempt], {"base": {}, "head": {}}, {s.id: f"samples of {s.id}" for s in specs_}
 
-    monkeypatch.setattr(timing, "_time_cases", fake_time_cases)
-    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: specs)
-    monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    monkeypatch.setattr(compare, "_time_cases", fake_time_cases)
+    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
     built = Built({}, "h", {}, "")
-    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(), data_dir=None,
-                        cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                        artifacts={"base": built, "head": built})
+    cases = GateCases(tuple(specs), {})  # timed by the harness workers, as a user's declared models are
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(),
+                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built}, cases=cases)
     # A fresh pool, head first, each case to be judged with its first pass's samples.
     assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1,
                         ["a/pytorch/b1/t1", "b/pytorch/b1/t1"])
@@ -568,9 +583,9 @@ def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_la
     assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
     assert [f.change_pct for f in result.retested] == [9.0, 9.0]
     calls.clear()
-    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False),
-                            Thresholds(), data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                        artifacts={"base": built, "head": built})
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False),
+                             Thresholds(), data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built}, cases=cases)
     assert len(calls) == 1 and len(result.regressions) == 2
 
 
@@ -578,7 +593,8 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     import contextlib
     from types import SimpleNamespace
 
-    from optcv.gate import timing
+    from optcv.gate import compare, timing
+    from optcv.gate.compare import GateCases
     from optcv.gate.sides import HEAD_TREE, Side
 
     # Per case, each pass's two worker pairs' head ÷ base: a real +5 % that one pool's pairs read +7 and +3.5,
@@ -602,15 +618,15 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
                 for i, (b, r) in enumerate(zip(base, reads[case][attempt], strict=True))]
         return timing.CaseSamples(case, 10, base, head)
 
-    monkeypatch.setattr(timing, "worker_pool", fake_pool)
-    monkeypatch.setattr(timing, "time_case", fake_time_case)
-    monkeypatch.setattr(timing, "case_specs", lambda config, declared=None: [_spec(c) for c in reads])
-    monkeypatch.setattr(timing, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    monkeypatch.setattr(compare, "worker_pool", fake_pool)
+    monkeypatch.setattr(compare, "time_case", fake_time_case)
+    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
     side = Side("base", sys.executable, HEAD_TREE)
     built = Built({}, "h", {}, "")
-    result = timing.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
-                            data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                            artifacts={"base": built, "head": built})
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
+                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built},
+                             cases=GateCases(tuple(_spec(c) for c in reads), {}))
     final = {f.case: f for f in result.findings}
     first = {f.case: f for f in result.retested}
     assert pools == [(["base", "head"], 0), (["head", "base"], 1)]  # one fresh pool re-times them, head first
@@ -697,12 +713,12 @@ def test_self_test_checks_that_each_slowdown_is_named_where_it_was_put():
     assert "1/2 failing cases" in self_test_markdown(result) and "aten::exp" in self_test_markdown(result)
 
 
-def test_the_committed_per_case_thresholds_each_name_a_case_and_give_their_measured_resolution():
+def test_the_committed_per_case_thresholds_each_name_a_case_and_give_their_measured_resolution(suite):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gate_thresholds.json"
     thresholds = Thresholds.load(path)
-    every = [s.id for s in case_specs(GateConfig(cases=("all",)))]
+    every = list(suite)
     measured = json.loads(path.read_text())["why"]["half_width_pct"]
     for pattern, pct in thresholds.per_case:
         assert [case for case in every if case == pattern], f"{pattern} names no gate case"
@@ -827,15 +843,18 @@ def test_a_case_with_noisy_rounds_adds_rounds_until_precise_or_out_of_time(monke
 WIDEST_GATED_THRESHOLD_PCT = 20.0
 
 
-def test_no_case_is_gated_in_name_only():
-    """Every case the gate can time has a threshold it can resolve in optcv's own thresholds file, and the cases
-    that cannot resolve one are not cases at all (tutorial/pytorch/b1/t2 at ~40 % half-width)."""
-    from optcv.gate.config import NOT_GATED
+def test_no_case_is_gated_in_name_only(suite):
+    """Every case the gate can time has a threshold it can resolve in optcv's own thresholds file, and the tests
+    that cannot resolve one are marked not gated (tutorial/pytorch/b1/t2 at ~40 % half-width), with the reason."""
+    from benchmarks.test_latency import NOT_GATED, not_gated
+    from optcv.measure.case import CaseId
 
     root = Path(__file__).resolve().parents[1]
     thresholds = Thresholds.load(root / "benchmarks" / "gate_thresholds.json")
-    cases = {spec.id for spec in case_specs(GateConfig(cases=("all",)))}
+    cases = set(suite)
     assert not cases & set(NOT_GATED) and "tutorial/onnxruntime/b1/t2" in cases
+    assert all(not_gated(CaseId.parse(case)) is None for case in cases)
+    assert not_gated(CaseId.parse("tutorial/pytorch/b1/t2")) and not_gated(CaseId.parse("tutorial/openvino/b64/t2"))
     widest = max(cases, key=thresholds.for_case)
     assert thresholds.for_case(widest) <= WIDEST_GATED_THRESHOLD_PCT, widest
 

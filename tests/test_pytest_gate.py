@@ -194,7 +194,7 @@ def test_the_timed_thread_serves_on_one_cpu_and_gets_its_cpus_back(tmp_path):
     git(repo, "init", "-q", "-b", "main")
     log = tmp_path / "where.log"
     commit(repo, {"test_pin.py": PINNED.format(log=str(log))}, "one benchmark")
-    done = pytest_in(repo, "--gate-against", "HEAD", "--gate-threshold", "50")
+    done = pytest_in(repo, "--gate-against", "HEAD", "--gate-threshold", "50", "--gate-even-if-unchanged")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     seen: dict[str, set[str]] = {}
     for tag, where in (line.split() for line in log.read_text().splitlines()):
@@ -202,3 +202,58 @@ def test_the_timed_thread_serves_on_one_cpu_and_gets_its_cpus_back(tmp_path):
     all_cpus = ",".join(map(str, cpus))
     assert seen["timed"] - {all_cpus} == {str(cpus[-1])}, seen  # the calibration's first calls ran unpinned
     assert seen["after"] == {all_cpus}, seen
+
+
+def test_a_commit_that_changes_no_code_is_not_timed_and_says_so(tmp_path):
+    """Base and head hold the same code (a README-only commit): nothing is timed A/B, the summary says why, the
+    tests run as pytest-benchmark alone; --gate-even-if-unchanged times them anyway."""
+    repo = plain_repository(tmp_path / "repo")
+    commit(repo, {"README.md": "three benchmarks\n"}, "a README")
+    done = pytest_in(repo, "--gate-against", "HEAD~1", "--gate-json", "same.json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "hold the same code" in done.stdout and "3 passed" in done.stdout, done.stdout[-3000:]
+    said = json.loads((repo / "same.json").read_text())
+    assert said["same_code"] and said["tests"] == []
+    done = pytest_in(repo, "--gate-against", "HEAD~1", "--gate-json", "timed.json", "--gate-even-if-unchanged",
+                     "-k", "sort")
+    assert done.returncode == 0, done.stdout[-3000:]
+    timed = json.loads((repo / "timed.json").read_text())
+    assert timed["same_code"] is None and [t["gated"] for t in timed["tests"]] == [True]
+
+
+SESSION_ARGS_CONFTEST = '''\
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--size", type=int, default=1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_gate_session_args(config):
+    return ["--size", str(config.getoption("size"))]
+'''
+SESSION_ARGS_TEST = '''\
+import os
+
+
+def test_size(benchmark, request):
+    with open({log!r}, "a") as log:
+        log.write(f"{{os.getpid()}} {{request.config.getoption('size')}}\\n")
+    assert benchmark(sum, range(request.config.getoption("size"))) >= 0
+'''
+
+
+def test_a_suites_conftest_passes_its_own_options_to_every_session(tmp_path):
+    """A conftest's pytest_gate_session_args reaches every side's session (optcv's own suite passes its tier so)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    log = tmp_path / "sizes.log"
+    commit(repo, {"conftest.py": SESSION_ARGS_CONFTEST, "test_size.py": SESSION_ARGS_TEST.format(log=str(log))},
+           "a benchmark with an option")
+    done = pytest_in(repo, "--gate-against", "HEAD", "--gate-even-if-unchanged", "--size", "7",
+                     "--gate-threshold", "50")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert len({pid for pid, _ in seen}) >= 8 and {size for _, size in seen} == {"7"}, seen

@@ -33,10 +33,10 @@ from render import side_bias_summary as summary
 
 from optcv._io import work_folder
 from optcv.data import default_cache_dir
+from optcv.gate.compare import measure
 from optcv.gate.config import SETUP_ORDERS, GateConfig
 from optcv.gate.revisions import repo_root, resolve_revision, revision_tree
 from optcv.gate.sides import HEAD_TREE, Side, copy_of_working_tree
-from optcv.gate.timing import measure
 from optcv.gate.verdict import Thresholds
 
 TREES = ("swapped-trees", "both-worktrees", "clean-roots", "head-in-place", "same-tree")

@@ -9,37 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optcv.declared.config import DeclaredModel, load_declarations
-from optcv.env import usable_cores
 from optcv.errors import OPTIONAL_MODULES, MissingDependency, OptcvError
 from optcv.gate.worker.protocol import CaseSpec, DeclaredRecipe, Recipe, ReferenceRecipe
 from optcv.measure.reference import REFERENCE_MODELS
 from optcv.runtime import BACKENDS as REGISTRY
-from optcv.runtime import DEFAULT_BACKENDS, backend_unavailable
+from optcv.runtime import backend_unavailable
 from optcv.training.models import arch_name
 
 MODELS = tuple(REFERENCE_MODELS)
 BACKENDS = tuple(REGISTRY)
-PREDICT_IMAGES = 2048
-# The pull-request set, 18 cases, about 3 minutes warm here: every backend but torch-compile at batch 1 on one
-# thread on every reference model, TutorialNet's batch 64 in ONNX Runtime and its training step. torch-compile
-# prepares each shape for 12-35 s in every worker (four per gate), minutes before the first timing, so it is
-# gated in `--cases all` (nightly), which adds it, two threads, every backend batched and every training step.
+# The pull-request selection of the suite's cases (benchmarks/test_latency.py), 18 tests, about 3 minutes warm: every
+# backend but torch-compile at batch 1 on one thread on every reference model, TutorialNet's batch 64 in ONNX Runtime
+# and its training step. torch-compile prepares each shape for 12-35 s in every session (four a side), so it is gated
+# in `--cases all` (nightly), which adds it, two threads, every backend batched and every training step.
 DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b1/t1", "*/openvino/b1/t1",
                  "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
 ALL_CASES = "all"
 MEASURES = ("time", "memory", "instructions")
 HASH_SEEDS = ("per-pair", "fixed")  # optcv.gate.workers.worker_pool
 SETUP_ORDERS = ("together", "abba", "base-first", "head-first", "alternate", "random")  # optcv.gate.workers.pair_orders
-
-# Cases the gate cannot resolve, left out of every set with the reason: a gate there would pass anything.
-NOT_GATED = {"tutorial/pytorch/b1/t2": "two threads hand TutorialNet's tiny call between the cores, and its unchanged "
-                                       "gates' 95 % half-width was about 40 % (benchmarks/gate_thresholds.json); the "
-                                       "one-thread case gates the same code"}
-
-# Batched and training cases are gated at one thread: on a 2-core machine shared with the gate's own
-# processes, all-core runs of 5-50 ms calls moved ±5-20 % between rounds of identical code (measured here),
-# too much to see 5 %. The suite still times them at every thread count.
-BATCH_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -72,8 +60,6 @@ class GateConfig:
     max_case_seconds: float = 7.0
     warmup_ms: float = 200.0
     gap_ms: float = 2.0  # idle time between turns, so the last worker's spinning threads settle first
-    batch_sizes: tuple[int, ...] = (64, 256)
-    train_batch: int = 64
     cases: tuple[str, ...] = DEFAULT_CASES  # glob patterns; ("all",): every case of the models and backends
     profile_ms: float = 2000.0  # per side, for a failing case's operator comparison (in PROFILE_REPEATS parts)
     # A case that fails is timed again with a fresh pool of workers before the gate says so: a process's
@@ -111,25 +97,13 @@ class GateConfig:
             raise OptcvError(f"unknown set-up order {self.setup_order}: choose from {', '.join(SETUP_ORDERS)}")
 
 
-def _all_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[CaseSpec]:
-    """Per reference model: every backend at batch 1 on one thread (PyTorch and ONNX Runtime on all cores too),
-    batched at each of the model's batch sizes on one thread, and a training step. Per declared model: what its
-    declaration lists (backends × batch sizes × threads) among the gate's backends."""
-    cores = usable_cores()
-    specs: list[CaseSpec] = []
-    for model in (m for m in config.models if m in declared):
-        specs += [CaseSpec(model, "predict", backend, batch, threads, declared=True)
-                  for backend in declared[model].backends if backend in config.backends
-                  for batch in declared[model].batch_sizes for threads in declared[model].threads]
-    for model in (m for m in config.models if m not in declared):
-        for backend in config.backends:
-            threads = sorted({1, cores}) if backend in DEFAULT_BACKENDS else [1]
-            specs += [CaseSpec(model, "predict", backend, 1, n) for n in threads]
-        for batch in (b for b in config.batch_sizes if b in REFERENCE_MODELS[model].batch_sizes):
-            specs += [CaseSpec(model, "predict", backend, batch, BATCH_THREADS) for backend in config.backends]
-        if "pytorch" in config.backends:
-            specs.append(CaseSpec(model, "train", "pytorch", config.train_batch, BATCH_THREADS))
-    return [spec for spec in specs if spec.id not in NOT_GATED]
+def _declared_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[CaseSpec]:
+    """Per declared model: what its declaration lists (backends × batch sizes × threads) among the gate's backends.
+    (optcv's reference models' cases are the benchmark suite's tests: optcv.gate.suite.)"""
+    return [CaseSpec(model, "predict", backend, batch, threads, declared=True)
+            for model in config.models if model in declared
+            for backend in declared[model].backends if backend in config.backends
+            for batch in declared[model].batch_sizes for threads in declared[model].threads]
 
 
 def require_backends(specs: Sequence[CaseSpec]) -> None:
@@ -143,22 +117,18 @@ def require_backends(specs: Sequence[CaseSpec]) -> None:
                                     f"{install}, or leave {spec.backend} out with --backends")
 
 
-def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel] | None = None) -> list[CaseSpec]:
-    """The gated cases: those of the models and backends chosen that match `config.cases` (all of them for
-    ("all",)). A declared model's cases are all gated by default: its declaration chose them."""
-    declared = declared or {}
-    unknown = [m for m in config.models if m not in MODELS and m not in declared]
+def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> list[CaseSpec]:
+    """The gated cases of declared models: those of the models and backends chosen that match `config.cases`; all
+    of them by default (a declaration chose them)."""
+    unknown = [m for m in config.models if m not in declared]
     if unknown:
-        own = "" if declared else " (your own models: declare them, see docs/tutorials/your-model.md)"
-        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join([*MODELS, *declared])}{own}")
-    specs = _all_specs(config, declared)
-    if config.cases != (ALL_CASES,):
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in config.cases)
-                 or (s.declared and config.cases == DEFAULT_CASES)]
+        raise OptcvError(f"unknown gate model {unknown[0]}: choose from {', '.join(declared)}")
+    specs = _declared_specs(config, declared)
+    if config.cases not in ((ALL_CASES,), DEFAULT_CASES):
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in config.cases)]
     if not specs:
         raise OptcvError(f"no gate case matches {' '.join(config.cases)} for models {', '.join(config.models)} "
-                         f"and backends {', '.join(config.backends)}; case names look like "
-                         "tutorial/onnxruntime/b1/t1 or tunable/train/b64/t1 ('all': every case)")
+                         f"and backends {', '.join(config.backends)}; case names look like mynet/onnxruntime/b1/t1")
     return specs
 
 

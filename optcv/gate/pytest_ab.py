@@ -19,7 +19,7 @@ import numpy as np
 
 from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS
 from optcv.gate.config import GateConfig
-from optcv.gate.sessions import SessionPool, node_files
+from optcv.gate.sessions import SessionPool, SessionSettings, node_files
 from optcv.gate.sides import Side
 from optcv.gate.timing import CaseSamples, judge_samples, profile_case, time_case
 from optcv.gate.verdict import CaseFinding, Thresholds
@@ -85,9 +85,9 @@ class PytestGate:
     test in the main session's order (`run`), with a fresh pool for each re-test."""
 
     def __init__(self, base: Side, head: Side, nodes: Sequence[str], config: GateConfig, thresholds: Thresholds,
-                 workdir: Path, slowdown_pct: float = 0.0):
+                 workdir: Path, session: SessionSettings = SessionSettings()):
         self.sides = (base, head)
-        self.slowdown_pct = slowdown_pct  # the self-test's: every head session's timed calls, slowed by this %
+        self.session = session  # every session's arguments and environment; the head's self-test slowdown
         self.nodes, self.config, self.thresholds, self.workdir = list(nodes), config, thresholds, workdir
         self.pool: SessionPool | None = None
         self.gone: list[str] = []
@@ -95,8 +95,7 @@ class PytestGate:
 
     def start(self) -> None:
         if any((self.sides[0].tree / f).exists() for f in node_files(self.nodes)):
-            self.pool = SessionPool(self.sides, self.nodes, self.config, self.workdir,
-                                    slowdown_pct=self.slowdown_pct)
+            self.pool = SessionPool(self.sides, self.nodes, self.config, self.workdir, self.session)
             base, head = (self.pool.side_workers(label)[0] for label in ("base", "head"))
             self.gone = sorted(set(base.others) - set(head.others) - set(head.collected))
             self.base_errors = base.errors
@@ -135,8 +134,7 @@ class PytestGate:
     def _retest(self, node: str, finding: CaseFinding, samples: CaseSamples) -> tuple[CaseFinding, CaseSamples]:
         """A failing or undecided test timed again by fresh sessions (other layouts, the order mirrored) and judged
         on the pairs of both pools."""
-        pool = SessionPool(self.sides[::-1], [node], self.config, self.workdir, attempt=1,
-                           slowdown_pct=self.slowdown_pct)
+        pool = SessionPool(self.sides[::-1], [node], self.config, self.workdir, self.session, attempt=1)
         try:
             ready = [i for i, s in pool.wait(node).items() if s.ready]
             if len(ready) < len(pool.workers):
@@ -188,10 +186,10 @@ PYTEST_GATE_SCHEMA = "optcv-pytest-gate/1"
 
 
 def run_to_dict(against: str, sides: tuple[Side, Side] | None, outcomes: Sequence[GatedTest],
-                gone: Sequence[str]) -> dict[str, Any]:
+                gone: Sequence[str], same_code: str | None = None) -> dict[str, Any]:
     from optcv.env import environment_info
 
     return {"schema": PYTEST_GATE_SCHEMA, "against": against,
             "sides": {s.label: s.describe() for s in sides} if sides else None,
             "tests": [outcome_to_dict(o) for o in outcomes], "gone_from_head": list(gone),
-            "environment": environment_info()}
+            "same_code": same_code, "environment": environment_info()}

@@ -22,9 +22,9 @@ from optcv.backends.base import all_closed
 from optcv.data import default_cache_dir
 from optcv.env import environment_info, fingerprint_differences, machine_fingerprint, same_machine
 from optcv.errors import BaselineInvalid, BaselineMissing, BaselineOtherMachine, OptcvError, SpeedRegression
+from optcv.gate.compare import Log, prepare_inputs
 from optcv.gate.config import MODELS, build_recipes
 from optcv.gate.sides import HEAD_TREE, Side
-from optcv.gate.timing import Log, prepare_inputs
 from optcv.gate.worker.protocol import ReferenceModel
 from optcv.gate.workers import build_artifacts
 from optcv.measure.latency import RESULT_SCHEMA, BenchConfig, run_bench

@@ -12,17 +12,18 @@ from typing import Any
 from optcv._io import work_folder
 from optcv.data import default_cache_dir
 from optcv.errors import GateSetupError
-from optcv.gate.config import GateConfig, case_specs, declared_models, require_backends
+from optcv.gate.compare import Log, gate_cases, measure
+from optcv.gate.config import GateConfig, require_backends
 from optcv.gate.ratio import DEFAULT_BASELINE, RatioFallback, run_ratio_fallback
-from optcv.gate.sides import Side, sides_for, subject_hash, timed_code_hash
-from optcv.gate.timing import Log, measure
+from optcv.gate.sides import Side, sides_for, subject_hash
+from optcv.gate.suite import suite_code_hash
 from optcv.gate.verdict import SAME_CODE_SCHEMA, GateResult, Thresholds
 
 
 @dataclass(frozen=True)
 class SameCode:
     """Base and head hold the same timed optcv code under the same interpreter (a commit that changed only the
-    README, the tests or the gate itself: optcv.gate.sides.timed_code_hash): timing them would compare identical
+    README, the tests or the gate itself: optcv.gate.suite.suite_code_hash): timing them would compare identical
     code, so nothing was timed."""
 
     base: str
@@ -65,12 +66,13 @@ def run_gate(config: GateConfig = GateConfig(), thresholds: Thresholds = Thresho
             return _without_base(sides, config, baseline, allow_no_base, data_dir, log)
         # A selection that matches nothing is an error, also on a commit with nothing to time, so that a mistyped
         # --cases never passes for a quiet one; so is a backend this interpreter cannot run.
-        require_backends(case_specs(config, declared_models(config, sides[1].tree)))
+        cases = gate_cases(config, sides[1])
+        require_backends(cases.specs)
         if not even_if_unchanged and (same := _same_code(*sides)):
             return same
         workdir = stack.enter_context(work_folder("optcv-gate-"))
         return measure(*sides, config, thresholds, data_dir=data_dir, cache_dir=default_cache_dir(),
-                       workdir=workdir, log=log, progress=progress)
+                       workdir=workdir, log=log, progress=progress, cases=cases)
     raise AssertionError("unreachable")
 
 
@@ -86,7 +88,7 @@ def _without_base(reason: str, config: GateConfig, baseline: str | Path, allow_n
 
 
 def _same_code(base: Side, head: Side) -> SameCode | None:
-    hash_of = subject_hash if head.harness else timed_code_hash
+    hash_of = subject_hash if head.harness else suite_code_hash
     found = hash_of(head.source_tree)
     if base.python != head.python or hash_of(base.tree) != found:
         return None

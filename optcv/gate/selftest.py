@@ -23,10 +23,10 @@ from optcv.data import default_cache_dir
 from optcv.env import environment_info
 from optcv.errors import OptcvError
 from optcv.gate.attribution import OUTSIDE, named_changes
-from optcv.gate.config import GateConfig, build_recipes, case_specs, recipes_for
+from optcv.gate.compare import Log, gate_cases, measure, prepare_inputs
+from optcv.gate.config import GateConfig, build_recipes, recipes_for
 from optcv.gate.inject import TARGETS, TOUCHES, write_injection
 from optcv.gate.sides import HEAD_TREE, Side
-from optcv.gate.timing import Log, measure, prepare_inputs
 from optcv.gate.verdict import (
     DEFAULT_THRESHOLD_PCT,
     CaseFinding,
@@ -341,7 +341,10 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
     goes on after the runs it holds."""
     injections = [dict(p) for p in (default_plan() if plan is None else plan)]
     wrapped = sorted({t for injected in injections for t in injected})  # every run wraps these, on both sides
-    specs = case_specs(config)  # fails early on a pattern that matches no case
+    cases = gate_cases(config, Side("head", sys.executable, HEAD_TREE))  # fails early on a pattern matching none
+    # The harness workers build their own models for memory and instructions (and the work target's sizing);
+    # time alone runs in the suite's sessions, which build theirs.
+    harness = any(m in config.measures for m in ("memory", "instructions")) or not cases.tests
     settings = {**asdict(config), "wrapped_on_both_sides": wrapped, "attribution": attribution,
                 "retest_threshold_pct": min(thresholds)}
     runs = resumable_runs(Path(record), settings, injections) if record else []
@@ -349,10 +352,10 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
         log(f"self-test: {len(runs)} of {len(injections)} runs recorded in {record}; going on from run {len(runs) + 1}")
     with work_folder("optcv-selftest-") as workdir:
         inputs, root = prepare_inputs(workdir, data_dir)
-        built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, _recipes(specs), root,
-                                default_cache_dir())
-        work = _work_sizer(workdir, wrapped, specs, Setup(inputs, built), log) \
-            if any(i.get("work") for i in injections) else None
+        built = build_artifacts(Side("base", sys.executable, HEAD_TREE), workdir, _recipes(cases.specs), root,
+                                default_cache_dir()) if harness else None
+        work = _work_sizer(workdir, wrapped, cases.specs, Setup(inputs, built), log) \
+            if built and any(i.get("work") for i in injections) else None
         for index, injected in enumerate(injections):
             if index < len(runs):
                 continue
@@ -367,7 +370,7 @@ def run_self_test(config: GateConfig = GateConfig(), plan: Sequence[Injection] |
             run_config = GateConfig(**{**asdict(config), "seed": config.seed + index, "profile_ms": profile_ms})
             result = measure(base, head, run_config, Thresholds(min(thresholds)), data_dir=root,
                              cache_dir=default_cache_dir(), workdir=workdir, log=lambda _m: None,
-                             artifacts={"base": built, "head": built})
+                             artifacts={"base": built, "head": built} if built else None, cases=cases)
             runs.append(SelfTestRun(injected, run_config.seed, result.findings, result.seconds,
                                     {f.case: f for f in result.retested}, result.measured))
             if record:

@@ -44,6 +44,15 @@ EVENT_TIMEOUT_S = 900.0  # one test's fixtures on one side, or one answer: a hun
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    """What every session of a gate gets beyond its side: arguments before the tests' files, environment variables,
+    and (the head's only) the self-test's slowdown of each timed sample in %."""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    slowdown_pct: float = 0.0
+
+
+@dataclass(frozen=True)
 class Gone:
     """A session's pipe closed: it ended (or died) without a word."""
 
@@ -121,16 +130,18 @@ class SessionWorker:
 
 
 def start_session(side: Side, pair: int, index: int, workdir: Path, nodes_file: Path, files: Sequence[str],
-                  pad: int, hash_seed: int, slowdown_pct: float = 0.0) -> SessionWorker:
+                  pad: int, hash_seed: int, settings: SessionSettings = SessionSettings()) -> SessionWorker:
     worker_reads, coordinator_writes = os.pipe()
     coordinator_reads, worker_writes = os.pipe()
     log_path = workdir / f"{side.label}-pytest-{index}.log"
-    env = {**side.env(pad, hash_seed), "OPTCV_GATE_FDS": f"{worker_reads},{worker_writes}",
+    slowdown_pct = settings.slowdown_pct if side.label == "head" else 0.0
+    env = {**side.env(pad, hash_seed), **dict(settings.env), "OPTCV_GATE_FDS": f"{worker_reads},{worker_writes}",
            "OPTCV_GATE_NODES": str(nodes_file), "OPTCV_GATE_SLOWDOWN_PCT": str(slowdown_pct)}
     with open(log_path, "w") as log:
-        process = subprocess.Popen([side.python, str(SESSION_SCRIPT), *SESSION_ARGS, *files], cwd=side.tree,
-                                   env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   pass_fds=(worker_reads, worker_writes), preexec_fn=worker_start)
+        command = [side.python, str(SESSION_SCRIPT), *SESSION_ARGS, *settings.args, *files]
+        process = subprocess.Popen(command, cwd=side.tree, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, pass_fds=(worker_reads, worker_writes),
+                                   preexec_fn=worker_start)
     os.close(worker_reads)
     os.close(worker_writes)
     return SessionWorker(side, pair, process, coordinator_reads, coordinator_writes, log_path)
@@ -142,7 +153,7 @@ class SessionPool:
     the pair's own (optcv.gate.workers)."""
 
     def __init__(self, sides: Sequence[Side], nodes: Sequence[str], config: GateConfig, workdir: Path,
-                 attempt: int = 0, slowdown_pct: float = 0.0):
+                 settings: SessionSettings = SessionSettings(), attempt: int = 0):
         self.nodes = list(nodes)
         nodes_file = workdir / f"nodes-{attempt}.txt"
         nodes_file.write_text("\n".join(self.nodes) + "\n", encoding="utf-8")
@@ -155,7 +166,7 @@ class SessionPool:
                 own = [pair_tree(side, f"{attempt}-{i}", workdir) for side in pair] if config.tree_per_pair else pair
                 self.workers += [start_session(side, i, i + attempt * per_side, workdir, nodes_file,
                                                [f for f in files if (side.tree / f).exists()], pads[i], seeds[i],
-                                               slowdown_pct if side.label == "head" else 0.0)
+                                               settings)
                                  for side in own]
             for worker in self.workers:
                 self._read_collected(worker)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -104,6 +106,30 @@ class Side:
                      "revision": self.revision, "injection": [str(p) for p in self.extra_path],
                      "harness": str(self.harness) if self.harness else None}
         return {**described, **checked_out(self.source_tree)} if self.revision is None else described
+
+
+_VERSIONS = """
+import json, sys
+from importlib import metadata
+found = {"python": sys.version.split()[0]}
+for name in ("torch", "onnxruntime", "onnx", "numpy"):
+    try:
+        found[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        found[name] = "not installed"
+print(json.dumps(found))
+"""
+
+
+@functools.cache
+def interpreter_versions(python: str) -> dict[str, str]:
+    """Python's and the runtimes' versions in `python`'s environment (read from its metadata, nothing imported)."""
+    done = subprocess.run([python, "-c", _VERSIONS], capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout) if done.returncode == 0 else {"python": "unknown"}
+
+
+def side_versions(side: Side) -> dict[str, str]:
+    return dict(interpreter_versions(side.python))
 
 
 def check_python(python: str) -> str:

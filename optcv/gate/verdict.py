@@ -155,8 +155,11 @@ class Thresholds:
         if measure != "time":
             default, per_case = next(((d, c) for m, d, c in self.others if m == measure),
                                      (MEASURE_DEFAULTS_PCT[measure], ()))
-        for pattern, value in per_case:  # a name first as it is: a pytest node id's "[1]" is no glob's class
-            if case == pattern or fnmatch.fnmatchcase(case, pattern):
+        # A pytest node id is matched as it is (its "[1]" is no glob's class), then by its parameter's id alone:
+        # a suite's case `test_latency[tutorial/onnxruntime/b1/t1]` by `tutorial/onnxruntime/b1/t1`.
+        names = (case, case[case.index("[") + 1:-1]) if case.endswith("]") and "[" in case else (case,)
+        for pattern, value in per_case:
+            if any(name == pattern or fnmatch.fnmatchcase(name, pattern) for name in names):
                 return value
         return default
 
@@ -306,6 +309,9 @@ class GateResult:
     # `findings` holds the last word (a failure's re-test; an undecided case's judgement on both passes).
     retested: list[CaseFinding] = field(default_factory=list)
     measured: list[MeasureFinding] = field(default_factory=list)  # memory and instructions, where asked for
+    # The cases that could not be compared, each with why (a test new in the head, failing or skipped on a side):
+    # never a pass in silence.
+    not_compared: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[CaseFinding]:
@@ -326,7 +332,8 @@ class GateResult:
                 "environment": self.environment, "seconds": self.seconds, "notes": self.notes,
                 "findings": [{**asdict(f), "verdict": f.verdict.value} for f in self.findings],
                 "first_pass_of_retested": [{**asdict(f), "verdict": f.verdict.value} for f in self.retested],
-                "measured": [{**asdict(f), "verdict": f.verdict.value} for f in self.measured]}
+                "measured": [{**asdict(f), "verdict": f.verdict.value} for f in self.measured],
+                "not_compared": [{"case": case, "why": why} for case, why in self.not_compared]}
 
 
 def failure_kind(exc: BaseException) -> str | None:

@@ -24,10 +24,10 @@ from typing import Any
 from optcv._io import work_folder
 from optcv.data import default_cache_dir
 from optcv.errors import OptcvError
+from optcv.gate.compare import Log, measure
 from optcv.gate.config import GateConfig
 from optcv.gate.revisions import git, resolve_revision, revision_tree
 from optcv.gate.sides import HEAD_TREE, SUBJECT_SUFFIXES, Side
-from optcv.gate.timing import Log, measure
 from optcv.gate.verdict import CaseFinding, GateResult, Thresholds, Verdict
 from optcv.history.ingest import current_machine_environment, record_of, this_machine
 from optcv.history.records import BISECT

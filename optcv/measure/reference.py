@@ -72,10 +72,26 @@ OPTCV_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this o
 BUILD_ROOTS = ("optcv.measure.reference",)
 
 
-def build_inputs(name: str, data_source: str) -> dict[str, Any]:
+# The timed cases (optcv.measure.case) need realistic weights (trained, not random), not accuracy: each side of a
+# gate builds them with its own code, so their recipe is one epoch on a stratified subset, 4,000 images for the course
+# nets, 500 for the torchvision ones (ResNet-18 on 2,000 took 4 min a side here, both sides building at once).
+TIMING_TRAIN_IMAGES = 4_000
+TIMING_TRAIN_IMAGES_LARGE = 500  # the nets whose reference recipe trains on a subset: compute-heavy
+TIMING_EVAL_IMAGES = 500
+
+
+def timing_recipe(name: str) -> ReferenceModel:
+    """Reference model `name`'s recipe shortened for timing: the same net and int8 settings, one short epoch."""
+    spec = REFERENCE_MODELS[name]
+    images = TIMING_TRAIN_IMAGES if spec.train_images is None else TIMING_TRAIN_IMAGES_LARGE
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=1), train_images=images,
+                               eval_images=TIMING_EVAL_IMAGES)
+
+
+def build_inputs(name: str, data_source: str, for_timing: bool = False) -> dict[str, Any]:
     """Everything that can change what `build_reference(name)` makes: the recipe, the data, the build's code, the
     libraries, Python and the CPU's kernels."""
-    spec = REFERENCE_MODELS[name]
+    spec = timing_recipe(name) if for_timing else REFERENCE_MODELS[name]
     recipe = {"arch": arch_name(spec.model), "model": dataclasses.asdict(spec.model),
               "train": dataclasses.asdict(spec.train), "train_images": spec.train_images,
               "eval_images": spec.eval_images, "quantize": dataclasses.asdict(spec.quantize)}
@@ -87,14 +103,17 @@ def cache_key(name: str, data_source: str) -> str:
     return key_of(build_inputs(name, data_source))
 
 
-def build_reference(name: str, cifar: CIFAR10, cache_dir: Path) -> tuple[Path, Path]:
+def build_reference(name: str, cifar: CIFAR10, cache_dir: Path, for_timing: bool = False) -> tuple[Path, Path]:
     """(checkpoint, ONNX file) of reference model `name`, trained, exported and quantised (the int8 twin
-    beside the ONNX file, optcv.backends.onnxruntime_int8), or taken from the cache when its entry is whole."""
+    beside the ONNX file, optcv.backends.onnxruntime_int8), or taken from the cache when its entry is whole;
+    `for_timing`: by its timing recipe (timing_recipe)."""
     if name not in REFERENCE_MODELS:
         raise KeyError(f"unknown reference model {name!r}: choose from {', '.join(REFERENCE_MODELS)}")
-    inputs = build_inputs(name, cifar.source)
-    folder = build_once(Path(cache_dir) / "bench-models" / f"{name}-{key_of(inputs)}", inputs,
-                        lambda staging: _build(REFERENCE_MODELS[name], cifar, staging))
+    inputs = build_inputs(name, cifar.source, for_timing)
+    spec = timing_recipe(name) if for_timing else REFERENCE_MODELS[name]
+    area = "timing-models" if for_timing else "bench-models"
+    folder = build_once(Path(cache_dir) / area / f"{name}-{key_of(inputs)}", inputs,
+                        lambda staging: _build(spec, cifar, staging))
     mark_used(folder)
     return folder / "model.pt", folder / "model.onnx"
 

@@ -18,6 +18,12 @@ CASES_MODULE = Path(__file__).resolve().with_name("cases.py")
 PLAN = pytest.StashKey[Any]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from optcv.plugin import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("optcv", "optcv: your declared models' parity, latency and A/B gate")
     group.addoption("--optcv", action="store_true",
@@ -45,6 +51,9 @@ def _gate_options(parser: pytest.Parser) -> None:
                                                               "whose patterns match node ids")
     group.addoption("--gate-json", metavar="FILE", help="write every number of the gate to this JSON file")
     group.addoption("--gate-summary", metavar="FILE", help="write the gate's Markdown summary to this file")
+    group.addoption("--gate-even-if-unchanged", action="store_true",
+                    help="time the tests even where base and head hold the same code (by default such a run only "
+                         "says so, and the tests run as pytest-benchmark alone)")
     group.addoption("--gate-slowdown", metavar="PCT", type=float,
                     help="the gate's self-test on your own tests: slow every head call the gate times by PCT %% "
                          "(a busy wait inside the timed call), to see which change each test can catch")

@@ -15,7 +15,8 @@ from optcv._io import work_folder, write_json, write_text
 from optcv.errors import GateSetupError
 from optcv.gate.config import GateConfig
 from optcv.gate.pytest_ab import GatedTest, PytestGate, run_to_dict
-from optcv.gate.sides import Side, same_length_trees, sides_for
+from optcv.gate.sessions import SessionSettings
+from optcv.gate.sides import Side, same_length_trees, sides_for, subject_hash
 from optcv.gate.verdict import Thresholds
 from optcv.report.pytest_gate import gate_test_failure, summary_lines
 
@@ -36,6 +37,7 @@ class ABGatePlugin:
         self.outcomes: dict[str, GatedTest] = {}
         self.sides: tuple[Side, Side] | None = None
         self.left_out: dict[str, str] = {}  # marked optcv_not_ab: node id -> the marker's reason
+        self.same_code: str | None = None  # the hash both sides share, where nothing needed timing
 
     @pytest.hookimpl(trylast=True)  # after -k, -m and any plugin's selection: the tests this run will run
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -63,8 +65,15 @@ class ABGatePlugin:
             workdir = stack.enter_context(work_folder("optcv-pytest-gate-"))
             base, head = (with_src_layout(same_length_trees(side, workdir)) for side in sides)
             self.sides = (base, head)
+            slowdown = option("gate_slowdown")  # given, even as 0, the self-test times unchanged code on purpose
+            if slowdown is None and not option("gate_even_if_unchanged"):
+                self.same_code = same_code(base, head)
+                if self.same_code:
+                    return
+            session_args = [a for found in self.config.hook.pytest_gate_session_args(config=self.config)
+                            for a in found]
             self.gate = PytestGate(base, head, self.nodes, GateConfig(), thresholds, workdir,
-                                   slowdown_pct=option("gate_slowdown") or 0.0)
+                                   SessionSettings(tuple(session_args), slowdown_pct=slowdown or 0.0))
             stack.callback(self.gate.close)
             self.gate.start()
         except GateSetupError as exc:
@@ -89,7 +98,7 @@ class ABGatePlugin:
         if not self.nodes or self.config.option.collectonly:
             return
         lines = summary_lines(self.against, self.sides, [self.outcomes[n] for n in self.nodes if n in self.outcomes],
-                              self.gate.gone if self.gate else [], self.left_out)
+                              self.gate.gone if self.gate else [], self.left_out, self.same_code)
         terminalreporter.write_sep("=", f"optcv A/B gate against {self.against}")
         for line in lines:
             terminalreporter.write_line(line)
@@ -98,7 +107,15 @@ class ABGatePlugin:
         if self.config.getoption("gate_json"):
             write_json(self.config.getoption("gate_json"),
                        run_to_dict(self.against, self.sides, list(self.outcomes.values()),
-                                   self.gate.gone if self.gate else []))
+                                   self.gate.gone if self.gate else [], self.same_code))
+
+
+def same_code(base: Side, head: Side) -> str | None:
+    """The hash of what both sides' tests are made of (optcv.gate.sides.subject_hash: code, declarations, weights,
+    settings), where it is the same under the same interpreter: a commit that changed only documentation, whose
+    timing would compare identical code."""
+    found = subject_hash(head.tree)
+    return found if base.python == head.python and subject_hash(base.tree) == found else None
 
 
 def fixture_extra_info(fixture: Any, outcome: GatedTest) -> None:

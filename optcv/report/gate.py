@@ -189,6 +189,9 @@ def _headline(result: Any) -> str:
         beyond = sum(f.failed for f in judged)
         head += (f"; {measure}: {beyond} of {len(judged)} cases beyond their threshold" if beyond
                  else f"; {measure}: {len(judged)} cases, none beyond its threshold")
+    unpaired = getattr(result, "not_compared", [])
+    if unpaired:
+        head += f"; {len(unpaired)} case(s) NOT COMPARED (below)"
     return head
 
 
@@ -222,6 +225,7 @@ def gate_markdown(result: Any) -> str:
                                    "change": _change_text(final[f.case]), "verdict": final[f.case].verdict.value}
                                   for f in result.retested])]
     lines += measured_markdown(result)
+    lines += [f"- NOT COMPARED {case}: {why}" for case, why in getattr(result, "not_compared", [])]
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
 

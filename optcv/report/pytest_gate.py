@@ -42,8 +42,13 @@ def _row(outcome: GatedTest) -> dict[str, str]:
 
 
 def summary_lines(against: str, sides: tuple[Side, Side] | None, outcomes: Sequence[GatedTest],
-                  gone: Sequence[str], left_out: Mapping[str, str] | None = None) -> list[str]:
+                  gone: Sequence[str], left_out: Mapping[str, str] | None = None,
+                  same_code: str | None = None) -> list[str]:
     """The table of every benchmark test, then one line per test that was not gated, said why, and the notes."""
+    if sides is not None and same_code:
+        return [f"base {sides[0].revision or sides[0].tree} and head hold the same code (hash {same_code[:12]} of "
+                "their code, declarations and settings files) under the same interpreter: nothing was timed A/B, and "
+                "the tests ran as pytest-benchmark alone (--gate-even-if-unchanged times them anyway)"]
     if sides is not None:
         base, head = sides
         lines = [f"base {base.revision or base.tree}; head {head.tree.resolve()}; per test: {len(outcomes)} test(s), "
