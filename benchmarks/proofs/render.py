@@ -6,7 +6,7 @@ page per record in docs/results/proofs/, with its machine, date and versions, an
 
 A record is recognised by what it holds: selftest.json (`optcv gate --self-test --json`), how-fast.json (`optcv
 how-fast`), runs.json with gate-NN.json (unchanged_gates.py), runs.json with a level per run
-(pytest_gate_boundary.py), record.json (side_bias.py).
+(pytest_gate_boundary.py), runs.json with suite.json (suite_gate.py), record.json (side_bias.py).
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ def side_bias_summary(findings: list[dict[str, Any]]) -> dict[str, Any]:
             "excluded_above": sum(f["ci_low_pct"] > 0 for f in findings)}
 
 
-def pytest_boundary_table(out: Path, runs: list[dict[str, Any]]) -> list[str]:
-    """Per test and injected slowdown: runs, failures, intervals that held zero, the median change."""
-    lines = ["| test | slowdown | runs | failed | held zero | median change |", "|---|---:|---:|---:|---:|---:|"]
-    per: dict[tuple[str, float], list[dict]] = {}
+def pytest_boundary_table(out: Path, runs: list[dict[str, Any]], key: str = "level") -> list[str]:
+    """Per test and injected slowdown (or, with `key`, another arm): runs, failures, intervals that held zero, the
+    median change."""
+    lines = [f"| test | {'slowdown' if key == 'level' else key} | runs | failed | held zero | median change |",
+             f"|---|{'---:' if key == 'level' else ':---'}|---:|---:|---:|---:|"]
+    per: dict[tuple[str, Any], list[dict]] = {}
     for run in runs:
         for test in json.loads((out / run["json"]).read_text())["tests"]:
-            per.setdefault((test["node"], run["level"]), []).append(test)
+            per.setdefault((test["node"], run[key]), []).append(test)
     for (node, level), tests in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         found = [t["finding"] for t in tests if t["finding"]]
         failed = sum(t["verdict"] == "regression" for t in tests)
         held = sum(f["ci_low_pct"] <= 0 <= f["ci_high_pct"] for f in found)
         changes = sorted(f["change_pct"] for f in found)
         median = f"{changes[len(changes) // 2]:+.2f} %" if changes else "—"
-        lines.append(f"| {node.split('::')[-1]} | {level:g} % | {len(tests)} | {failed} | {held}/{len(found)} | "
+        arm = f"{level:g} %" if key == "level" else str(level)
+        lines.append(f"| {node.split('::')[-1]} | {arm} | {len(tests)} | {failed} | {held}/{len(found)} | "
                      f"{median} |")
     return lines
 
@@ -98,6 +101,22 @@ def _pytest_boundary(folder: Path) -> tuple[str, dict[str, Any], list[str]]:
              *pytest_boundary_table(folder, record["runs"])])
 
 
+def _suite_gate(folder: Path) -> tuple[str, dict[str, Any], list[str]]:
+    record, suite = (json.loads((folder / name).read_text()) for name in ("runs.json", "suite.json"))
+    runs = record["runs"]
+    changes = list(dict.fromkeys(r["change"] for r in runs))
+    rows = pytest_boundary_table(folder, runs, key="change")
+    cost = [f"{where}: {costs['1']:.2f} µs at batch 1, {costs['64']:.2f} µs at batch 64"
+            for where, costs in suite["copy_cost_us"].items()]
+    return ("the gate on optcv's own suite", record["environment"],
+            [f"`python benchmarks/proofs/suite_gate.py --runs {max(r['index'] for r in runs) + 1}` at "
+             f"`{suite['head'][:12]}`: {len(runs)} runs of `pytest benchmarks/test_latency.py` (the pull-request "
+             f"tier's 18 tests), {_walls(runs)}; exits "
+             + ", ".join(f"{c} {sorted({r['exit'] for r in runs if r['change'] == c})}" for c in changes) + ".", "",
+             "The change, in `OrtPredictor.predict`:", "", "```python", suite["change"].rstrip(), "```", "",
+             "What three copies cost, measured apart (median of 9): " + "; ".join(cost) + ".", "", *rows])
+
+
 def _side_bias(folder: Path) -> tuple[str, dict[str, Any], list[str]]:
     record = json.loads((folder / "record.json").read_text())
     variants = list(dict.fromkeys(g["variant"] for g in record["gates"]))
@@ -125,6 +144,7 @@ KINDS: list[tuple[Callable[[Path], bool], Callable[[Path], tuple[str, dict[str, 
     (lambda f: (f / "how-fast.json").is_file(), _how_fast),
     (lambda f: (f / "record.json").is_file(), _side_bias),
     (lambda f: (f / "runs.json").is_file() and (f / "gate-00.json").is_file(), _unchanged_gates),
+    (lambda f: (f / "runs.json").is_file() and (f / "suite.json").is_file(), _suite_gate),
     (lambda f: (f / "runs.json").is_file(), _pytest_boundary),
 ]
 
