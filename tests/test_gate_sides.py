@@ -1,0 +1,289 @@
+"""The gate's sides and workers: their trees, paths and interpreters, set-up orders and hash seeds, and the
+re-test of a failing or undecided case with fresh workers."""
+
+import dataclasses
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from optcv.errors import (
+    GateSetupError,
+)
+from optcv.gate.config import GateConfig
+from optcv.gate.sides import Side, check_python
+from optcv.gate.verdict import (
+    Thresholds,
+    Verdict,
+    judge,
+)
+from optcv.gate.worker.protocol import Built, Setup
+from tests.gate_helpers import finding_of, noisy_rounds, spec_of
+
+
+def test_a_sides_workers_keep_the_users_pythonpath_after_the_sides_tree(tmp_path, monkeypatch):
+    """A monorepo's packages on PYTHONPATH stay importable in the workers, and the side's optcv still wins over an
+    optcv found there."""
+    from optcv.gate.sides import HEAD_TREE, Side
+
+    theirs = tmp_path / "monorepo"
+    (theirs / "optcv").mkdir(parents=True)
+    (theirs / "optcv" / "__init__.py").write_text("raise ImportError('the wrong optcv')\n")
+    (theirs / "their_package.py").write_text("WHERE = 'monorepo'\n")
+    monkeypatch.setenv("PYTHONPATH", str(theirs))
+    script = "import their_package, optcv; print(their_package.WHERE, optcv.__file__)"
+    env = Side("head", sys.executable, HEAD_TREE).env()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["monorepo", str(HEAD_TREE / "optcv" / "__init__.py")], done.stderr
+
+
+def test_the_head_runs_from_a_copy_of_the_working_tree_shaped_like_the_bases_worktree(tmp_path):
+    """Both sides' trees resolve to paths of one length and shape (a tree elsewhere shifted the head's heap: a
+    side-level offset); the copy holds the working tree as it is, uncommitted changes and new files, and not what
+    .gitignore leaves out; what the gate reports is still the user's tree."""
+    from optcv.gate.sides import sides_for
+
+    repo = tmp_path / "their clone"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "model.py").write_text("WIDTH = 1\n")
+    (repo / ".gitignore").write_text("big/\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"],
+                   check=True)
+    (repo / "pkg" / "model.py").write_text("WIDTH = 2\n")  # uncommitted
+    (repo / "pkg" / "new.py").write_text("NEW = True\n")  # untracked
+    (repo / "big").mkdir()
+    (repo / "big" / "weights.bin").write_bytes(b"0" * 10)  # ignored
+    with sides_for("HEAD", None, repo / "pkg", repo, user_repository=True, copy_head=True) as (base, head):
+        assert len(str(base.tree.resolve())) == len(str(head.tree.resolve())) and head.tree != repo / "pkg"
+        assert base.tree.name == head.tree.name == "pkg"
+        assert (head.tree / "model.py").read_text() == "WIDTH = 2\n" and (head.tree / "new.py").is_file()
+        assert (base.tree / "model.py").read_text() == "WIDTH = 1\n"
+        assert not (head.tree.parent / "big").exists()
+        assert head.describe()["tree"] == str((repo / "pkg").resolve()) and head.source_tree == (repo / "pkg").resolve()
+    with sides_for("HEAD", None, repo / "pkg", repo, user_repository=True) as (_, in_place):
+        assert in_place.tree == (repo / "pkg").resolve()
+
+
+def test_every_worker_pair_runs_its_sides_from_trees_of_its_own(tmp_path):
+    """Each pair's trees are copies of their side's (so a tree's files and paths vary between pairs, where the
+    interval over pairs sees them), as long on both sides; a large file is linked, what git ignores left out; a
+    folder of the tree on the side's path (a src layout) is the copy's."""
+    from optcv.gate.sides import LINKED_FILE_BYTES, pair_tree
+
+    repo = tmp_path / "repo"
+    (repo / "optcv").mkdir(parents=True)
+    (repo / "optcv" / "__init__.py").write_text("X = 1\n")
+    (repo / "weights.bin").write_bytes(b"0" * (LINKED_FILE_BYTES + 1))
+    (repo / ".gitignore").write_text("scratch/\n")
+    (repo / "scratch").mkdir()
+    (repo / "scratch" / "notes.py").write_text("")
+    (repo / "optcv" / "__pycache__").mkdir()
+    (repo / "optcv" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    trees = {(label, pair): pair_tree(Side(label, sys.executable, repo), f"0-{pair}", work).tree
+             for label in ("base", "head") for pair in (0, 1)}
+    assert len(set(trees.values())) == 4
+    assert len(str(trees["base", 0])) == len(str(trees["head", 0]))
+    for tree in trees.values():
+        assert (tree / "optcv" / "__init__.py").read_text() == "X = 1\n" and not (tree / "optcv").is_symlink()
+        assert (tree / "weights.bin").is_symlink() and (tree / "weights.bin").resolve() == repo / "weights.bin"
+        assert not (tree / "scratch").exists() and not (tree / "optcv" / "__pycache__").exists()
+    (trees["head", 1] / "optcv" / "__init__.py").write_text("X = 2\n")  # an existing pair tree is kept
+    assert pair_tree(Side("head", sys.executable, repo), "0-1", work).tree == trees["head", 1]
+    assert (trees["head", 1] / "optcv" / "__init__.py").read_text() == "X = 2\n"
+    on_path = Side("head", sys.executable, repo, extra_path=(repo / "src", tmp_path / "injected"))
+    assert pair_tree(on_path, "0-1", work).extra_path == (trees["head", 1] / "src", tmp_path / "injected")
+
+
+def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
+    with pytest.raises(GateSetupError, match="base interpreter"):
+        check_python(str(tmp_path / "no-python"))
+
+
+def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_last_word(tmp_path, monkeypatch):
+
+    from optcv.gate import compare
+    from optcv.gate.compare import GateCases
+    from optcv.gate.sides import HEAD_TREE, Side
+
+    specs = [spec_of(c) for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
+    slow, same = Verdict.REGRESSION, Verdict.NO_CHANGE
+    passes = {0: [finding_of("a/pytorch/b1/t1", 9.0, slow), finding_of("b/pytorch/b1/t1", 9.0, slow),
+                  finding_of("c/pytorch/b1/t1", 0.0, same)],
+              1: [finding_of("a/pytorch/b1/t1", 8.0, slow), finding_of("b/pytorch/b1/t1", 0.5, same)]}
+    calls = []
+
+    def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt, earlier=None):
+        calls.append(([s.label for s in sides], [s.id for s in specs_], attempt, sorted(earlier or {})))
+        return passes[attempt], {"base": {}, "head": {}}, {s.id: f"samples of {s.id}" for s in specs_}
+
+    monkeypatch.setattr(compare, "_time_cases", fake_time_cases)
+    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    side = Side("base", sys.executable, HEAD_TREE)
+    built = Built({}, "h", {}, "")
+    cases = GateCases(tuple(specs), {})  # timed by the harness workers, as a user's declared models are
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(),
+                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built}, cases=cases)
+    # A fresh pool, head first, each case to be judged with its first pass's samples.
+    assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1,
+                        ["a/pytorch/b1/t1", "b/pytorch/b1/t1"])
+    assert [f.case for f in result.regressions] == ["a/pytorch/b1/t1"]
+    assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
+    assert [f.change_pct for f in result.retested] == [9.0, 9.0]
+    calls.clear()
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False),
+                             Thresholds(), data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built}, cases=cases)
+    assert len(calls) == 1 and len(result.regressions) == 2
+
+
+def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes(tmp_path, monkeypatch):
+    import contextlib
+
+    from optcv.gate import compare, timing
+    from optcv.gate.compare import GateCases
+    from optcv.gate.sides import HEAD_TREE, Side
+
+    # Per case, each pass's two worker pairs' head ÷ base: a real +5 % that one pool's pairs read +7 and +3.5,
+    # noise that one pool reads +8 and -1, a confirmed regression, a real +5 % that fails its first pass and
+    # whose re-test alone (+9 and +1: t with 1 degree of freedom) would not, a first-pass failure that fresh
+    # processes read as nothing, and a case with nothing to re-test.
+    reads = {"u/openvino/b1/t1": ((1.07, 1.035), (1.055, 1.045)), "n/openvino/b1/t1": ((1.08, 0.99), (1.0, 0.995)),
+             "a/pytorch/b1/t1": ((1.06, 1.06), (1.05, 1.05)), "f/pytorch/b1/t1": ((1.07, 1.06), (1.09, 1.01)),
+             "g/pytorch/b1/t1": ((1.05, 1.045), (1.0, 0.99)), "c/pytorch/b1/t1": ((1.0, 1.0),)}
+    pools = []
+
+    @contextlib.contextmanager
+    def fake_pool(sides, per_side, workdir, setup, seed, order, layout_seed, hash_seeds, tree_per_pair):
+        pools.append(([s.label for s in sides], seed))
+        yield [SimpleNamespace(side=s, settings={}) for s in sides]
+
+    def fake_time_case(workers, case, config, rng):
+        attempt, rounds = pools[-1][1], 40 - 10 * pools[-1][1]
+        base = [noisy_rounds(rounds, seed=10 * attempt + i) for i in range(2)]
+        head = [b * r * np.exp(np.random.default_rng(i).normal(0, 0.005, rounds))
+                for i, (b, r) in enumerate(zip(base, reads[case][attempt], strict=True))]
+        return timing.CaseSamples(case, 10, base, head)
+
+    monkeypatch.setattr(compare, "worker_pool", fake_pool)
+    monkeypatch.setattr(compare, "time_case", fake_time_case)
+    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
+    side = Side("base", sys.executable, HEAD_TREE)
+    built = Built({}, "h", {}, "")
+    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
+                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
+                             artifacts={"base": built, "head": built},
+                             cases=GateCases(tuple(spec_of(c) for c in reads), {}))
+    final = {f.case: f for f in result.findings}
+    first = {f.case: f for f in result.retested}
+    assert pools == [(["base", "head"], 0), (["head", "base"], 1)]  # one fresh pool re-times them, head first
+    assert sorted(first) == ["a/pytorch/b1/t1", "f/pytorch/b1/t1", "g/pytorch/b1/t1", "n/openvino/b1/t1",
+                             "u/openvino/b1/t1"]
+    assert first["u/openvino/b1/t1"].undecided and first["n/openvino/b1/t1"].undecided
+    assert all(first[c].failed for c in ("a/pytorch/b1/t1", "f/pytorch/b1/t1", "g/pytorch/b1/t1"))
+    assert final["u/openvino/b1/t1"].failed and final["u/openvino/b1/t1"].passes == 2
+    assert 4 < final["u/openvino/b1/t1"].change_pct < 6 and len(final["u/openvino/b1/t1"].pair_changes_pct) == 4
+    assert not final["n/openvino/b1/t1"].failed and final["n/openvino/b1/t1"].passes == 2
+    assert final["a/pytorch/b1/t1"].failed and final["a/pytorch/b1/t1"].passes == 2
+    re_test = fake_time_case(None, "f/pytorch/b1/t1", None, None)  # the re-test pool's samples again
+    assert not judge("f/pytorch/b1/t1", re_test.base_us, re_test.head_us, 3.0, 10).failed
+    assert final["f/pytorch/b1/t1"].failed and final["f/pytorch/b1/t1"].passes == 2
+    assert not final["g/pytorch/b1/t1"].failed and final["g/pytorch/b1/t1"].change_pct < 3
+    assert final["c/pytorch/b1/t1"].passes == 1 and "c/pytorch/b1/t1" not in first
+    assert [f.case for f in result.regressions] == ["u/openvino/b1/t1", "a/pytorch/b1/t1", "f/pytorch/b1/t1"]
+
+
+def test_abba_sets_up_as_many_pairs_base_first_as_head_first():
+    from optcv.gate.workers import pair_orders
+
+    sides = ["base", "head"]
+    firsts = [pair[0] for pair in pair_orders(sides, 4, "abba", seed=0)]
+    assert firsts == ["base", "head", "head", "base"]
+    assert [p[0] for p in pair_orders(sides, 4, "base-first", seed=0)] == ["base"] * 4
+    assert {p[0] for p in pair_orders(sides, 64, "random", seed=0)} == {"base", "head"}
+
+
+# A stand-in for a side's interpreter: it answers its set-up only once the other worker of its pair has had its own
+# set-up request too, so a pool that sets up one worker at a time waits on it and gets an error instead.
+PARTNER_WAITING_PYTHON = """#!/bin/sh
+read request
+touch "$OPTCV_TEST_MEET/$$"
+for _ in $(seq 30); do
+    [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ] && break
+    sleep 0.1
+done
+if [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ]; then
+    printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1}\\n' "$OPTCV_TEST_TREE"
+else
+    printf '{"type": "Failed", "error": "set up alone"}\\n'
+fi
+read request
+"""
+
+
+@pytest.mark.parametrize("order", ["together", "abba"])
+def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monkeypatch, order):
+    from optcv.gate.workers import worker_pool
+
+    python = tmp_path / "python"
+    python.write_text(PARTNER_WAITING_PYTHON)
+    python.chmod(0o755)
+    tree = tmp_path / "tree"
+    (tmp_path / "meet").mkdir()
+    monkeypatch.setenv("OPTCV_TEST_MEET", str(tmp_path / "meet"))
+    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
+    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
+    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
+    if order == "together":
+        with worker_pool(sides, 1, tmp_path, setup, order=order) as workers:
+            assert len(workers) == 2
+    else:
+        with pytest.raises(GateSetupError, match="set up alone"):
+            with worker_pool(sides, 1, tmp_path, setup, order=order):
+                pass
+
+
+SEED_REPORTING_PYTHON = """#!/bin/sh
+read request
+printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1, ' "$OPTCV_TEST_TREE"
+printf '"settings": {"hash_seed": "%s", "pad": %d}}\\n' "$PYTHONHASHSEED" "${#OPTCV_GATE_PAD}"
+read request
+"""
+
+
+@pytest.mark.parametrize("hash_seeds", ["per-pair", "fixed"])
+def test_a_pairs_two_workers_share_a_hash_seed_and_pairs_differ(tmp_path, monkeypatch, hash_seeds):
+    """The hash seed is sampled per pair like the memory layout: both sides of a pair alike, so identical code
+    gets identical layouts, and other pairs (and another gate seed) other seeds, so a layout's luck is spread
+    over the pairs the interval resamples instead of fixed for the whole gate."""
+    from optcv.gate.workers import worker_pool
+
+    python = tmp_path / "python"
+    python.write_text(SEED_REPORTING_PYTHON)
+    python.chmod(0o755)
+    tree = tmp_path / "tree"
+    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
+    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
+    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
+
+    def seeds(layout_seed):
+        with worker_pool(sides, 4, tmp_path, setup, layout_seed=layout_seed, hash_seeds=hash_seeds) as workers:
+            return {pair: {(w.side.label, w.settings["hash_seed"], w.settings["pad"])
+                           for w in workers if w.pair == pair} for pair in range(4)}
+
+    first, other_gate = seeds(0), seeds(1)
+    for pairs in (first, other_gate):
+        assert all(len({(seed, pad) for _, seed, pad in pair}) == 1 for pair in pairs.values())
+    by_pair = [next(iter(pair))[1] for pair in first.values()]
+    if hash_seeds == "fixed":
+        assert set(by_pair) == {"0"}
+    else:
+        assert len(set(by_pair)) == 4 and "0" not in by_pair
+        assert by_pair != [next(iter(pair))[1] for pair in other_gate.values()]
