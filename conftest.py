@@ -32,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "full: runs only in the nightly tier (pytest --tier full, tox -e full)")
+    # A relative data folder (the README's ../shared/data/cifar10) means the folder pytest was started from: the
+    # gate's sessions, and any test that changes folder, find it there too.
+    data = os.environ.get("OPTCV_DATA_DIR")
+    if data and not Path(data).expanduser().is_absolute():
+        os.environ["OPTCV_DATA_DIR"] = str((config.invocation_params.dir / data).resolve())
 
 
 @pytest.hookimpl(optionalhook=True)

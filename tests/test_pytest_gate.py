@@ -257,3 +257,31 @@ def test_a_suites_conftest_passes_its_own_options_to_every_session(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     seen = [line.split() for line in log.read_text().splitlines()]
     assert len({pid for pid, _ in seen}) >= 8 and {size for _, size in seen} == {"7"}, seen
+
+
+ONLY_OUTSIDE_THE_GATE = '''\
+import os
+
+
+def test_needs_what_only_this_run_has(benchmark):
+    # As a test whose fixture reads a path relative to where pytest started: it breaks only in the gate's sessions.
+    assert "OPTCV_GATE_FDS" not in os.environ, "needs this run's environment"
+    benchmark(sum, range(10))
+'''
+
+
+def test_a_test_that_fails_in_the_heads_sessions_fails_even_where_this_run_would_pass(tmp_path):
+    """Nothing compared because the head's sessions fail is a failure of the test, naming the sessions' error,
+    never a pass of the test as pytest-benchmark alone ran it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, {"test_env.py": ONLY_OUTSIDE_THE_GATE}, "a test that breaks in the gate")
+    done = pytest_in(repo, "--gate-against", "HEAD", "--gate-even-if-unchanged")
+    assert done.returncode == 1, done.stdout[-3000:]
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "test_needs_what_only_this_run_has" in failed[0], failed
+    assert "fails in the gate's head sessions" in done.stdout, done.stdout[-3000:]
+    assert "needs this run's environment" in done.stdout, done.stdout[-3000:]
+    done = pytest_in(repo, "--gate-against", "none")
+    assert done.returncode == 0, done.stdout[-3000:]  # the same test, without the gate

@@ -27,7 +27,7 @@ from optcv.measure.case import PREDICT_IMAGES, CaseId
 
 def prepare_inputs(workdir: Path, data_dir: str | Path | None) -> tuple[dict[str, str], str]:
     """The identical inputs both sides are timed on: real test images, and training images with labels."""
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir).resolve()
     data = load_cifar10(root, progress=False)
     arrays = {"predict_images": data.test.images[:PREDICT_IMAGES].numpy(),
               "train_images": data.train.images[:512].numpy(), "train_labels": data.train.labels[:512].numpy()}
@@ -74,7 +74,7 @@ def measure(base: Side, head: Side, config: GateConfig, thresholds: Thresholds, 
     harness = not cases.tests or any(m in config.measures for m in ("memory", "instructions"))
     # A gate of declared models alone needs no CIFAR-10: each model's inputs come from its declaration.
     reference = any(not s.declared for s in cases.specs)
-    root = str(resolve_data_dir(data_dir)) if reference else None
+    root = str(resolve_data_dir(data_dir).resolve()) if reference else None  # the sessions run in other folders
     inputs, artifacts = ({}, dict(artifacts or {}))
     if harness:
         inputs, root = prepare_inputs(workdir, data_dir) if reference else ({}, None)

@@ -87,11 +87,11 @@ class ABGatePlugin:
         fixture = pyfuncitem.funcargs.get("benchmark")
         if fixture is not None:
             fixture_extra_info(fixture, outcome)
-        if outcome.finding is None:
-            return None  # not paired: the test runs here, timed by pytest-benchmark alone
         failure = gate_test_failure(outcome)
         if failure:
             pytest.fail(failure, pytrace=False)
+        if outcome.finding is None:
+            return None  # not paired: the test runs here, timed by pytest-benchmark alone
         return True
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -19,6 +19,8 @@ def gate_test_failure(outcome: GatedTest) -> str | None:
     """Why the test fails, or None: its assertions on the head side, or a regression beyond its threshold."""
     if outcome.head_failure:
         return f"the test fails on the head side: {outcome.head_failure}"
+    if outcome.unpaired is Unpaired.FAILS_ON_HEAD:  # the code under test failed where the gate runs it
+        return f"the test fails in the gate's head sessions, so nothing was compared: {outcome.detail}"
     finding = outcome.finding
     if finding is None or not finding.failed:
         return None
