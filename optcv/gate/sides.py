@@ -108,23 +108,16 @@ class Side:
         return {**described, **checked_out(self.source_tree)} if self.revision is None else described
 
 
-_VERSIONS = """
-import json, sys
-from importlib import metadata
-found = {"python": sys.version.split()[0]}
-for name in ("torch", "onnxruntime", "onnx", "numpy"):
-    try:
-        found[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        found[name] = "not installed"
-print(json.dumps(found))
-"""
+# The worker's own reading of the versions (standard library only), run in the side's interpreter.
+_VERSIONS = ("import json, runpy, sys; "
+             "print(json.dumps(runpy.run_path(sys.argv[1])['versions']()))")
+_SIDE_SCRIPT = Path(__file__).resolve().parent / "worker" / "side.py"
 
 
 @functools.cache
 def interpreter_versions(python: str) -> dict[str, str]:
     """Python's and the runtimes' versions in `python`'s environment (read from its metadata, nothing imported)."""
-    done = subprocess.run([python, "-c", _VERSIONS], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([python, "-c", _VERSIONS, str(_SIDE_SCRIPT)], capture_output=True, text=True, timeout=60)
     return json.loads(done.stdout) if done.returncode == 0 else {"python": "unknown"}
 
 
