@@ -57,8 +57,7 @@ def gate_cases(config: GateConfig, head: Side) -> GateCases:
     specs = []
     for case in tests:
         parsed = CaseId.parse(case)
-        specs.append(CaseSpec(parsed.model, parsed.kind, "pytorch" if parsed.kind == "train" else parsed.backend,
-                              parsed.batch, parsed.threads))
+        specs.append(CaseSpec(parsed.model, parsed.kind, parsed.runtime, parsed.batch, parsed.threads))
     return GateCases(tuple(specs), tests)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from optcv.declared.config import DeclaredModel, load_declarations
 from optcv.errors import OPTIONAL_MODULES, MissingDependency, OptcvError
 from optcv.gate.worker.protocol import CaseSpec, DeclaredRecipe, Recipe, ReferenceRecipe
-from optcv.measure.reference import REFERENCE_MODELS
+from optcv.measure.reference import REFERENCE_MODELS, timing_recipe
 from optcv.runtime import BACKENDS as REGISTRY
 from optcv.runtime import backend_unavailable
 from optcv.training.models import arch_name
@@ -132,25 +132,16 @@ def case_specs(config: GateConfig, declared: Mapping[str, DeclaredModel]) -> lis
     return specs
 
 
-# Each side trains its models with its own code. Weights only need to be realistic (trained, not random), so
-# each reference recipe (optcv.measure.reference) runs for one epoch on a stratified subset: 4,000 images for
-# the course nets, 500 for the torchvision ones (ResNet-18 on 2,000 took 4 min a side here, both sides
-# building at once).
-BUILD_TRAIN_IMAGES = 4_000
-BUILD_TRAIN_IMAGES_LARGE = 500  # the nets whose reference recipe trains on a subset: compute-heavy
-BUILD_EPOCHS = 1
-
-
 def build_recipes(models: Sequence[str], int8: Collection[str] = ()) -> dict[str, ReferenceRecipe]:
     """What a side's worker needs to build each model, as plain data (the worker imports no optcv of ours);
     for the models in `int8`, the quantisation settings of their int8 twin too."""
     recipes = {}
     for name in models:
-        spec = REFERENCE_MODELS[name]
-        train_images = BUILD_TRAIN_IMAGES if spec.train_images is None else BUILD_TRAIN_IMAGES_LARGE
+        spec = timing_recipe(name)  # the suite's timing build, as plain data
         recipes[name] = ReferenceRecipe(arch_name(spec.model), dataclasses.asdict(spec.model), spec.train.optimizer,
-                                        spec.train.lr, spec.train.batch_size, spec.train.seed, BUILD_EPOCHS,
-                                        train_images, dataclasses.asdict(spec.quantize) if name in int8 else None)
+                                        spec.train.lr, spec.train.batch_size, spec.train.seed, spec.train.epochs,
+                                        spec.train_images or 0,
+                                        dataclasses.asdict(spec.quantize) if name in int8 else None)
     return recipes
 
 

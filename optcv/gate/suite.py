@@ -69,8 +69,7 @@ def select_cases(cases: Mapping[str, str], config: GateConfig) -> dict[str, str]
     chosen = {}
     for case, node in cases.items():
         parsed = CaseId.parse(case)
-        backend = "pytorch" if parsed.kind == "train" else parsed.backend
-        if parsed.model not in config.models or backend not in config.backends:
+        if parsed.model not in config.models or parsed.runtime not in config.backends:
             continue
         if config.cases == (ALL_CASES,) or any(fnmatch.fnmatchcase(case, p) for p in config.cases):
             chosen[case] = node

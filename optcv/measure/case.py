@@ -42,6 +42,11 @@ class CaseId:
     def kind(self) -> str:
         return "train" if self.backend == "train" else "predict"
 
+    @property
+    def runtime(self) -> str:
+        """The backend the case runs on: a training step is PyTorch's."""
+        return "pytorch" if self.kind == "train" else self.backend
+
     def __str__(self) -> str:
         return f"{self.model}/{self.backend}/b{self.batch}/t{self.threads}"
 

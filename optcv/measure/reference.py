@@ -72,9 +72,9 @@ OPTCV_TREE = Path(__file__).resolve().parents[2]  # the folder that holds this o
 BUILD_ROOTS = ("optcv.measure.reference",)
 
 
-# The timed cases (optcv.measure.case) need realistic weights (trained, not random), not accuracy: each side of a
-# gate builds them with its own code, so their recipe is one epoch on a stratified subset, 4,000 images for the course
-# nets, 500 for the torchvision ones (ResNet-18 on 2,000 took 4 min a side here, both sides building at once).
+# The timed cases (optcv.measure.case) need realistic weights (trained, not random), not accuracy, and each side of
+# a gate builds them with its own code, both sides at once: so one short epoch on a stratified subset, smallest for
+# the compute-heavy torchvision nets.
 TIMING_TRAIN_IMAGES = 4_000
 TIMING_TRAIN_IMAGES_LARGE = 500  # the nets whose reference recipe trains on a subset: compute-heavy
 TIMING_EVAL_IMAGES = 500
