@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optcv._io import atomic_path, sha256_file
+from optcv._io import atomic_path, interrupts_deferred, sha256_file
 from optcv.declared.build import DeclaredNet, describe_input
 from optcv.declared.inputs import sample_inputs
 from optcv.env import package_versions
@@ -122,10 +122,13 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logger.setLevel(logging.ERROR)
+        # Ctrl-C waits for the export: raised inside it, the exporter reports KeyboardInterrupt as its own failure
+        # (the CLI then says "export failed", exit 1), or, inside a callback from C++, the process aborts.
         try:
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
-                              verbose=False)
+            with interrupts_deferred():
+                torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=opset,
+                                  external_data=False, verbose=False)
         finally:
             logger.setLevel(level)
 
