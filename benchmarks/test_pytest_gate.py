@@ -29,12 +29,12 @@ def test_a_real_slowdown_fails_that_test_alone_naming_both_sides_and_the_json_ca
     assert benchmarks["test_resize"]["stats"]["rounds"] >= 20  # the head's rounds as pytest-benchmark's statistics
     tests = {t["node"]: t for t in json.loads((repo / "gate.json").read_text())["tests"]}
     assert tests["test_speed.py::test_postprocess"]["verdict"] == "regression"
-    assert tests["test_speed.py::test_sort"]["gated"] is True
+    assert tests["test_transform.py::test_transform"]["gated"] is True
     # `optcv history import` reads the change beside the latency, and the run as a failed gate.
     record = record_of_file(repo / "bench.json")
     changes = {m.case: m for m in record.measurements if m.metric == CHANGE_PCT}
-    assert record.passed is False and sorted(changes) == ["test_postprocess", "test_resize", "test_sort"]
-    assert changes["test_postprocess"].failed and not changes["test_sort"].failed
+    assert record.passed is False and sorted(changes) == ["test_postprocess", "test_resize", "test_transform"]
+    assert changes["test_postprocess"].failed and not changes["test_transform"].failed
 
 
 def test_the_self_tests_slowdown_slows_the_heads_timed_calls_by_what_it_says(tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Three ordinary benchmarks of the kind a user has: a NumPy resize-and-normalise, a pure-Python post-processing step
-# over detections, and a sort. `{extra}` is where a revision makes one of them slower by a real code change.
+# over detections, and (in a file of its own, so a session of the other two does not import torch) a torchvision
+# transform. `{extra}` is where a revision makes one of them slower by a real code change.
 TESTS = '''\
 import numpy as np
 
@@ -40,10 +41,18 @@ def test_resize(benchmark):
 def test_postprocess(benchmark):
     kept = benchmark.pedantic(keep_confident, args=(DETECTIONS,), rounds=5, iterations=3)
     assert all(d[1] >= 0.5 for d in kept)
+'''
+TRANSFORM_TEST = '''\
+import torch
+from torchvision.transforms import v2
+
+PHOTO = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+TO_MODEL_INPUT = v2.Compose([v2.Resize(40, antialias=True), v2.CenterCrop(32), v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26])])
 
 
-def test_sort(benchmark):
-    assert benchmark(sorted, list(range(500, 0, -1)))[0] == 1
+def test_transform(benchmark):
+    assert benchmark(TO_MODEL_INPUT, PHOTO).shape == (3, 32, 32)
 '''
 # An extra pass over the kept detections, three times: about twice the step's work.
 SLOWER = "    for _ in range(3):\n        kept = [d for d in kept if d[1] >= threshold]\n"
@@ -71,7 +80,7 @@ def commit(repo: Path, files: dict[str, str], message: str) -> None:
 def plain_repository(root: Path) -> Path:
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    commit(root, {"test_speed.py": TESTS.format(extra="")}, "three benchmarks")
+    commit(root, {"test_speed.py": TESTS.format(extra=""), "test_transform.py": TRANSFORM_TEST}, "three benchmarks")
     return root
 
 
@@ -215,7 +224,7 @@ def test_a_commit_that_changes_no_code_is_not_timed_and_says_so(tmp_path):
     said = json.loads((repo / "same.json").read_text())
     assert said["same_code"] and said["tests"] == []
     done = pytest_in(repo, "--gate-against", "HEAD~1", "--gate-json", "timed.json", "--gate-even-if-unchanged",
-                     "-k", "sort")
+                     "-k", "resize")
     assert done.returncode == 0, done.stdout[-3000:]
     timed = json.loads((repo / "timed.json").read_text())
     assert timed["same_code"] is None and [t["gated"] for t in timed["tests"]] == [True]
