@@ -88,9 +88,11 @@ def profile_case(workers: Sequence[Worker], case: str, calls: int, rng: np.rando
     on the first worker pair, base and head in a random order each repeat."""
     pair = [next(w for w in workers if w.side.label == label and w.pair == 0) for label in ("base", "head")]
     profiles: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+    profiled = calls  # the fewest calls a profile held (a session may hold fewer than asked)
     for _ in range(repeats):
         for index in rng.permutation(2):
             worker = pair[int(index)]
             answer = worker.ask(Profile(case, calls), Profiled)
             profiles[worker.side.label].append({**answer.ops_us_per_call, OUTSIDE: answer.outside_us_per_call})
-    return attribution(profiles["base"], profiles["head"], calls, seed=seed)
+            profiled = min(profiled, answer.calls or calls)
+    return attribution(profiles["base"], profiles["head"], profiled, seed=seed)

@@ -179,6 +179,7 @@ class Profiled:
     ops_us_per_call: dict[str, float]
     wall_us_per_call: float
     outside_us_per_call: float  # the profiled call's time outside every operator (never below zero)
+    calls: int = 0  # the calls profiled, where fewer than asked (0: as asked)
 
 
 @dataclass(frozen=True)

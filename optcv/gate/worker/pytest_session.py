@@ -90,6 +90,11 @@ SAMPLE_NS = 20_000
 # The self-test's slowdown of the head (optcv.gate.pytest_ab): a busy wait after each timed sample, inside its
 # timing, of this fraction of the sample's own time; 0 on the base, where the same check runs.
 SLOWDOWN = float(os.environ.get("OPTCV_GATE_SLOWDOWN_PCT", "0")) / 100
+# torch.profiler's events one profile of a failing test may hold: reading them costs about 70 µs an event (6 s for
+# 2,000 calls of a 47-operator torchvision transform, and a failing test takes 16 profiles). Fewer calls where a
+# call has many operators; a probe of a few calls counts them.
+PROFILE_EVENTS = 20_000
+PROFILE_PROBE_CALLS = 3
 
 
 class Samples:
@@ -102,6 +107,7 @@ class Samples:
         self.target, self.args, self.kwargs = target, args, kwargs or {}
         self.setup, self.teardown, self.iterations = setup, teardown, iterations
         self.batch = 1 if setup or teardown else 0  # 0: not calibrated yet
+        self.events_per_call = 0.0  # torch.profiler's events per call: 0, not probed yet
 
     def arguments(self) -> tuple[tuple, dict]:
         made = self.setup() if self.setup else None
@@ -126,11 +132,16 @@ class Samples:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
+        if not self.events_per_call:
+            with torch_profile(activities=[ProfilerActivity.CPU]) as probe:
+                self._per_call_ns(PROFILE_PROBE_CALLS)
+            self.events_per_call = max(1.0, len(probe.events()) / PROFILE_PROBE_CALLS)
+        calls = max(PROFILE_PROBE_CALLS, min(calls, int(PROFILE_EVENTS / self.events_per_call)))
         with torch_profile(activities=[ProfilerActivity.CPU]) as traced:
             wall_us = self._per_call_ns(calls) / 1000
         runs = calls * self.iterations
         ops = {e.key: e.self_cpu_time_total / runs for e in traced.key_averages() if e.self_cpu_time_total > 0}
-        return protocol.Profiled(ops, wall_us, max(0.0, wall_us - sum(ops.values())))
+        return protocol.Profiled(ops, wall_us, max(0.0, wall_us - sum(ops.values())), calls)
 
     def _per_call_ns(self, calls: int) -> float:
         if self.setup or self.teardown:  # each call its own sample: its arguments are made outside the timing
