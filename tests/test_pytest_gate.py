@@ -294,3 +294,25 @@ def test_a_test_that_fails_in_the_heads_sessions_fails_even_where_this_run_would
     assert "needs this run's environment" in done.stdout, done.stdout[-3000:]
     done = pytest_in(repo, "--gate-against", "none")
     assert done.returncode == 0, done.stdout[-3000:]  # the same test, without the gate
+
+
+def test_a_profile_of_a_call_with_many_operators_holds_fewer_calls_than_asked():
+    """Reading torch.profiler's events costs about 70 µs each: a failing test's profiles are held to a budget of
+    events, the calls fewer where a call runs many operators, and the reply says how many it profiled."""
+    import torch
+
+    from optcv.gate.worker.pytest_session import PROFILE_EVENTS, PROFILE_PROBE_CALLS, Samples
+
+    x = torch.ones(8)
+
+    def many_operators():
+        y = x
+        for _ in range(40):
+            y = y + 1
+        return y
+
+    answer = Samples(many_operators, (), {}).profile(10_000)
+    assert PROFILE_PROBE_CALLS <= answer.calls <= PROFILE_EVENTS / 40, answer.calls
+    assert answer.ops_us_per_call["aten::add"] > 0
+    few = Samples(torch.neg, (x,), {}).profile(50)
+    assert few.calls == 50 and few.ops_us_per_call["aten::neg"] > 0
