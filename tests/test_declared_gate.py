@@ -5,6 +5,7 @@ gate's power on declared models is measured in benchmarks/ (alone on the machine
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -159,17 +160,65 @@ def test_cli_gate_refuses_in_one_line_what_it_cannot_gate(tmp_path, monkeypatch,
 
 
 def test_a_declared_models_gate_times_both_revisions_end_to_end(tmp_path):
+    """`optcv gate --models tiny`: the plugin's latency case of each selected case, timed in both revisions'
+    sessions (the engine of every pytest-benchmark test)."""
     path = _committed_repo(tmp_path)
     (path.parent / "usernets" / "nets.py").write_text(SLOWER_FORWARD)
     config = _config(backends=("onnxruntime",), cases=("*/b1/*",), min_rounds=5, case_seconds=0.2,
                      max_case_seconds=0.2, workers_per_side=1, retest_failures=False, profile_ms=0)
     result = run_gate(config, against="HEAD", head_tree=path.parent, repo=tmp_path)
     assert not isinstance(result, SameCode)
-    assert [f.case for f in result.findings] == ["tiny/onnxruntime/b1/t1"]
+    assert [f.case for f in result.findings] == ["tiny/onnxruntime/b1/t1"] and not result.not_compared
     assert result.base["harness"] == result.head["harness"] == str(HEAD_TREE)
     assert result.base["code_hash"] != result.head["code_hash"]
-    assert result.head["settings"]["tiny/onnxruntime/b1/t1"]["backend"] == "onnxruntime"
     assert sys.executable == result.base["python"]
+
+
+def _pytest(repo, *args, cache):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env |= {"PYTHONPATH": os.pathsep.join([str(HEAD_TREE), os.environ.get("PYTHONPATH", "")]),
+            "OPTCV_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_pytest_gates_the_plugins_cases_each_side_building_its_own_revisions_model(tmp_path):
+    """`pytest --optcv --gate-against HEAD`: each side's sessions build the model their tree declares (the base's
+    without the head's edit: two exports in the cache, one with its Exp), a model only the head declares is new,
+    and the cases' node ids are the plugin's."""
+    path = _committed_repo(tmp_path / "repo")
+    (path.parent / "usernets" / "nets.py").write_text(SLOWER_FORWARD)
+    path.write_text(path.read_text() + TINY.replace("models.tiny]", "models.also]"))
+    cache = tmp_path / "cache"
+    # A threshold no timing noise reaches: this test is about what each side runs, not speed (that is benchmarks/).
+    done = _pytest(path.parent, "--optcv", "--gate-against", "HEAD", "--gate-threshold", "50", "--gate-json",
+                   "gate.json", "-k", "latency and onnxruntime and b1", cache=cache)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    tests = {t["node"]: t for t in json.loads((path.parent / "gate.json").read_text())["tests"]}
+    assert tests["optcv::test_optcv_latency[tiny/onnxruntime/b1/t1]"]["gated"], tests
+    assert tests["optcv::test_optcv_latency[also/onnxruntime/b1/t1]"]["unpaired"] == "new_in_head", tests
+    exported = {tuple(sorted(n.op_type for n in onnx.load(f).graph.node))
+                for f in cache.glob("**/tiny-*/model.onnx")}
+    assert len(exported) == 2 and sum("Exp" in ops for ops in exported) == 1, exported
+
+
+def test_a_gate_sides_factory_from_outside_its_tree_fails_the_case_naming_where_it_came_from(tmp_path):
+    """As one side of a gate (the sessions' --optcv-gate-side), a case whose factory is imported from outside the
+    side's tree fails: its base would time the head's code."""
+    elsewhere = tmp_path / "elsewhere"
+    write_user_repo(elsewhere)
+    (elsewhere / "usernets").rename(elsewhere / "othernets")
+    path = write_user_repo(tmp_path / "repo", TINY.replace("usernets.nets:build", "othernets.nets:build"))
+    env_path = os.pathsep.join([str(elsewhere), os.environ.get("PYTHONPATH", "")])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", env_path)
+        done = _pytest(path.parent, "--optcv", "--optcv-gate-side", "-k", "latency and onnxruntime and b1",
+                       "--benchmark-disable", cache=tmp_path / "cache")
+        alone = _pytest(path.parent, "--optcv", "-k", "latency and onnxruntime and b1", "--benchmark-disable",
+                        cache=tmp_path / "cache")
+    assert done.returncode == 1 and "othernets.nets was imported from" in done.stdout, done.stdout[-3000:]
+    assert "outside this side's tree" in done.stdout
+    assert alone.returncode == 0, alone.stdout[-3000:]  # outside a gate, an installed or editable factory is fine
 
 
 def test_a_declared_model_named_like_a_reference_model_is_the_users(tmp_path, monkeypatch):

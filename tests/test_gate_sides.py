@@ -16,11 +16,10 @@ from optcv.gate.config import GateConfig
 from optcv.gate.sides import Side, check_python
 from optcv.gate.verdict import (
     Thresholds,
-    Verdict,
     judge,
 )
 from optcv.gate.worker.protocol import Built, Setup
-from tests.gate_helpers import finding_of, noisy_rounds, spec_of
+from tests.gate_helpers import noisy_rounds
 
 
 def test_a_sides_workers_keep_the_users_pythonpath_after_the_sides_tree(tmp_path, monkeypatch):
@@ -106,84 +105,66 @@ def test_a_missing_base_interpreter_is_a_set_up_error(tmp_path):
         check_python(str(tmp_path / "no-python"))
 
 
-def test_a_failing_case_is_retested_with_fresh_workers_and_the_retest_has_the_last_word(tmp_path, monkeypatch):
+class FakeSessionPool:
+    """Both sides' sessions, every test collected and ready at its benchmark call; the pools made, in order."""
+    made: list[tuple[list[str], int]] = []
 
-    from optcv.gate import compare
-    from optcv.gate.compare import GateCases
-    from optcv.gate.sides import HEAD_TREE, Side
+    def __init__(self, sides, nodes, config, workdir, session=None, attempt=0):
+        FakeSessionPool.made.append(([s.label for s in sides], attempt))
+        self.workers = [SimpleNamespace(side=s, collected={n: [] for n in nodes}, others=(), errors={},
+                                        attempt=attempt) for s in sides for _ in range(2)]
 
-    specs = [spec_of(c) for c in ("a/pytorch/b1/t1", "b/pytorch/b1/t1", "c/pytorch/b1/t1")]
-    slow, same = Verdict.REGRESSION, Verdict.NO_CHANGE
-    passes = {0: [finding_of("a/pytorch/b1/t1", 9.0, slow), finding_of("b/pytorch/b1/t1", 9.0, slow),
-                  finding_of("c/pytorch/b1/t1", 0.0, same)],
-              1: [finding_of("a/pytorch/b1/t1", 8.0, slow), finding_of("b/pytorch/b1/t1", 0.5, same)]}
-    calls = []
+    def side_workers(self, label):
+        return [w for w in self.workers if w.side.label == label]
 
-    def fake_time_cases(sides, specs_, config, thresholds, workdir, setup, log, progress, attempt, earlier=None):
-        calls.append(([s.label for s in sides], [s.id for s in specs_], attempt, sorted(earlier or {})))
-        return passes[attempt], {"base": {}, "head": {}}, {s.id: f"samples of {s.id}" for s in specs_}
+    def wait(self, node):
+        return {i: SimpleNamespace(ready=True, reports=[]) for i in range(len(self.workers))}
 
-    monkeypatch.setattr(compare, "_time_cases", fake_time_cases)
-    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
-    side = Side("base", sys.executable, HEAD_TREE)
-    built = Built({}, "h", {}, "")
-    cases = GateCases(tuple(specs), {})  # timed by the harness workers, as a user's declared models are
-    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(), Thresholds(),
-                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                             artifacts={"base": built, "head": built}, cases=cases)
-    # A fresh pool, head first, each case to be judged with its first pass's samples.
-    assert calls[1] == (["head", "base"], ["a/pytorch/b1/t1", "b/pytorch/b1/t1"], 1,
-                        ["a/pytorch/b1/t1", "b/pytorch/b1/t1"])
-    assert [f.case for f in result.regressions] == ["a/pytorch/b1/t1"]
-    assert [f.change_pct for f in result.findings] == [8.0, 0.5, 0.0]  # the re-test's numbers decide
-    assert [f.change_pct for f in result.retested] == [9.0, 9.0]
-    calls.clear()
-    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(retest_failures=False),
-                             Thresholds(), data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                             artifacts={"base": built, "head": built}, cases=cases)
-    assert len(calls) == 1 and len(result.regressions) == 2
+    def release(self, node, indices):
+        return {i: [] for i in indices}
+
+    def close(self):
+        pass
 
 
-def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes(tmp_path, monkeypatch):
-    import contextlib
+def test_a_failing_or_undecided_test_is_timed_again_by_fresh_sessions_and_judged_on_both_pools(tmp_path,
+                                                                                                 monkeypatch):
+    from optcv.gate import pytest_ab, timing
 
-    from optcv.gate import compare, timing
-    from optcv.gate.compare import GateCases
-    from optcv.gate.sides import HEAD_TREE, Side
-
-    # Per case, each pass's two worker pairs' head ÷ base: a real +5 % that one pool's pairs read +7 and +3.5,
+    # Per case, each pool's two session pairs' head ÷ base: a real +5 % that one pool's pairs read +7 and +3.5,
     # noise that one pool reads +8 and -1, a confirmed regression, a real +5 % that fails its first pass and
     # whose re-test alone (+9 and +1: t with 1 degree of freedom) would not, a first-pass failure that fresh
     # processes read as nothing, and a case with nothing to re-test.
     reads = {"u/openvino/b1/t1": ((1.07, 1.035), (1.055, 1.045)), "n/openvino/b1/t1": ((1.08, 0.99), (1.0, 0.995)),
              "a/pytorch/b1/t1": ((1.06, 1.06), (1.05, 1.05)), "f/pytorch/b1/t1": ((1.07, 1.06), (1.09, 1.01)),
              "g/pytorch/b1/t1": ((1.05, 1.045), (1.0, 0.99)), "c/pytorch/b1/t1": ((1.0, 1.0),)}
-    pools = []
-
-    @contextlib.contextmanager
-    def fake_pool(sides, per_side, workdir, setup, seed, order, layout_seed, hash_seeds, tree_per_pair):
-        pools.append(([s.label for s in sides], seed))
-        yield [SimpleNamespace(side=s, settings={}) for s in sides]
-
-    def fake_time_case(workers, case, config, rng):
-        attempt, rounds = pools[-1][1], 40 - 10 * pools[-1][1]
+    def fake_time_case(workers, node, config, rng):
+        case = node[node.index("[") + 1:-1]
+        attempt = workers[0].attempt  # the first pool's, or a re-test's
+        rounds = 40 - 10 * attempt
         base = [noisy_rounds(rounds, seed=10 * attempt + i) for i in range(2)]
         head = [b * r * np.exp(np.random.default_rng(i).normal(0, 0.005, rounds))
                 for i, (b, r) in enumerate(zip(base, reads[case][attempt], strict=True))]
-        return timing.CaseSamples(case, 10, base, head)
+        return timing.CaseSamples(node, 10, base, head)
 
-    monkeypatch.setattr(compare, "worker_pool", fake_pool)
-    monkeypatch.setattr(compare, "time_case", fake_time_case)
-    monkeypatch.setattr(compare, "prepare_inputs", lambda workdir, data_dir: ({}, "data"))
-    side = Side("base", sys.executable, HEAD_TREE)
-    built = Built({}, "h", {}, "")
-    result = compare.measure(side, dataclasses.replace(side, label="head"), GateConfig(profile_ms=0), Thresholds(),
-                             data_dir=None, cache_dir=tmp_path, workdir=tmp_path, log=lambda _m: None,
-                             artifacts={"base": built, "head": built},
-                             cases=GateCases(tuple(spec_of(c) for c in reads), {}))
-    final = {f.case: f for f in result.findings}
-    first = {f.case: f for f in result.retested}
-    assert pools == [(["base", "head"], 0), (["head", "base"], 1)]  # one fresh pool re-times them, head first
+    monkeypatch.setattr(pytest_ab, "SessionPool", FakeSessionPool)
+    monkeypatch.setattr(pytest_ab, "time_case", fake_time_case)
+    (tmp_path / "test_x.py").write_text("")
+    side = Side("base", sys.executable, tmp_path)
+    nodes = [f"test_x.py::test_latency[{case}]" for case in reads]
+
+    def gate_all(config):
+        FakeSessionPool.made = []
+        gate = pytest_ab.PytestGate(side, dataclasses.replace(side, label="head"), nodes, config, Thresholds(),
+                                    tmp_path)
+        gate.start()
+        return {o.node[o.node.index("[") + 1:-1]: o for o in map(gate.run, nodes)}
+
+    outcomes = gate_all(GateConfig(profile_ms=0))
+    final = {case: o.finding for case, o in outcomes.items()}
+    first = {case: o.first_pass for case, o in outcomes.items() if o.first_pass is not None}
+    # One pool for the run, then a fresh one per re-tested test, head first.
+    assert FakeSessionPool.made == [(["base", "head"], 0)] + [(["head", "base"], 1)] * 5
     assert sorted(first) == ["a/pytorch/b1/t1", "f/pytorch/b1/t1", "g/pytorch/b1/t1", "n/openvino/b1/t1",
                              "u/openvino/b1/t1"]
     assert first["u/openvino/b1/t1"].undecided and first["n/openvino/b1/t1"].undecided
@@ -192,12 +173,17 @@ def test_an_undecided_case_is_timed_again_and_judged_on_the_pairs_of_both_passes
     assert 4 < final["u/openvino/b1/t1"].change_pct < 6 and len(final["u/openvino/b1/t1"].pair_changes_pct) == 4
     assert not final["n/openvino/b1/t1"].failed and final["n/openvino/b1/t1"].passes == 2
     assert final["a/pytorch/b1/t1"].failed and final["a/pytorch/b1/t1"].passes == 2
-    re_test = fake_time_case(None, "f/pytorch/b1/t1", None, None)  # the re-test pool's samples again
+    re_test = fake_time_case([SimpleNamespace(attempt=1)], nodes[3], None, None)  # f's re-test pool alone
     assert not judge("f/pytorch/b1/t1", re_test.base_us, re_test.head_us, 3.0, 10).failed
     assert final["f/pytorch/b1/t1"].failed and final["f/pytorch/b1/t1"].passes == 2
     assert not final["g/pytorch/b1/t1"].failed and final["g/pytorch/b1/t1"].change_pct < 3
     assert final["c/pytorch/b1/t1"].passes == 1 and "c/pytorch/b1/t1" not in first
-    assert [f.case for f in result.regressions] == ["u/openvino/b1/t1", "a/pytorch/b1/t1", "f/pytorch/b1/t1"]
+    assert [c for c, f in final.items() if f.failed] == ["u/openvino/b1/t1", "a/pytorch/b1/t1", "f/pytorch/b1/t1"]
+    # Without re-tests, the first pass has the last word.
+    outcomes = gate_all(GateConfig(profile_ms=0, retest_failures=False))
+    assert FakeSessionPool.made == [(["base", "head"], 0)]
+    assert [c for c, o in outcomes.items() if o.finding.failed] == ["a/pytorch/b1/t1", "f/pytorch/b1/t1",
+                                                                    "g/pytorch/b1/t1"]
 
 
 def test_abba_sets_up_as_many_pairs_base_first_as_head_first():

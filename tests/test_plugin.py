@@ -61,13 +61,20 @@ def test_a_bad_declaration_stops_pytest_with_one_line_naming_it(tmp_path):
     assert done.returncode == 4 and "no model 'nope' is declared" in done.stderr
 
 
-def test_the_gate_case_compares_the_working_tree_with_the_revision_named(tmp_path):
+def test_optcv_gate_against_is_optcv_with_gate_against_on_the_declared_models_cases(tmp_path):
+    """`--optcv-gate-against REV` (the first spelling) adds the declared models' cases and gates them as any
+    benchmark: a commit that changed none of their inputs is not timed, says so, and the cases run alone."""
     repo = write_user_repo(tmp_path / "repo").parent
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "their model")
-    (repo / "README.md").write_text("their app\n")  # nothing a model is made of: the gate has nothing to time
-    done = _pytest(repo, "--optcv-gate-against", "HEAD", "-s", cache=tmp_path / "cache")
-    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "test_optcv_gate[against-HEAD]" in _pytest(repo, "--optcv-gate-against", "HEAD", "--collect-only",
-                                                      cache=tmp_path / "cache").stdout
+    (repo / "README.md").write_text("their app\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "a README")
+    done = _pytest(repo, "--optcv-gate-against", "HEAD~1", "--optcv-gate-json", "gate.json", *QUICK,
+                   cache=tmp_path / "cache")
+    assert done.returncode == 0 and "5 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "hold the same code" in done.stdout, done.stdout[-3000:]
+    assert json.loads((repo / "gate.json").read_text())["same_code"]
+    collected = _pytest(repo, "--optcv-gate-against", "HEAD~1", "--collect-only", cache=tmp_path / "cache").stdout
+    assert "test_optcv_latency[tiny/onnxruntime/b1/t1]" in collected, collected

@@ -38,8 +38,11 @@ R = TypeVar("R", Timed, Profiled)
 SESSION_SCRIPT = Path(__file__).resolve().parent / "worker" / "pytest_session.py"
 # Each side's session runs the named tests and nothing of the user's command line: an `addopts` of theirs may
 # start xdist workers or reorder tests, and a cache written into the base's tree is no part of it.
-SESSION_ARGS = ("-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly", "-p", "no:optcv", "-o", "addopts=",
+SESSION_ARGS = ("-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly", "-o", "addopts=",
                 "--continue-on-collection-errors", "-q", "--no-header", "-rN")
+# The file part of the node ids that optcv's plugin gives a declared model's cases (optcv.plugin): no file of the
+# side's tree. Only a session that times such cases loads the plugin (in optcv's own trees it is the side's own).
+PLUGIN_FILE = "optcv"
 EVENT_TIMEOUT_S = 900.0  # one test's fixtures on one side, or one answer: a hung worker fails the gate, not CI
 
 
@@ -130,7 +133,8 @@ class SessionWorker:
 
 
 def start_session(side: Side, pair: int, index: int, workdir: Path, nodes_file: Path, files: Sequence[str],
-                  pad: int, hash_seed: int, settings: SessionSettings = SessionSettings()) -> SessionWorker:
+                  pad: int, hash_seed: int, settings: SessionSettings = SessionSettings(),
+                  plugin: bool = False) -> SessionWorker:
     worker_reads, coordinator_writes = os.pipe()
     coordinator_reads, worker_writes = os.pipe()
     log_path = workdir / f"{side.label}-pytest-{index}.log"
@@ -138,7 +142,8 @@ def start_session(side: Side, pair: int, index: int, workdir: Path, nodes_file: 
     env = {**side.env(pad, hash_seed), **dict(settings.env), "OPTCV_GATE_FDS": f"{worker_reads},{worker_writes}",
            "OPTCV_GATE_NODES": str(nodes_file), "OPTCV_GATE_SLOWDOWN_PCT": str(slowdown_pct)}
     with open(log_path, "w") as log:
-        command = [side.python, str(SESSION_SCRIPT), *SESSION_ARGS, *settings.args, *files]
+        command = [side.python, str(SESSION_SCRIPT), *session_args(plugin), *settings.args,
+                   *(files or ["--ignore-glob=*"])]  # the plugin's cases alone: none of the side's own tests
         process = subprocess.Popen(command, cwd=side.tree, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, pass_fds=(worker_reads, worker_writes),
                                    preexec_fn=worker_start)
@@ -160,13 +165,14 @@ class SessionPool:
         per_side = config.workers_per_side
         pads, seeds = pair_layouts(len(sides) * per_side, per_side, attempt, config.seed, config.hash_seeds)
         files = node_files(self.nodes)
+        plugin = any(node.split("::")[0] == PLUGIN_FILE for node in self.nodes)
         self.workers: list[SessionWorker] = []
         try:
             for i, pair in enumerate(pair_orders(sides, per_side, "abba", attempt)):
                 own = [pair_tree(side, f"{attempt}-{i}", workdir) for side in pair] if config.tree_per_pair else pair
                 self.workers += [start_session(side, i, i + attempt * per_side, workdir, nodes_file,
                                                [f for f in files if (side.tree / f).exists()], pads[i], seeds[i],
-                                               settings)
+                                               settings, plugin)
                                  for side in own]
             for worker in self.workers:
                 self._read_collected(worker)
@@ -222,4 +228,20 @@ class SessionPool:
 
 
 def node_files(nodes: Sequence[str]) -> list[str]:
-    return sorted({node.split("::")[0] for node in nodes})
+    """The side's test files that hold `nodes` (the plugin's cases are in none)."""
+    return sorted({node.split("::")[0] for node in nodes} - {PLUGIN_FILE})
+
+
+def session_args(plugin: bool) -> list[str]:
+    return [*SESSION_ARGS, *(() if plugin else ("-p", "no:optcv"))]
+
+
+def plugin_node(case: str) -> str:
+    """The node id of a declared model's latency case (`tiny/onnxruntime/b1/t1`), as optcv's plugin collects it."""
+    return f"{PLUGIN_FILE}::test_optcv_latency[{case}]"
+
+
+def declared_session_args(declarations: str, models: Sequence[str]) -> tuple[str, ...]:
+    """What a session needs to collect the plugin's cases of a user's declared models: each side's models as its own
+    tree's `declarations` (a path relative to the tree) declare them, as one side of a gate (optcv.plugin)."""
+    return ("--optcv", "--optcv-declarations", declarations, "--optcv-models", *models, "--optcv-gate-side")

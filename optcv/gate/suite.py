@@ -89,13 +89,12 @@ class SuiteTiming:
 
 
 def time_suite_cases(base: Side, head: Side, cases: Mapping[str, str], config: GateConfig, thresholds: Thresholds,
-                     workdir: Path, env: Mapping[str, str], log: Log, progress: bool) -> SuiteTiming:
+                     workdir: Path, settings: SessionSettings, log: Log, progress: bool) -> SuiteTiming:
     """Each case's test timed A/B in both sides' sessions and judged (a failing or undecided one re-tested)."""
     from tqdm.auto import tqdm
 
     timing = SuiteTiming()
-    gate = PytestGate(base, head, list(cases.values()), config, thresholds, workdir,
-                      SessionSettings(SESSION_ARGS, tuple(env.items())))
+    gate = PytestGate(base, head, list(cases.values()), config, thresholds, workdir, settings)
     try:
         gate.start()
         for case, node in tqdm(cases.items(), desc="gate", unit="case", disable=not progress or None):

@@ -1,8 +1,8 @@
 """optcv's pytest plugin (the `pytest11` entry point `optcv`): in a repository that declares its models,
 `pytest --optcv` adds their parity and latency cases (pytest-benchmark: `--benchmark-json`, `--benchmark-autosave`
-and `--benchmark-compare` work on them as on any benchmark) and `pytest --optcv-gate-against REV` adds the A/B
-gate of the working tree against REV on those models. In any repository, `pytest --gate-against REV` times every
-pytest-benchmark test in both revisions side by side (optcv.plugin.ab).
+and `--benchmark-compare` work on them as on any benchmark). In any repository, `pytest --gate-against REV` times
+every pytest-benchmark test in both revisions side by side (optcv.plugin.ab), the declared models' latency cases
+among them; `--optcv-gate-against REV` is `--optcv --gate-against REV`.
 
 Without these flags it only registers them: a test run of any project with optcv installed is unchanged.
 """
@@ -31,12 +31,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--optcv-declarations", metavar="FILE",
                     help="the file declaring the models (default: the nearest to the rootdir)")
     group.addoption("--optcv-models", metavar="NAME", nargs="+", help="only these declared models (default: all)")
-    group.addoption("--optcv-gate-against", metavar="REV",
-                    help="add the A/B gate of this working tree against revision REV on the declared models")
-    group.addoption("--optcv-gate-json", metavar="FILE", help="write every number of the gate to this JSON file")
-    group.addoption("--optcv-gate-cases", metavar="GLOB", nargs="+",
-                    help="the gate's cases, as globs over names like resnet50/onnxruntime/b1/t1 (default: every "
+    group.addoption("--optcv-cases", "--optcv-gate-cases", metavar="GLOB", nargs="+",
+                    help="only the latency cases whose names match, like resnet50/onnxruntime/b1/t1 (default: every "
                          "case the declarations list)")
+    group.addoption("--optcv-gate-against", metavar="REV", help="--optcv --gate-against REV")
+    group.addoption("--optcv-gate-json", metavar="FILE", help="--gate-json FILE")
+    group.addoption("--optcv-gate-side", action="store_true",
+                    help="this session is one side of the A/B gate (its sessions pass it): a model this revision "
+                         "does not declare is left out, and a case whose factory is imported from outside the "
+                         "rootdir and the installed packages fails (each side must time its own revision's code)")
     _gate_options(parser)
 
 
@@ -60,12 +63,13 @@ def _gate_options(parser: pytest.Parser) -> None:
 
 
 def active(config: pytest.Config) -> bool:
-    return bool(config.getoption("optcv") or config.getoption("optcv_gate_against"))
+    return bool(config.getoption("optcv"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from optcv.plugin.ab import register
 
+    _aliases(config)
     register(config)
     if not active(config):
         return
@@ -77,10 +81,31 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         config.stash[PLAN] = make_plan(config.getoption("optcv_declarations"), config.rootpath,
-                                       config.getoption("optcv_models"), bool(config.getoption("optcv")),
-                                       config.getoption("optcv_gate_against"), config.getoption("optcv_gate_cases"))
+                                       config.getoption("optcv_models"), config.getoption("optcv_cases"),
+                                       gate_side=config.getoption("optcv_gate_side"))
     except OptcvError as exc:  # a bad declaration: one line, as from the CLI
         raise pytest.UsageError(f"optcv: {exc}") from None
+
+
+def _aliases(config: pytest.Config) -> None:
+    """The plugin's first spellings of the gate: `--optcv-gate-against REV` is `--optcv --gate-against REV`."""
+    option = config.option
+    if option.optcv_gate_against:
+        option.optcv = True
+        option.gate_against = option.gate_against or option.optcv_gate_against
+    option.gate_json = option.gate_json or option.optcv_gate_json
+
+
+def pytest_gate_session_args(config: pytest.Config) -> list[str]:
+    """Each side's gate session collects the declared models' cases from its own tree's declarations."""
+    if not active(config):
+        return []
+    import os
+
+    from optcv.gate.sessions import declared_session_args
+
+    plan = config.stash[PLAN]
+    return list(declared_session_args(os.path.relpath(plan.declarations, config.rootpath), tuple(plan.models)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k/-m deselect, so they select among these cases too
@@ -91,6 +116,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="optcv")
     # A kind of case the plan has none of (no gate asked for) would collect as an empty-parameter skip: left out.
     plan = config.stash[PLAN]
-    wanted = {name for name, cases in (("test_optcv_parity", plan.parity), ("test_optcv_latency", plan.latency),
-                                       ("test_optcv_gate", plan.gate_against)) if cases}
+    wanted = {name for name, cases in (("test_optcv_parity", plan.parity), ("test_optcv_latency", plan.latency))
+              if cases}
     items.extend(item for item in module.collect() if isinstance(item, pytest.Function) and item.originalname in wanted)

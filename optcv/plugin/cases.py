@@ -23,16 +23,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("parity_case", plan.parity, ids=[f"{m}/{b}" for m, b in plan.parity])
     if "latency_case" in metafunc.fixturenames:
         metafunc.parametrize("latency_case", plan.latency, ids=[c.id for c in plan.latency])
-    if "gate_against" in metafunc.fixturenames:
-        revisions = [plan.gate_against] if plan.gate_against else []
-        metafunc.parametrize("gate_against", revisions, ids=[f"against-{r}" for r in revisions])
 
 
-def _source(plan: Any, name: str) -> Any:
+def _source(config: pytest.Config, name: str) -> Any:
+    from optcv.declared.origin import factory_outside_tree
     from optcv.runtime import declared_source
 
+    model = config.stash[PLAN].models[name]
     if name not in _SOURCES:
-        _SOURCES[name] = declared_source(plan.models[name])
+        _SOURCES[name] = declared_source(model)
+    if model.factory is not None and config.getoption("optcv_gate_side"):
+        outside = factory_outside_tree(model.factory.split(":")[0], config.rootpath)
+        if outside:
+            pytest.fail(outside, pytrace=False)
     return _SOURCES[name]
 
 
@@ -43,7 +46,7 @@ def test_optcv_parity(request: pytest.FixtureRequest, parity_case: tuple[str, st
     plan = request.config.stash[PLAN]
     name, backend = parity_case
     model = plan.models[name]
-    checked = check_declared(model, _source(plan, name), (model.reference_backend, backend))
+    checked = check_declared(model, _source(request.config, name), (model.reference_backend, backend))
     assert not checked.failed, declared_parity_text(checked)
 
 
@@ -55,7 +58,8 @@ def test_optcv_latency(request: pytest.FixtureRequest, benchmark: Any, latency_c
     model = plan.models[latency_case.model]
     batch = latency_case.batch
     options = {"batch_sizes": (batch,)} if latency_case.backend == "torch-compile" else {}
-    predictor = make_predictor(latency_case.backend, _source(plan, model.name), latency_case.threads, **options)
+    predictor = make_predictor(latency_case.backend, _source(request.config, model.name), latency_case.threads,
+                               **options)
     try:
         count = max(1, INPUTS_PER_CASE // batch) * batch
         inputs = sample_inputs(model.input, count)
@@ -69,25 +73,3 @@ def test_optcv_latency(request: pytest.FixtureRequest, benchmark: Any, latency_c
         benchmark(lambda: predictor.predict(next(cycle)))
     finally:
         predictor.close()
-
-
-def test_optcv_gate(request: pytest.FixtureRequest, gate_against: str) -> None:
-    from optcv._io import write_json
-    from optcv.gate.config import GateConfig
-    from optcv.gate.revisions import declaring_repository
-    from optcv.gate.run import run_gate
-    from optcv.gate.verdict import Thresholds
-    from optcv.report.gate import outcome_failure_lines, outcome_markdown
-
-    plan = request.config.stash[PLAN]
-    repo, declarations = declaring_repository(plan.declarations)
-    cases = {"cases": plan.gate_cases} if plan.gate_cases else {}
-    config = GateConfig(models=tuple(plan.models), declarations=declarations, **cases)
-    outcome = run_gate(config, Thresholds(), against=gate_against, head_tree=repo, repo=repo)
-    markdown = outcome_markdown(outcome)
-    request.node.user_properties.append(("optcv_gate", markdown))
-    print(markdown)
-    if request.config.getoption("optcv_gate_json"):
-        write_json(request.config.getoption("optcv_gate_json"), outcome.to_dict())
-    if outcome.failures:
-        pytest.fail("\n".join([*outcome_failure_lines(outcome), "", markdown]), pytrace=False)

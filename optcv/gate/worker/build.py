@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,9 @@ def _build_declared(recipe: DeclaredRecipe, tree: Path, cache_dir: Path) -> Decl
     model = declared_model(recipe, tree)
     source = side_module("runtime").declared_source(model, cache_dir)
     if model.factory is not None:
-        _check_factory_origin(sys.modules[model.factory.split(":")[0]], tree)
+        outside = harness_module("declared.origin").factory_outside_tree(model.factory.split(":")[0], tree)
+        if outside:
+            raise RuntimeError(outside)
     return DeclaredModelFiles(recipe.declared, recipe.declarations, tuple(recipe.backends), str(tree), str(cache_dir),
                               str(source.onnx))
 
@@ -106,17 +107,3 @@ def declared_source(entry: DeclaredModelFiles) -> tuple[Any, Any]:
         model = declared_model(DeclaredRecipe(entry.declared, entry.declarations, entry.backends), Path(entry.tree))
         DECLARED[entry.declared] = model, side_module("runtime").declared_source(model, Path(entry.cache_dir))
     return DECLARED[entry.declared]
-
-
-def _check_factory_origin(module: Any, tree: Path) -> None:
-    """The factory's module comes from this side's tree, or from an installed package (torchvision's models:
-    the same on both sides by right). From anywhere else (an editable install, a path on PYTHONPATH) the base
-    would run the working tree's code, and the gate would compare the head with itself."""
-    import sysconfig
-
-    origin = Path(getattr(module, "__file__", None) or "?").resolve()
-    installed = [Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")]
-    if not any(origin.is_relative_to(folder) for folder in (tree.resolve(), *installed)):
-        raise RuntimeError(f"the factory's module {module.__name__} was imported from {origin}, outside this "
-                           f"side's tree {tree} and the installed packages; declare a module inside the repository "
-                           "that is importable from the declaring file's folder")

@@ -86,9 +86,9 @@ def versions() -> dict[str, str]:
 def harness_module(name: str) -> Any:
     """A standard-library module of the head's optcv (e.g. build_cache), loaded by its path under a private name,
     so that the side's optcv never supplies it."""
-    private = f"_optcv_harness_{name}"
+    private = f"_optcv_harness_{name.replace('.', '_')}"
     if private not in sys.modules:
-        spec = importlib.util.spec_from_file_location(private, HARNESS_ROOT / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(private, HARNESS_ROOT / f"{name.replace('.', '/')}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[private] = module
