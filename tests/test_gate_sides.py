@@ -18,7 +18,6 @@ from optcv.gate.verdict import (
     Thresholds,
     judge,
 )
-from optcv.gate.worker.protocol import Built, Setup
 from tests.gate_helpers import noisy_rounds
 
 
@@ -196,77 +195,50 @@ def test_abba_sets_up_as_many_pairs_base_first_as_head_first():
     assert {p[0] for p in pair_orders(sides, 64, "random", seed=0)} == {"base", "head"}
 
 
-# A stand-in for a side's interpreter: it answers its set-up only once the other worker of its pair has had its own
-# set-up request too, so a pool that sets up one worker at a time waits on it and gets an error instead.
-PARTNER_WAITING_PYTHON = """#!/bin/sh
-read request
-touch "$OPTCV_TEST_MEET/$$"
-for _ in $(seq 30); do
-    [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ] && break
-    sleep 0.1
-done
-if [ "$(ls "$OPTCV_TEST_MEET" | wc -l)" -ge 2 ]; then
-    printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1}\\n' "$OPTCV_TEST_TREE"
-else
-    printf '{"type": "Failed", "error": "set up alone"}\\n'
-fi
-read request
-"""
+# A test whose module, as each session collects it, writes the session's process id, hash seed and environment
+# padding to a log.
+SEED_REPORTING_TEST = """\
+import os
+
+with open({log!r}, "a") as log:
+    log.write(f"{{os.getpid()}} {{os.environ.get('PYTHONHASHSEED')}} {{len(os.environ.get('OPTCV_GATE_PAD', ''))}}\\n")
 
 
-@pytest.mark.parametrize("order", ["together", "abba"])
-def test_together_sets_up_a_pairs_two_workers_at_the_same_moment(tmp_path, monkeypatch, order):
-    from optcv.gate.workers import worker_pool
-
-    python = tmp_path / "python"
-    python.write_text(PARTNER_WAITING_PYTHON)
-    python.chmod(0o755)
-    tree = tmp_path / "tree"
-    (tmp_path / "meet").mkdir()
-    monkeypatch.setenv("OPTCV_TEST_MEET", str(tmp_path / "meet"))
-    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
-    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
-    if order == "together":
-        with worker_pool(sides, 1, tmp_path, setup, order=order) as workers:
-            assert len(workers) == 2
-    else:
-        with pytest.raises(GateSetupError, match="set up alone"):
-            with worker_pool(sides, 1, tmp_path, setup, order=order):
-                pass
-
-
-SEED_REPORTING_PYTHON = """#!/bin/sh
-read request
-printf '{"type": "Ready", "optcv_file": "%s/optcv/__init__.py", "versions": {}, "pid": 1, ' "$OPTCV_TEST_TREE"
-printf '"settings": {"hash_seed": "%s", "pad": %d}}\\n' "$PYTHONHASHSEED" "${#OPTCV_GATE_PAD}"
-read request
+def test_nothing(benchmark):
+    benchmark(sum, ())
 """
 
 
 @pytest.mark.parametrize("hash_seeds", ["per-pair", "fixed"])
-def test_a_pairs_two_workers_share_a_hash_seed_and_pairs_differ(tmp_path, monkeypatch, hash_seeds):
+def test_a_pairs_two_sessions_share_a_hash_seed_and_pairs_differ(tmp_path, hash_seeds):
     """The hash seed is sampled per pair like the memory layout: both sides of a pair alike, so identical code
     gets identical layouts, and other pairs (and another gate seed) other seeds, so a layout's luck is spread
     over the pairs the interval resamples instead of fixed for the whole gate."""
-    from optcv.gate.workers import worker_pool
+    from optcv.gate.sessions import SessionPool
 
-    python = tmp_path / "python"
-    python.write_text(SEED_REPORTING_PYTHON)
-    python.chmod(0o755)
     tree = tmp_path / "tree"
-    monkeypatch.setenv("OPTCV_TEST_TREE", str(tree.resolve()))
-    sides = [Side("base", str(python), tree), Side("head", str(python), tree)]
-    setup = {"base": Setup({}, Built({}, "", {}, "")), "head": Setup({}, Built({}, "", {}, ""))}
+    tree.mkdir()
+    log = tmp_path / "sessions.log"
+    (tree / "test_seed.py").write_text(SEED_REPORTING_TEST.format(log=str(log)))
+    sides = [Side("base", sys.executable, tree), Side("head", sys.executable, tree)]
 
-    def seeds(layout_seed):
-        with worker_pool(sides, 4, tmp_path, setup, layout_seed=layout_seed, hash_seeds=hash_seeds) as workers:
-            return {pair: {(w.side.label, w.settings["hash_seed"], w.settings["pad"])
-                           for w in workers if w.pair == pair} for pair in range(4)}
+    def seeds(seed):
+        log.write_text("")
+        config = GateConfig(workers_per_side=4, seed=seed, hash_seeds=hash_seeds, tree_per_pair=False)
+        work = tmp_path / f"work-{seed}"
+        work.mkdir()
+        pool = SessionPool(sides, ["test_seed.py::test_nothing"], config, work)
+        try:
+            reported = {int(pid): (hash_seed, int(pad)) for pid, hash_seed, pad in map(str.split, log.read_text()
+                                                                                       .splitlines())}
+            return {pair: {(w.side.label, *reported[w.process.pid]) for w in pool.workers if w.pair == pair}
+                    for pair in range(4)}
+        finally:
+            pool.close()
 
     first, other_gate = seeds(0), seeds(1)
     for pairs in (first, other_gate):
-        assert all(len({(seed, pad) for _, seed, pad in pair}) == 1 for pair in pairs.values())
+        assert all(len(pair) == 2 and len({(seed, pad) for _, seed, pad in pair}) == 1 for pair in pairs.values())
     by_pair = [next(iter(pair))[1] for pair in first.values()]
     if hash_seeds == "fixed":
         assert set(by_pair) == {"0"}

@@ -26,8 +26,8 @@ DEFAULT_CASES = ("*/pytorch/b1/t1", "*/onnxruntime/b1/t1", "*/onnxruntime-int8/b
                  "tutorial/onnxruntime/b64/t1", "tutorial/train/b64/t1")
 ALL_CASES = "all"
 MEASURES = ("time", "memory", "instructions")
-HASH_SEEDS = ("per-pair", "fixed")  # optcv.gate.workers.worker_pool
-SETUP_ORDERS = ("together", "abba", "base-first", "head-first", "alternate", "random")  # optcv.gate.workers.pair_orders
+HASH_SEEDS = ("per-pair", "fixed")  # optcv.gate.workers.pair_layouts
+SETUP_ORDERS = ("abba", "base-first", "head-first", "alternate", "random")  # optcv.gate.workers.pair_orders
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class GateConfig:
     workers_per_side: int = 4
     # A pair's two workers are set up at the same moment, one per core, so neither is set up first on a machine
     # the other has already warmed (benchmarks/proofs/side_bias.py); the others measure what an order does.
-    setup_order: str = "together"  # optcv.gate.workers.pair_orders
+    setup_order: str = "abba"  # optcv.gate.workers.pair_orders: the sessions' start order
     # Both workers of a pair share a hash seed, a different one per pair, so where dicts place the sides' differing
     # paths is sampled like the memory layout, not fixed for the whole gate; "fixed" (0 for all) measures that.
     hash_seeds: str = "per-pair"

@@ -67,7 +67,7 @@ def time_test(pool: SessionPool, node: str, config: GateConfig, thresholds: Thre
               earlier: CaseSamples | None = None) -> tuple[CaseFinding, CaseSamples]:
     """The node timed A/B by every session of the pool (all of them ready at its benchmark call) and judged."""
     rng = np.random.default_rng([config.seed, attempt, sum(node.encode())])
-    samples = time_case(pool.workers, node, config, rng)  # type: ignore[arg-type]
+    samples = time_case(pool.workers, node, config, rng)
     return judge_samples(samples, earlier, thresholds.for_case(node), config.seed), samples
 
 
@@ -76,7 +76,7 @@ def profile_test(pool: SessionPool, node: str, finding: CaseFinding, config: Gat
     None where it runs none (no operator to name: its whole change is outside)."""
     calls = max(3, int(config.profile_ms * 1000 / PROFILE_REPEATS / max(finding.base_median_us, 1.0)))
     rng = np.random.default_rng([config.seed, 36])
-    profile = profile_case(pool.workers, node, min(calls, 2000), rng, seed=config.seed)  # type: ignore[arg-type]
+    profile = profile_case(pool.workers, node, min(calls, 2000), rng, seed=config.seed)
     return profile if any(c["operator"] != OUTSIDE for c in profile["changes"]) else None
 
 

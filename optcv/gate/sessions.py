@@ -168,7 +168,7 @@ class SessionPool:
         plugin = any(node.split("::")[0] == PLUGIN_FILE for node in self.nodes)
         self.workers: list[SessionWorker] = []
         try:
-            for i, pair in enumerate(pair_orders(sides, per_side, "abba", attempt)):
+            for i, pair in enumerate(pair_orders(sides, per_side, config.setup_order, attempt)):
                 own = [pair_tree(side, f"{attempt}-{i}", workdir) for side in pair] if config.tree_per_pair else pair
                 self.workers += [start_session(side, i, i + attempt * per_side, workdir, nodes_file,
                                                [f for f in files if (side.tree / f).exists()], pads[i], seeds[i],

@@ -89,7 +89,7 @@ class Side:
 
     def env(self, pad: int = 0, hash_seed: int = 0) -> dict[str, str]:
         env = dict(os.environ)
-        env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker index on both sides; see worker_pool
+        env["OPTCV_GATE_PAD"] = "x" * pad  # the same per worker pair on both sides; see pair_layouts
         # The side's tree first, so its optcv wins; then whatever the user had (a monorepo's packages).
         inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         # A user's tree comes before the harness, so a package of theirs also installed beside optcv is taken

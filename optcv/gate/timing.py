@@ -1,4 +1,5 @@
-"""Timing both sides case by case in rounds, judging each case, re-testing the failing and the undecided ones."""
+"""Timing both sides' sessions (optcv.gate.sessions) at a test's benchmark call in rounds, judging the samples, and
+profiling a failing test's operators."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import numpy as np
 
 from optcv.gate.attribution import OUTSIDE, PROFILE_REPEATS, attribution
 from optcv.gate.config import GateConfig
+from optcv.gate.sessions import SessionWorker
 from optcv.gate.verdict import CaseFinding, judge, paired_change
 from optcv.gate.worker.protocol import Profile, Profiled, Time, Timed
-from optcv.gate.workers import Worker
 
 
 @dataclass
@@ -25,7 +26,7 @@ class CaseSamples:
     head_us: list[list[float]] = field(default_factory=list)
 
 
-def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.random.Generator) -> CaseSamples:
+def time_case(workers: Sequence[SessionWorker], case: str, config: GateConfig, rng: np.random.Generator) -> CaseSamples:
     """Warm every worker up alike, then rounds (at least `config.min_rounds`, about `config.case_seconds` of
     timed work) in which every worker takes one turn of the same number of calls, in a random order. Rounds
     are added while the rounds' own noise keeps the interval wider than the target, until
@@ -51,7 +52,7 @@ def time_case(workers: Sequence[Worker], case: str, config: GateConfig, rng: np.
     return samples
 
 
-def _take_round(workers: Sequence[Worker], samples: CaseSamples, config: GateConfig,
+def _take_round(workers: Sequence[SessionWorker], samples: CaseSamples, config: GateConfig,
                 rng: np.random.Generator) -> None:
     """One turn of `samples.calls_per_turn` calls for every worker, in a random order."""
     for index in rng.permutation(len(workers)):
@@ -82,7 +83,7 @@ def _precise_enough(samples: CaseSamples, config: GateConfig) -> bool:
     return False
 
 
-def profile_case(workers: Sequence[Worker], case: str, calls: int, rng: np.random.Generator,
+def profile_case(workers: Sequence[SessionWorker], case: str, calls: int, rng: np.random.Generator,
                  repeats: int = PROFILE_REPEATS, seed: int = 0) -> dict[str, Any]:
     """Per-operator changes with intervals (optcv.gate.attribution), from `repeats` profiles of `calls` calls
     on the first worker pair, base and head in a random order each repeat."""

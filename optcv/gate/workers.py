@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 import numpy as np
 
 from optcv.errors import GateSetupError
 from optcv.gate.config import SETUP_ORDERS
-from optcv.gate.sides import Side, pair_tree
+from optcv.gate.sides import Side
 from optcv.gate.worker.protocol import (
     Build,
     Built,
     Exit,
     Failed,
-    Ready,
     Recipe,
     Reply,
     Request,
-    Setup,
     decode,
     encode,
 )
@@ -54,17 +51,15 @@ def worker_start() -> None:
 class Worker:
     """One worker process of a side, answering one JSON request at a time."""
 
-    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0, pair: int = 0,
-                 extra_env: dict[str, str] | None = None, hash_seed: int = 0):
+    def __init__(self, side: Side, mode: str, workdir: Path, index: int = 0, pad: int = 0,
+                 extra_env: dict[str, str] | None = None):
         self.side = side
-        self.pair = pair
-        self.settings: dict[str, Any] = {}  # each case's settings, as the worker's set-up reported them
         self.log_path = workdir / f"{side.label}-{mode}-{index}.log"
         self._log: IO[str] = open(self.log_path, "w")
         try:
             self.process = subprocess.Popen([side.python, str(WORKER_SCRIPT), mode], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=self._log,
-                                            env={**side.env(pad, hash_seed), **(extra_env or {})}, cwd=workdir,
+                                            env={**side.env(pad), **(extra_env or {})}, cwd=workdir,
                                             text=True, preexec_fn=worker_start)
         except OSError as exc:
             self._log.close()
@@ -183,10 +178,9 @@ def build_all_artifacts(sides: Sequence[Side], workdir: Path, recipes: Mapping[s
 
 
 def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> list[list[Side]]:
-    """Per worker pair, its two sides in the order they are started (and, but with "together", set up): base
-    first in pairs 0 and 3 of every four, head first in 1 and 2 ("abba", and "together"'s start order), so that
-    whatever coming first does to a process's speed is on both sides alike; the others exist to measure that effect
-    (benchmarks/proofs/side_bias.py)."""
+    """Per worker pair, its two sides in the order their sessions are started: base first in pairs 0 and 3 of every
+    four, head first in 1 and 2 ("abba"), so that whatever coming first does to a process's speed is on both sides
+    alike; the others exist to measure that effect (benchmarks/proofs/side_bias.py)."""
     if order not in SETUP_ORDERS:
         raise ValueError(f"unknown set-up order {order!r}: choose from {', '.join(SETUP_ORDERS)}")
     rng = np.random.default_rng([seed, 35])
@@ -197,7 +191,6 @@ def pair_orders(sides: Sequence[Side], per_side: int, order: str, seed: int) -> 
         "head-first": [False] * per_side,
         "alternate": [i % 2 == 0 for i in range(per_side)],
         "random": [bool(rng.integers(2)) for _ in range(per_side)],
-        "together": abba,
     }[order]
     return [list(sides) if own else list(sides)[::-1] for own in first_is_own]
 
@@ -210,46 +203,3 @@ def pair_layouts(workers: int, per_side: int, attempt: int, layout_seed: int, ha
     pads = rng.integers(0, 4096, per_side)
     seeds = rng.integers(1, 2**32 - 1, per_side) if hash_seeds == "per-pair" else np.zeros(per_side, dtype=int)
     return [int(p) for p in pads], [int(s) for s in seeds]
-
-
-def _check_setup(worker: Worker, ready: Ready) -> None:
-    expected = (worker.side.optcv_root / "optcv" / "__init__.py").resolve()
-    if Path(ready.optcv_file).resolve() != expected:
-        raise GateSetupError(f"a {worker.side.label} worker imported optcv from {ready.optcv_file}, not {expected}")
-    worker.settings = ready.settings
-
-
-@contextmanager
-def worker_pool(sides: Sequence[Side], per_side: int, workdir: Path, setup: dict[str, Setup],
-                seed: int = 0, order: str = "together", layout_seed: int = 0,
-                hash_seeds: str = "per-pair", tree_per_pair: bool = False) -> Iterator[list[Worker]]:
-    """`per_side` serving workers for each side, set up with that side's artifacts and the cases; `seed` is the
-    pass (0, or 1 for a re-test), `layout_seed` the gate's seed.
-
-    Memory layout shifts a process's speed by several % (the environment's size alone moves the stack), and so
-    does the hash seed (where dicts place their keys, the sides' paths among them), so worker i of each side gets
-    the same environment padding and hash seed, different ones per i (unless `hash_seeds` is "fixed": 0 for every
-    worker): identical code gets identical layouts, and several layouts are sampled. The two workers of a pair are
-    started and set up one after the other, in the pair's order (pair_orders); with "together", a pair's two
-    workers are set up at the same moment, one per core. With `tree_per_pair`, each pair's workers import from
-    copies of their sides' trees of their own (sides.pair_tree).
-    """
-    pads, seeds = pair_layouts(len(sides) * per_side, per_side, seed, layout_seed, hash_seeds)
-    workers: list[Worker] = []
-    try:
-        for i, pair in enumerate(pair_orders(sides, per_side, order, seed)):
-            own = [pair_tree(side, f"{seed}-{i}", workdir) for side in pair] if tree_per_pair else pair
-            workers += [Worker(side, "serve", workdir, i + seed * per_side, pads[i], pair=i, hash_seed=seeds[i])
-                        for side in own]
-        step = len(sides) if order == "together" else 1
-        for group in (workers[i:i + step] for i in range(0, len(workers), step)):
-            for worker in group:
-                worker.send(setup[worker.side.label])
-            for worker in group:
-                _check_setup(worker, worker.receive(Ready))
-        yield workers
-    finally:
-        for worker in workers:
-            worker.request_exit()
-        for worker in workers:
-            worker.close()

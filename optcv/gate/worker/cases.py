@@ -1,10 +1,8 @@
-"""A timed case inside a worker: the callable of one call's work (a prediction or a training step, with the side's
-code), pinned to the same CPUs on both sides."""
+"""A case inside a memory or instructions worker: the callable of one call's work (a prediction or a training step,
+with the side's code)."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +17,12 @@ DECLARED_INPUTS = 16  # distinct inputs a declared model's case cycles through (
 # The case being run, for the self-test's injected extra work (optcv.gate.inject), which is sized per case.
 CASE_VARIABLE = "OPTCV_GATE_CASE"
 
-_START_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def case_cpus(threads: int) -> set[int]:
-    """The CPUs a case runs on: every worker of both sides on the same ones.
-
-    Left to the scheduler, a worker tends to stay on the vCPU it last ran on, and on a shared VM one vCPU
-    can be steadily slower than the other (its host core's neighbours). Pinning every worker to the same
-    `threads` CPUs takes that out of the comparison. (It came in with the malloc setting in ab.MALLOC_ENV,
-    which measurably closed the gap between processes; pinning's own share was not measured apart.)
-    """
-    return set(_START_CPUS[-threads:]) if len(_START_CPUS) > threads else set(_START_CPUS)
-
-
-def pin_threads(cpus: set[int]) -> None:
-    """Every thread of this process (the runtimes' pools included) onto `cpus`."""
-    if not cpus or not hasattr(os, "sched_setaffinity"):
-        return
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except OSError:  # a thread that ended meanwhile
-            pass
-
 
 class Case:
-    """One timed case inside a worker: a callable of one call's work, and what it needs."""
+    """One case inside a worker: a callable of one call's work, and what it needs."""
 
     def __init__(self, spec: CaseSpec, artifacts: Built, inputs: dict[str, np.ndarray]):
         self.spec = spec
-        self.cpus = case_cpus(spec.threads)
         model = artifacts.models[spec.model]
         if isinstance(model, DeclaredModelFiles):
             self._setup_declared(model)
@@ -106,15 +79,3 @@ class Case:
             if torch.get_num_threads() != self.spec.threads:
                 torch.set_num_threads(self.spec.threads)
             train_module.train(self.model, self.split, self.eval_split, self.train_config, progress=False)
-
-    def time(self, calls: int) -> list[int]:
-        pin_threads(self.cpus)
-        clock = time.perf_counter_ns
-        out = []
-        for _ in range(calls):
-            t0 = clock()
-            self.call()
-            out.append(clock() - t0)
-        return out
-
-

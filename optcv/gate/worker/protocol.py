@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 M = TypeVar("M")
@@ -155,15 +155,6 @@ class Exit:
 
 
 @dataclass(frozen=True)
-class Ready:
-    """A serving worker's set-up: which optcv it imported, its libraries, its process and each case's settings."""
-    optcv_file: str
-    versions: dict[str, Any]
-    pid: int
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class MemoryReady:
     pid: int
     threads: int
@@ -245,11 +236,11 @@ class Fatal:
 
 
 Request = Build | Setup | Time | Profile | MeasureMemory | CountInstructions | Exit | Release
-Reply = Built | Ready | MemoryReady | Timed | Profiled | Footprint | Counted | Failed
+Reply = Built | MemoryReady | Timed | Profiled | Footprint | Counted | Failed
 SessionEvent = Collected | AtBenchmark | SideReport | Finished | SessionEnd | Fatal | Timed
 Message = Request | Reply | SessionEvent
 MESSAGES: dict[str, type] = {kind.__name__: kind for kind in (
-    Build, Built, Setup, Time, Profile, MeasureMemory, CountInstructions, Exit, Release, Ready, MemoryReady, Timed,
+    Build, Built, Setup, Time, Profile, MeasureMemory, CountInstructions, Exit, Release, MemoryReady, Timed,
     Profiled, Footprint, Counted, Failed, Collected, AtBenchmark, SideReport, Finished, SessionEnd, Fatal)}
 
 
