@@ -114,7 +114,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     # Named "optcv" rather than by the module's path, which lies outside the user's rootdir.
     module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="optcv")
-    # A kind of case the plan has none of (no gate asked for) would collect as an empty-parameter skip: left out.
+    # A kind of case the plan has none of would collect as an empty-parameter skip: left out.
     plan = config.stash[PLAN]
     wanted = {name for name, cases in (("test_optcv_parity", plan.parity), ("test_optcv_latency", plan.latency))
               if cases}
