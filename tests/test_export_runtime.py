@@ -194,6 +194,7 @@ def export_interrupted(*args, **kwargs):  # Ctrl-C arrives inside the exporter's
     return real_export(*args, **kwargs)
 
 torch.export.export = export_interrupted
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (an xdist worker's children ignore it)
 images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
 try:
     with interrupts_reach_the_command():

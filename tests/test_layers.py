@@ -38,18 +38,18 @@ def test_the_workers_contract_forbids_every_optcv_module_outside_the_worker():
 
 
 def test_the_worker_runs_in_an_interpreter_whose_optcv_is_another_tree(tmp_path):
-    """Loaded by its path, the harness leaves `optcv` to the side: with only a stub optcv on the path, the worker
-    reports that stub's file as the optcv it imported."""
+    """Loaded by its path, the harness leaves `optcv` to the side: with only a stub optcv on the path, the build
+    worker reports that stub's file as the optcv it imported."""
     import os
 
-    from optcv.gate.worker.protocol import Built, Exit, Ready, Setup, decode, encode
+    from optcv.gate.worker.protocol import Build, Built, decode, encode
     from optcv.gate.workers import WORKER_SCRIPT
 
     (tmp_path / "optcv").mkdir()
     (tmp_path / "optcv" / "__init__.py").write_text("")
-    requests = f"{encode(Setup({}, Built({}, '', {}, '')))}\n{encode(Exit())}\n"
-    done = subprocess.run([sys.executable, str(WORKER_SCRIPT), "serve"], input=requests, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, timeout=120)
+    request = encode(Build({}, None, str(tmp_path / "cache"), str(tmp_path)))
+    done = subprocess.run([sys.executable, str(WORKER_SCRIPT), "build"], input=request, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    ready = decode(done.stdout.splitlines()[0])
-    assert isinstance(ready, Ready) and ready.optcv_file == str((tmp_path / "optcv" / "__init__.py").resolve())
+    built = decode(done.stdout.splitlines()[0])
+    assert isinstance(built, Built) and built.optcv_file == str((tmp_path / "optcv" / "__init__.py").resolve())
