@@ -71,8 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config._optcv_baseline = _choose_baseline(config)  # type: ignore[attr-defined]
 
 
-# The gate's boundary self-test runs in the pull-request tier when the code that decides a verdict changed.
-GATE_CODE = ("optcv/gate", "optcv/backends", "optcv/measure")
+# The gate's boundary tests (its self-test, the pytest gate's) run in the pull-request tier when the code that decides
+# a verdict changed.
+GATE_CODE = ("optcv/gate", "optcv/plugin", "optcv/backends", "optcv/measure")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -91,12 +92,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if changed == []:
         config.hook.pytest_deselected(items=marked)
         items[:] = [item for item in items if not item.get_closest_marker("gate_change")]
-        config._optcv_gate_lines.append(f"the gate's self-test left out: nothing under {', '.join(GATE_CODE)} "
-                                        f"changed since {base} (the nightly tier always runs it)")
+        config._optcv_gate_lines.append(f"the gate's boundary tests left out: nothing under {', '.join(GATE_CODE)} "
+                                        f"changed since {base} (the nightly tier always runs them)")
     else:
         why = (f"{len(changed)} file(s) under {', '.join(GATE_CODE)} changed since {base}, e.g. {changed[0]}"
                if changed else f"the base revision {base} is not here, so every change counts")
-        config._optcv_gate_lines.append(f"the gate's self-test runs: {why}")
+        config._optcv_gate_lines.append(f"the gate's boundary tests run: {why}")
 
 
 def gate_code_changes(config: pytest.Config) -> tuple[list[str] | None, str]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from optcv.history.ingest import record_of_file
 from optcv.history.records import CHANGE_PCT
 from tests.test_pytest_gate import SLOWER, TESTS, commit, git, plain_repository, pytest_in
+
+# The gate's boundary tests: in the pull-request tier only when the gate's code changed (benchmarks/conftest.py).
+pytestmark = pytest.mark.gate_change
 
 
 def test_a_real_slowdown_fails_that_test_alone_naming_both_sides_and_the_json_carries_both(tmp_path):
